@@ -1,0 +1,43 @@
+# make test / make demo: create .venv if missing, install pinned dependencies, build, run.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+# torch==2.13.0 is the CPU build on disk; a CUDA torch already in the venv is kept as it is.
+TORCH_PIN := torch==2.13.0
+DEPS    := numpy pytest hypothesis pytest-benchmark ninja setuptools wheel
+STAMP   := $(VENV)/.deps-stamp
+
+.PHONY: venv deps build test demo bench info test-sanitize clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+
+$(STAMP): $(VPY) Makefile
+	$(VPY) -m pip install -q --upgrade pip
+	@if $(VPY) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null; then \
+		echo "keeping the installed CUDA torch"; \
+	else \
+		$(VPY) -m pip install -q $(TORCH_PIN); \
+	fi
+	$(VPY) -m pip install -q $(DEPS)
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+build: deps
+	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
+
+test: build
+	$(VPY) -m pytest -q tests
+
+demo: build
+	$(VPY) -m dlkernels.bench --op cross_entropy
+
+bench: build
+	$(VPY) -m dlkernels.bench --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md
+
+info: build
+	$(VPY) -m dlkernels.info
+
+clean:
+	rm -rf build *.egg-info dlkernels/_C*.so

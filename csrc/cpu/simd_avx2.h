@@ -1,0 +1,116 @@
+// AVX2+FMA vector wrappers: include only after `#pragma GCC target("avx2,fma")` (see csrc/cpu/*_avx2.cpp).
+// Same interface and the same exp polynomials as simd_avx512.h.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace dlk::cpu::avx2 {
+
+template <class T> struct Vec;
+
+template <> struct Vec<float> {
+  using T = float;
+  using R = __m256;
+  static constexpr int W = 8;
+  static __m256i mask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n < W ? n : W)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static R set1(T v) { return _mm256_set1_ps(v); }
+  static R load(const T* p) { return _mm256_loadu_ps(p); }
+  static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
+  // vmaskmov never touches masked-off lanes' memory, so reading a tail cannot fault.
+  static R load_tail(const T* p, int64_t n, T fill) {
+    __m256i m = mask(n);
+    return _mm256_blendv_ps(set1(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  static void store_tail(T* p, R v, int64_t n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R max(R a, R b) { return _mm256_max_ps(a, b); }
+  static T reduce_add(R v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static T reduce_max(R v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static R exp(R x) {
+    const R lo = set1(-87.33654f);
+    R xc = _mm256_max_ps(lo, _mm256_min_ps(set1(88.0f), x));
+    R n = _mm256_round_ps(_mm256_mul_ps(xc, set1(1.44269504088896341f)),
+                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm256_fnmadd_ps(n, set1(0.693359375f), xc);
+    r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+    R p = set1(1.0f / 5040.0f);
+    p = fmadd(p, r, set1(1.0f / 720.0f));
+    p = fmadd(p, r, set1(1.0f / 120.0f));
+    p = fmadd(p, r, set1(1.0f / 24.0f));
+    p = fmadd(p, r, set1(1.0f / 6.0f));
+    p = fmadd(p, r, set1(0.5f));
+    p = fmadd(p, r, set1(1.0f));
+    p = fmadd(p, r, set1(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    R y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    R underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    return _mm256_andnot_ps(underflow, y);
+  }
+};
+
+template <> struct Vec<double> {
+  using T = double;
+  using R = __m256d;
+  static constexpr int W = 4;
+  static __m256i mask(int64_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n < W ? n : W), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static R set1(T v) { return _mm256_set1_pd(v); }
+  static R load(const T* p) { return _mm256_loadu_pd(p); }
+  static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
+  static R load_tail(const T* p, int64_t n, T fill) {
+    __m256i m = mask(n);
+    return _mm256_blendv_pd(set1(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+  }
+  static void store_tail(T* p, R v, int64_t n) { _mm256_maskstore_pd(p, mask(n), v); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R max(R a, R b) { return _mm256_max_pd(a, b); }
+  static T reduce_add(R v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  static T reduce_max(R v) {
+    __m128d s = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  static R exp(R x) {
+    const R lo = set1(-708.0);
+    R xc = _mm256_max_pd(lo, _mm256_min_pd(set1(709.0), x));
+    R n = _mm256_round_pd(_mm256_mul_pd(xc, set1(1.4426950408889634)),
+                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm256_fnmadd_pd(n, set1(6.93147180369123816490e-01), xc);
+    r = _mm256_fnmadd_pd(n, set1(1.90821492927058770002e-10), r);
+    R p = set1(1.0 / 6227020800.0);
+    const double inv_fact[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
+                               1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,     1.0 / 120.0,
+                               1.0 / 24.0,        1.0 / 6.0,        0.5,             1.0,
+                               1.0};
+    for (double c : inv_fact) p = fmadd(p, r, set1(c));
+    __m256i k = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n));
+    __m256i e = _mm256_slli_epi64(_mm256_add_epi64(k, _mm256_set1_epi64x(1023)), 52);
+    R y = _mm256_mul_pd(p, _mm256_castsi256_pd(e));
+    R underflow = _mm256_cmp_pd(x, lo, _CMP_LT_OQ);
+    return _mm256_andnot_pd(underflow, y);
+  }
+};
+
+}  // namespace dlk::cpu::avx2

@@ -1,0 +1,95 @@
+// AVX-512 vector wrappers: include only after `#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma")`
+// (see csrc/cpu/*_avx512.cpp), so that these inline functions are compiled for AVX-512 alone and can
+// never be picked by the linker for a scalar caller.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace dlk::cpu::avx512 {
+
+template <class T> struct Vec;
+
+template <> struct Vec<float> {
+  using T = float;
+  using R = __m512;
+  static constexpr int W = 16;
+  static __mmask16 mask(int64_t n) { return n >= W ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+  static R set1(T v) { return _mm512_set1_ps(v); }
+  static R load(const T* p) { return _mm512_loadu_ps(p); }
+  static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
+  // Lanes n.. are `fill`; nothing past p + n is read (masked loads never fault on masked lanes).
+  static R load_tail(const T* p, int64_t n, T fill) { return _mm512_mask_loadu_ps(set1(fill), mask(n), p); }
+  static void store_tail(T* p, R v, int64_t n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
+  static T reduce_add(R v) { return _mm512_reduce_add_ps(v); }
+  static T reduce_max(R v) { return _mm512_reduce_max_ps(v); }
+  // exp(x) for x <= 88: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, degree-7 Taylor polynomial
+  // (truncation error < 6e-9 relative, below float's 6e-8), 2^n built in the exponent bits.
+  // NaN propagates (NaN is kept as the second operand of min/max); x < -87.3 gives exactly 0.
+  static R exp(R x) {
+    const R lo = set1(-87.33654f);
+    R xc = _mm512_max_ps(lo, _mm512_min_ps(set1(88.0f), x));
+    R n = _mm512_roundscale_ps(_mm512_mul_ps(xc, set1(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm512_fnmadd_ps(n, set1(0.693359375f), xc);
+    r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+    R p = set1(1.0f / 5040.0f);
+    p = fmadd(p, r, set1(1.0f / 720.0f));
+    p = fmadd(p, r, set1(1.0f / 120.0f));
+    p = fmadd(p, r, set1(1.0f / 24.0f));
+    p = fmadd(p, r, set1(1.0f / 6.0f));
+    p = fmadd(p, r, set1(0.5f));
+    p = fmadd(p, r, set1(1.0f));
+    p = fmadd(p, r, set1(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    R y = _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+    __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);  // false for NaN
+    return _mm512_mask_mov_ps(y, underflow, _mm512_setzero_ps());
+  }
+};
+
+template <> struct Vec<double> {
+  using T = double;
+  using R = __m512d;
+  static constexpr int W = 8;
+  static __mmask8 mask(int64_t n) { return n >= W ? __mmask8(0xFF) : __mmask8((1u << n) - 1u); }
+  static R set1(T v) { return _mm512_set1_pd(v); }
+  static R load(const T* p) { return _mm512_loadu_pd(p); }
+  static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
+  static R load_tail(const T* p, int64_t n, T fill) { return _mm512_mask_loadu_pd(set1(fill), mask(n), p); }
+  static void store_tail(T* p, R v, int64_t n) { _mm512_mask_storeu_pd(p, mask(n), v); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static R fmadd(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R max(R a, R b) { return _mm512_max_pd(a, b); }
+  static T reduce_add(R v) { return _mm512_reduce_add_pd(v); }
+  static T reduce_max(R v) { return _mm512_reduce_max_pd(v); }
+  // exp(x) for x <= 709: as the float version, with a degree-13 Taylor polynomial (error < 2e-17).
+  static R exp(R x) {
+    const R lo = set1(-708.0);
+    R xc = _mm512_max_pd(lo, _mm512_min_pd(set1(709.0), x));
+    R n = _mm512_roundscale_pd(_mm512_mul_pd(xc, set1(1.4426950408889634)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    R r = _mm512_fnmadd_pd(n, set1(6.93147180369123816490e-01), xc);
+    r = _mm512_fnmadd_pd(n, set1(1.90821492927058770002e-10), r);
+    R p = set1(1.0 / 6227020800.0);
+    const double inv_fact[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0,
+                               1.0 / 40320.0,     1.0 / 5040.0,     1.0 / 720.0,     1.0 / 120.0,
+                               1.0 / 24.0,        1.0 / 6.0,        0.5,             1.0,
+                               1.0};
+    for (double c : inv_fact) p = fmadd(p, r, set1(c));
+    __m512i k = _mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n));
+    __m512i e = _mm512_slli_epi64(_mm512_add_epi64(k, _mm512_set1_epi64(1023)), 52);
+    R y = _mm512_mul_pd(p, _mm512_castsi512_pd(e));
+    __mmask8 underflow = _mm512_cmp_pd_mask(x, lo, _CMP_LT_OQ);
+    return _mm512_mask_mov_pd(y, underflow, _mm512_setzero_pd());
+  }
+};
+
+}  // namespace dlk::cpu::avx512

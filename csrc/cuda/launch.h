@@ -1,0 +1,35 @@
+// Launchers of the CUDA kernels, as the ops layer sees them: raw pointers, the stream as void*
+// (a cudaStream_t), and an int result that is a cudaError_t (0 = success). No CUDA header needed here.
+#pragma once
+#include <cstdint>
+
+#include "common/cross_entropy.h"
+
+namespace dlk::cuda {
+
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+// Accumulation type of dt: double for Float64, float otherwise. "acc" pointers below have that type;
+// the others have type dt. target is int64 class indices (or nullptr), target_prob has type dt (or nullptr).
+
+// Writes per-row loss, lse and row weight (acc type). A class index outside [0, C) that is not
+// ignore_index sets *bad_row (device memory, initialised by the caller to INT64_MAX) to the smallest
+// such row, and that row's loss to NaN.
+int cross_entropy_forward(DType dt, const CrossEntropyGeom& g, const CrossEntropyOptions& o, const void* input,
+                          const int64_t* target, const void* target_prob, const void* weight, void* loss_acc,
+                          void* lse_acc, void* row_weight_acc, unsigned long long* bad_row, void* stream);
+// Deterministic sum of the rows: out (type dt) = sum(loss) [/ sum(row_weight) for mean];
+// total_weight (acc) = sum(row_weight). out may be nullptr (reduction 'none').
+int cross_entropy_reduce(DType dt, int64_t rows, const void* loss_acc, const void* row_weight_acc,
+                         Reduction reduction, void* out, void* total_weight_acc, void* stream);
+// grad_loss has type dt ((N, S) for 'none', else one value); grad_input has type dt.
+int cross_entropy_backward(DType dt, const CrossEntropyGeom& g, const CrossEntropyOptions& o, const void* grad_loss,
+                           const void* total_weight_acc, const void* input, const int64_t* target,
+                           const void* target_prob, const void* weight, const void* lse_acc, void* grad_input,
+                           void* stream);
+int cross_entropy_target_backward(DType dt, const CrossEntropyGeom& g, const CrossEntropyOptions& o,
+                                  const void* grad_loss, const void* total_weight_acc, const void* input,
+                                  const void* weight, const void* lse_acc, void* grad_target, void* stream);
+const char* error_string(int err);
+
+}  // namespace dlk::cuda

@@ -1,0 +1,74 @@
+// The dispatcher schemas of every op (TORCH_LIBRARY), their CPU and CUDA implementations
+// (TORCH_LIBRARY_IMPL), and the small pybind11 module dlkernels._C for non-op helpers (ISA, build info).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/library.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/isa.h"
+#include "ops/ops.h"
+
+TORCH_LIBRARY(dlkernels, m) {
+  // Softmax-cross-entropy. reduction: 0 none, 1 mean, 2 sum (torch's numbering).
+  m.def("cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
+        "float label_smoothing) -> (Tensor loss, Tensor lse, Tensor total_weight)");
+  m.def("cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
+        "Tensor total_weight, int reduction, int ignore_index, float label_smoothing) -> Tensor");
+  m.def("cross_entropy_target_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
+        "Tensor total_weight, int reduction, float label_smoothing) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
+  m.impl("cross_entropy_forward", &dlk::ops::cross_entropy_forward);
+  m.impl("cross_entropy_backward", &dlk::ops::cross_entropy_backward);
+  m.impl("cross_entropy_target_backward", &dlk::ops::cross_entropy_target_backward);
+}
+
+#ifdef DLKERNELS_WITH_CUDA
+TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
+  m.impl("cross_entropy_forward", &dlk::ops::cross_entropy_forward);
+  m.impl("cross_entropy_backward", &dlk::ops::cross_entropy_backward);
+  m.impl("cross_entropy_target_backward", &dlk::ops::cross_entropy_target_backward);
+}
+#endif
+
+namespace {
+
+std::vector<std::string> isa_names(const std::vector<dlk::cpu::Isa>& isas) {
+  std::vector<std::string> out;
+  for (auto i : isas) out.emplace_back(dlk::cpu::isa_name(i));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "dlkernels native helpers; the ops themselves live in torch.ops.dlkernels";
+  m.def("cpu_isa", [] { return std::string(dlk::cpu::isa_name(dlk::cpu::current_isa())); },
+        "The CPU instruction-set path the kernels use now.");
+  m.def("set_cpu_isa", [](const std::string& name) {
+    dlk::cpu::Isa isa;
+    if (!dlk::cpu::parse_isa(name, &isa))
+      throw std::invalid_argument("dlkernels.set_cpu_isa: isa must be one of 'scalar', 'avx2', 'avx512', got '" + name + "'");
+    std::string err = dlk::cpu::set_isa(isa);
+    if (!err.empty()) throw std::invalid_argument("dlkernels.set_cpu_isa: " + err);
+  });
+  m.def("supported_cpu_isas", [] {
+    std::vector<dlk::cpu::Isa> out;
+    for (auto i : dlk::cpu::isas_compiled())
+      if (dlk::cpu::isa_supported(i)) out.push_back(i);
+    return isa_names(out);
+  });
+  m.def("compiled_cpu_isas", [] { return isa_names(dlk::cpu::isas_compiled()); });
+  m.def("isa_env_error", [] { return dlk::cpu::isa_env_error(); });
+#ifdef DLKERNELS_WITH_CUDA
+  m.attr("cuda_archs") = std::string(DLKERNELS_CUDA_ARCHS);
+  m.attr("with_cuda") = true;
+#else
+  m.attr("cuda_archs") = std::string();
+  m.attr("with_cuda") = false;
+#endif
+}

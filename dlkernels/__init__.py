@@ -1,0 +1,51 @@
+"""dlkernels: hand-written CPU (AVX2/AVX-512) and CUDA kernels for textbook deep-learning layers.
+
+The ops are registered with PyTorch's dispatcher as ``torch.ops.dlkernels.*``; use them through
+``dlkernels.functional`` and ``dlkernels.nn``, which mirror ``torch.nn.functional`` and ``torch.nn``.
+"""
+import contextlib
+
+import torch
+
+from . import _C  # noqa: F401  (loads the kernels and registers torch.ops.dlkernels)
+from . import _ops  # noqa: F401  (fake kernels for torch.compile / meta tensors)
+from . import functional, nn  # noqa: F401
+
+__version__ = "0.1.0"
+
+_env_error = _C.isa_env_error()
+if _env_error:
+    raise RuntimeError("dlkernels: " + _env_error)
+
+
+def cpu_isa():
+    """The CPU instruction-set path the kernels use now: 'scalar', 'avx2' or 'avx512'."""
+    return _C.cpu_isa()
+
+
+def supported_cpu_isas():
+    """Every CPU path compiled in that this machine can run, best last."""
+    return list(_C.supported_cpu_isas())
+
+
+def set_cpu_isa(name):
+    """Switch every CPU kernel to the 'scalar', 'avx2' or 'avx512' path (process-wide).
+
+    Raises ValueError for an unknown name or a path this CPU cannot run."""
+    _C.set_cpu_isa(name)
+
+
+@contextlib.contextmanager
+def use_cpu_isa(name):
+    """Run a block on one CPU path, then restore the previous one. Process-wide, not per thread."""
+    previous = cpu_isa()
+    set_cpu_isa(name)
+    try:
+        yield
+    finally:
+        set_cpu_isa(previous)
+
+
+def cuda_available():
+    """Whether this build has the CUDA kernels and torch sees a GPU."""
+    return bool(_C.with_cuda) and torch.cuda.is_available()

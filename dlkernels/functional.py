@@ -1,0 +1,89 @@
+"""Functional API, mirroring torch.nn.functional: Python-level argument parsing and validation, then
+the autograd Functions of dlkernels/autograd.py. Nothing is computed here."""
+import torch
+from torch.nn import _reduction as _torch_reduction
+
+from . import _C
+from .autograd import CrossEntropyFunction
+
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _reduction_code(fn, reduction, size_average, reduce):
+    if size_average is not None or reduce is not None:
+        reduction = _torch_reduction.legacy_get_string(size_average, reduce)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"dlkernels.{fn}: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    return _REDUCTIONS[reduction]
+
+
+def _check_tensor(fn, name, value):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"dlkernels.{fn}: {name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_device(fn, input):
+    if input.is_cuda and not _C.with_cuda:
+        raise RuntimeError(f"dlkernels.{fn}: input is on {input.device} but this dlkernels build is CPU-only "
+                           "(reinstall with a CUDA torch and nvcc present, or DLKERNELS_CUDA=1)")
+
+
+# --------------------------------------------------------------------------- softmax-cross-entropy
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Fused log-softmax + negative log-likelihood, with torch.nn.functional.cross_entropy's semantics.
+
+    input: (C), (N, C) or (N, C, d1, ..., dk) logits. target: class indices of shape (), (N) or
+    (N, d1, ..., dk) (int64 or uint8), or class probabilities shaped like input. weight: (C) class
+    weights. ignore_index: a class index whose rows contribute neither loss nor weight (index targets
+    only). reduction: 'none' | 'mean' | 'sum'. label_smoothing: eps in [0, 1].
+    """
+    fn = "cross_entropy"
+    _check_tensor(fn, "input", input)
+    _check_tensor(fn, "target", target)
+    red = _reduction_code(fn, reduction, size_average, reduce)
+    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"dlkernels.{fn}: label_smoothing must be a number in [0.0, 1.0], got {label_smoothing!r}")
+    if not isinstance(ignore_index, int):
+        raise TypeError(f"dlkernels.{fn}: ignore_index must be an int, got {type(ignore_index).__name__}")
+    _check_device(fn, input)
+    if input.dim() == 0:
+        raise ValueError(f"dlkernels.{fn}: input must have shape (C), (N, C) or (N, C, d1, ..., dk), got a 0-dim tensor")
+    prob_target = target.is_floating_point()
+    if prob_target:
+        if ignore_index != -100:
+            raise ValueError(f"dlkernels.{fn}: ignore_index is not supported for probability (floating point) "
+                             f"targets, got ignore_index={ignore_index}")
+        if target.shape != input.shape:
+            raise ValueError(f"dlkernels.{fn}: probability target must have the input's shape {tuple(input.shape)}, "
+                             f"got {tuple(target.shape)}")
+        if target.dtype != input.dtype:
+            # torch multiplies log_softmax(input) by target, so the result takes the promoted dtype.
+            common = torch.promote_types(input.dtype, target.dtype)
+            input, target = input.to(common), target.to(common)
+    else:
+        if target.dtype not in (torch.int64, torch.uint8):
+            raise TypeError(f"dlkernels.{fn}: class-index target must be int64 (or uint8), got {target.dtype}")
+        expected = tuple(input.shape[:1]) + tuple(input.shape[2:]) if input.dim() > 1 else ()
+        if tuple(target.shape) != expected:
+            if input.dim() >= 2 and target.dim() >= 1 and target.shape[0] != input.shape[0]:
+                raise ValueError(f"dlkernels.{fn}: target batch size {target.shape[0]} does not match input batch "
+                                 f"size {input.shape[0]} (target shape {tuple(target.shape)}, input shape "
+                                 f"{tuple(input.shape)})")
+            raise ValueError(f"dlkernels.{fn}: target must have shape {expected} for input of shape "
+                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
+        if target.requires_grad:
+            raise RuntimeError(f"dlkernels.{fn}: class-index target cannot require grad")
+    if weight is not None:
+        _check_tensor(fn, "weight", weight)
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"dlkernels.{fn}: weight cannot require grad: the loss is not differentiable with "
+                               "respect to the class weights (as in torch)")
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    loss, _, _ = CrossEntropyFunction.apply(input, target, weight, red, ignore_index, float(label_smoothing))
+    if unbatched and red == 0:
+        loss = loss.squeeze(0)
+    return loss
