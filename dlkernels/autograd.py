@@ -38,3 +38,9 @@ class CrossEntropyFunction(torch.autograd.Function):
             grad_target = _ops.cross_entropy_target_backward(grad_loss, input, target, weight, lse, total_weight,
                                                              ctx.reduction, ctx.label_smoothing)
         return grad_input, grad_target, None, None, None, None
+
+
+# The raw op gets the same backward, so torch.ops.dlkernels.cross_entropy_forward is differentiable on its
+# own (opcheck's autograd checks, torch.func) and CrossEntropyFunction stays the one definition.
+torch.library.register_autograd("dlkernels::cross_entropy_forward", CrossEntropyFunction.backward,
+                                setup_context=CrossEntropyFunction.setup_context)

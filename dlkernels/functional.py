@@ -28,6 +28,12 @@ def _check_device(fn, input):
                            "(reinstall with a CUDA torch and nvcc present, or DLKERNELS_CUDA=1)")
 
 
+def _check_same_device(fn, input, **others):
+    for name, t in others.items():
+        if t is not None and isinstance(t, torch.Tensor) and t.device != input.device:
+            raise RuntimeError(f"dlkernels.{fn}: {name} is on {t.device} but input is on {input.device}")
+
+
 # --------------------------------------------------------------------------- softmax-cross-entropy
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -48,6 +54,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if not isinstance(ignore_index, int):
         raise TypeError(f"dlkernels.{fn}: ignore_index must be an int, got {type(ignore_index).__name__}")
     _check_device(fn, input)
+    _check_same_device(fn, input, target=target, weight=weight)
     if input.dim() == 0:
         raise ValueError(f"dlkernels.{fn}: input must have shape (C), (N, C) or (N, C, d1, ..., dk), got a 0-dim tensor")
     prob_target = target.is_floating_point()

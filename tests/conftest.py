@@ -1,0 +1,108 @@
+"""Shared test harness: device x ISA parametrization, the tolerance table, and the parity helpers."""
+import pytest
+import torch
+
+import dlkernels
+
+CUDA = dlkernels.cuda_available()
+
+# (device, cpu isa) pairs: every CPU path this machine runs, plus CUDA when there is a GPU.
+DEVICE_ISAS = [("cpu", isa) for isa in dlkernels.supported_cpu_isas()] + ([("cuda", None)] if CUDA else [])
+
+# Tolerances against a float64 reference and against torch at the same precision.
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=2e-5, atol=2e-6),
+    torch.float16: dict(rtol=1e-2, atol=1e-3),
+    torch.bfloat16: dict(rtol=5e-2, atol=1e-2),
+}
+
+
+def dtypes_for(device):
+    if device == "cuda":
+        return [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    return [torch.float32, torch.float64]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False, help="run the long property tests too")
+
+
+@pytest.fixture(params=DEVICE_ISAS, ids=lambda p: p[0] if p[1] is None else f"{p[0]}-{p[1]}")
+def device(request):
+    """The device to test on; for CPU, with one ISA path forced for the whole test."""
+    dev, isa = request.param
+    if isa is None:
+        yield dev
+        return
+    with dlkernels.use_cpu_isa(isa):
+        yield dev
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
+def assert_close(actual, expected, dtype=None, msg=""):
+    """Compare with the shared tolerance of dtype (default: actual's dtype)."""
+    tol = TOL[dtype or actual.dtype]
+    torch.testing.assert_close(actual.to(expected.dtype) if actual.dtype != expected.dtype else actual,
+                               expected, rtol=tol["rtol"], atol=tol["atol"], equal_nan=True, msg=msg or None)
+
+
+def assert_lowp_close(actual, torch_lowp, reference64, msg=""):
+    """float16/bfloat16: our error against the float64 reference may be at most 2x torch's own
+    (plus a small floor), as DESIGN.md's testing notes require."""
+    ours = (actual.double() - reference64).abs().max().item()
+    theirs = (torch_lowp.double() - reference64).abs().max().item()
+    scale = reference64.abs().max().item() + 1e-30
+    assert ours <= 2 * theirs + 1e-3 * scale, f"{msg}: error {ours} vs torch's {theirs}"
+
+
+def check_fwd_bwd(ours_fn, torch_fn, inputs, grad_inputs=(0,), dtype=None, grad_out_seed=0, reference64=True):
+    """Run ours and torch's function on clones of inputs; compare the output and the gradients of the
+    positions in grad_inputs with the same random incoming gradient. Also compares against torch in
+    float64 (when the inputs are float32) so that both are measured against a higher-precision truth.
+    reference64=False skips that (for functions holding float32 state, such as modules).
+    Returns (ours_out, torch_out)."""
+
+    def run(fn, cast=None):
+        xs = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, torch.Tensor):
+                y = x.detach().clone()
+                if cast is not None and y.is_floating_point():
+                    y = y.to(cast)
+                if i in grad_inputs:
+                    y.requires_grad_(True)
+                xs.append(y)
+            else:
+                xs.append(x)
+        out = fn(*xs)
+        gen = torch.Generator(device="cpu").manual_seed(grad_out_seed)
+        g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device=out.device, dtype=out.dtype)
+        grads = torch.autograd.grad(out, [xs[i] for i in grad_inputs], g, allow_unused=False)
+        return out.detach(), [gr.detach() for gr in grads]
+
+    o_out, o_grads = run(ours_fn)
+    t_out, t_grads = run(torch_fn)
+    assert o_out.shape == t_out.shape, (o_out.shape, t_out.shape)
+    assert o_out.dtype == t_out.dtype, (o_out.dtype, t_out.dtype)
+    lowp = o_out.dtype in (torch.float16, torch.bfloat16)
+    if lowp:
+        r_out, r_grads = run(torch_fn, cast=torch.float64)
+        assert_lowp_close(o_out, t_out, r_out, "output")
+        for i, (a, b, r) in enumerate(zip(o_grads, t_grads, r_grads)):
+            assert_lowp_close(a, b, r, f"grad {i}")
+        return o_out, t_out
+    assert_close(o_out, t_out, dtype, "output vs torch")
+    for i, (a, b) in enumerate(zip(o_grads, t_grads)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert_close(a, b, dtype, f"grad of input {grad_inputs[i]} vs torch")
+    if reference64 and o_out.dtype == torch.float32:
+        r_out, r_grads = run(torch_fn, cast=torch.float64)
+        assert_close(o_out, r_out, torch.float32, "output vs float64")
+        for a, r in zip(o_grads, r_grads):
+            assert_close(a, r, torch.float32, "grad vs float64")
+    return o_out, t_out
