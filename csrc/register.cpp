@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/isa.h"
+#include "ops/alloc.h"
 #include "ops/ops.h"
 
 TORCH_LIBRARY(dlkernels, m) {
@@ -63,6 +64,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return isa_names(out);
   });
   m.def("compiled_cpu_isas", [] { return isa_names(dlk::cpu::isas_compiled()); });
+  m.def("cpu_cache_limit", &dlk::ops::cpu_cache_limit);
+  m.def("set_cpu_cache_limit", &dlk::ops::set_cpu_cache_limit);
+  m.def("cpu_cache_idle_bytes", &dlk::ops::cpu_cache_idle_bytes);
+  m.def("empty_cache", &dlk::ops::cpu_cache_release);
   m.def("isa_env_error", [] { return dlk::cpu::isa_env_error(); });
 #ifdef DLKERNELS_WITH_CUDA
   m.attr("cuda_archs") = std::string(DLKERNELS_CUDA_ARCHS);

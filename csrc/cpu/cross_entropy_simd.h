@@ -21,6 +21,9 @@ namespace dlk::cpu {
 namespace {
 
 constexpr int64_t kSimdParallelGrain = 1 << 15;
+// Outputs above this size cannot stay in the last-level cache (32 MiB shared on the CI machine) beside
+// their input, so their stores bypass the cache.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
 template <class V> struct CrossEntropySimd {
   using T = typename V::T;
@@ -154,21 +157,37 @@ template <class V> struct CrossEntropySimd {
     a.loss[r] = T(loss);
   }
 
+  // Writes dx[c] = f(c, n) over [0, C) in chunks of n <= W lanes (f loads its inputs accordingly).
+  // stream: the output is too big to stay in cache, so whole vectors go out as non-temporal stores
+  // (after a short head reaching alignment), which saves the read-for-ownership of every line.
+  template <class F> static void store_row(T* dx, int64_t C, bool stream, F&& f) {
+    int64_t c = 0;
+    if (stream) {
+      const int64_t misalign = int64_t(reinterpret_cast<uintptr_t>(dx) % V::kStreamAlign);
+      const int64_t head = std::min<int64_t>(C, misalign ? (V::kStreamAlign - misalign) / int64_t(sizeof(T)) : 0);
+      if (head > 0) V::store_tail(dx, f(0, head), head);
+      for (c = head; c + W <= C; c += W) V::stream(dx + c, f(c, W));
+    } else {
+      for (; c + W <= C; c += W) V::store(dx + c, f(c, W));
+    }
+    if (c < C) V::store_tail(dx + c, f(c, C - c), C - c);
+    if (stream) _mm_sfence();  // order the weakly-ordered streaming stores before anything after the row
+  }
+
   static void backward_row(const CrossEntropyGeom& g, const CrossEntropyOptions& o, const Consts& k,
-                           const CrossEntropyBackwardArgs<T>& a, int64_t r) {
+                           const CrossEntropyBackwardArgs<T>& a, int64_t r, bool stream) {
     const int64_t C = g.C;
     const T* x = a.input + r * C;
     T* dx = a.grad_input + r * C;
     const T inf = std::numeric_limits<T>::infinity();
     const T gr = row_grad(a, o.reduction, r);
     const R vlse = V::set1(a.lse[r]);
+    auto load = [](const T* p, int64_t n, T fill) { return n >= W ? V::load(p) : V::load_tail(p, n, fill); };
     if (!o.prob_target) {
       const int64_t t = a.target[r];
       if (t == o.ignore_index) {
         const R z = V::set1(T(0));
-        int64_t c = 0;
-        for (; c + W <= C; c += W) V::store(dx + c, z);
-        if (c < C) V::store_tail(dx + c, z, C - c);
+        store_row(dx, C, stream, [&](int64_t, int64_t) { return z; });
         return;
       }
       const T wt = a.weight ? a.weight[t] : T(1);
@@ -176,14 +195,10 @@ template <class V> struct CrossEntropySimd {
       const R A = V::set1(gr * (k.keep * wt + k.eps_c * k.wsum));
       const R B = V::set1(-gr * k.eps_c);
       const bool per_class = a.weight != nullptr && k.smoothing;
-      for (int64_t c = 0; c < C; c += W) {
-        const int64_t n = C - c;
-        const R xc = n >= W ? V::load(x + c) : V::load_tail(x + c, n, -inf);
-        const R p = V::exp(V::sub(xc, vlse));
-        const R b = per_class ? V::mul(B, weight_or_ones(a.weight, c, n)) : B;
-        const R d = V::fmadd(A, p, b);
-        if (n >= W) V::store(dx + c, d); else V::store_tail(dx + c, d, n);
-      }
+      store_row(dx, C, stream, [&](int64_t c, int64_t n) {
+        const R p = V::exp(V::sub(load(x + c, n, -inf), vlse));
+        return V::fmadd(A, p, per_class ? V::mul(B, weight_or_ones(a.weight, c, n)) : B);
+      });
       dx[t] -= gr * k.keep * wt;
     } else {
       const T* q = a.target_prob + r * C;
@@ -192,25 +207,14 @@ template <class V> struct CrossEntropySimd {
       R wq = V::set1(T(0));
       for (int64_t c = 0; c < C; c += W) {
         const int64_t n = C - c;
-        const R qc = n >= W ? V::load(q + c) : V::load_tail(q + c, n, T(0));
-        wq = V::fmadd(weight_or_ones(a.weight, c, n), V::fmadd(keep, qc, eps_c), wq);
+        wq = V::fmadd(weight_or_ones(a.weight, c, n), V::fmadd(keep, load(q + c, n, T(0)), eps_c), wq);
       }
       const R A = V::set1(gr * V::reduce_add(wq));
       const R mg = V::set1(-gr);
-      for (int64_t c = 0; c < C; c += W) {
-        const int64_t n = C - c;
-        R xc, qc;
-        if (n >= W) {
-          xc = V::load(x + c);
-          qc = V::load(q + c);
-        } else {
-          xc = V::load_tail(x + c, n, -inf);
-          qc = V::load_tail(q + c, n, T(0));
-        }
-        const R wqc = V::mul(weight_or_ones(a.weight, c, n), V::fmadd(keep, qc, eps_c));
-        const R d = V::fmadd(A, V::exp(V::sub(xc, vlse)), V::mul(mg, wqc));
-        if (n >= W) V::store(dx + c, d); else V::store_tail(dx + c, d, n);
-      }
+      store_row(dx, C, stream, [&](int64_t c, int64_t n) {
+        const R wqc = V::mul(weight_or_ones(a.weight, c, n), V::fmadd(keep, load(q + c, n, T(0)), eps_c));
+        return V::fmadd(A, V::exp(V::sub(load(x + c, n, -inf), vlse)), V::mul(mg, wqc));
+      });
     }
   }
 
@@ -333,8 +337,9 @@ template <class V> struct CrossEntropySimd {
   static void backward(const CrossEntropyGeom& g, const CrossEntropyOptions& o, const CrossEntropyBackwardArgs<T>& a) {
     const Consts k = consts(g, o, a.weight);
     if (g.S == 1) {
+      const bool stream = g.numel() * int64_t(sizeof(T)) > kStreamBytes;
 #pragma omp parallel for schedule(static) if (g.numel() > kSimdParallelGrain)
-      for (int64_t r = 0; r < g.N; ++r) backward_row(g, o, k, a, r);
+      for (int64_t r = 0; r < g.N; ++r) backward_row(g, o, k, a, r, stream);
     } else {
       const int64_t blocks = (g.S + W - 1) / W;
 #pragma omp parallel for schedule(static) if (g.numel() > kSimdParallelGrain)

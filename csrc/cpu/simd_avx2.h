@@ -25,6 +25,9 @@ template <> struct Vec<float> {
     return _mm256_blendv_ps(set1(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
   }
   static void store_tail(T* p, R v, int64_t n) { _mm256_maskstore_ps(p, mask(n), v); }
+  // Non-temporal store to a 32-byte-aligned address: no read-for-ownership, no cache pollution.
+  static constexpr int kStreamAlign = 32;
+  static void stream(T* p, R v) { _mm256_stream_ps(p, v); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
@@ -79,6 +82,8 @@ template <> struct Vec<double> {
     return _mm256_blendv_pd(set1(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
   }
   static void store_tail(T* p, R v, int64_t n) { _mm256_maskstore_pd(p, mask(n), v); }
+  static constexpr int kStreamAlign = 32;
+  static void stream(T* p, R v) { _mm256_stream_pd(p, v); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
   static R mul(R a, R b) { return _mm256_mul_pd(a, b); }

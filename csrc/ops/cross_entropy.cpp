@@ -12,6 +12,7 @@
 
 #include "common/cross_entropy.h"
 #include "cpu/cross_entropy.h"
+#include "ops/alloc.h"
 #include "ops/ops.h"
 
 #ifdef DLKERNELS_WITH_CUDA
@@ -227,7 +228,7 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
   check_saved(p, grad_loss, lse, total_weight);
   const auto& g = p.geom;
   at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), tw = total_weight.contiguous();
-  at::Tensor grad_input = at::empty(p.input.sizes(), p.input.options());
+  at::Tensor grad_input = empty_output(p.input.sizes(), p.input.options());
   if (input.is_cpu()) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.cross_entropy_backward", [&] {
       cpu::CrossEntropyBackwardArgs<scalar_t> a{grad.data_ptr<scalar_t>(), tw.data_ptr<scalar_t>(),
@@ -259,7 +260,7 @@ at::Tensor cross_entropy_target_backward(const at::Tensor& grad_loss, const at::
   check_saved(p, grad_loss, lse, total_weight);
   const auto& g = p.geom;
   at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), tw = total_weight.contiguous();
-  at::Tensor grad_target = at::empty(p.input.sizes(), p.input.options());
+  at::Tensor grad_target = empty_output(p.input.sizes(), p.input.options());
   if (input.is_cpu()) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.cross_entropy_target_backward", [&] {
       cpu::cross_entropy_target_backward<scalar_t>(g, p.opts, grad.data_ptr<scalar_t>(), tw.data_ptr<scalar_t>(),

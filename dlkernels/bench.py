@@ -1,0 +1,249 @@
+"""python -m dlkernels.bench: side-by-side timings against PyTorch, in one process, on one device.
+
+    python -m dlkernels.bench [--op NAME] [--all] [--device cpu|cuda] [--json FILE] [--markdown FILE]
+
+Every case is defined once in CASES and used here, by bench/bench_*.py (pytest-benchmark) and by the
+README table. Timing: warm-up runs, then the median of many; CUDA events on the GPU; inputs rotated
+through enough copies to overflow the last-level cache, so that no run finds its data already cached.
+The machine's limits are measured once per run: copy bandwidth (bytes read + bytes written per second
+by a large tensor copy) and the float32 GEMM rate (torch.mm), and each case reports its rate as a
+percentage of the relevant one.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import dlkernels
+import dlkernels.functional as DF
+
+CACHE_FLUSH_BYTES = 128 << 20  # rotate inputs through at least this much memory (> any L3 here)
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    name: str
+    make: object  # make(device) -> dict(torch=fn, ours=fn, numpy=fn or None, inputs=[...], bytes=int, flops=int)
+    goal: str = ""
+
+
+# ----------------------------------------------------------------------------------- timing
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, inputs_list, device, warmup=3, min_runs=10, min_seconds=1.0, max_runs=200):
+    """Median milliseconds of fn(*inputs) cycling through inputs_list (fresh buffers each run)."""
+    for i in range(warmup):
+        fn(*inputs_list[i % len(inputs_list)])
+    _sync(device)
+    times = []
+    start_all = time.perf_counter()
+    i = 0
+    while (len(times) < min_runs or time.perf_counter() - start_all < min_seconds) and len(times) < max_runs:
+        args = inputs_list[i % len(inputs_list)]
+        i += 1
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*args)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn(*args)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+_LIMITS = {}
+
+
+def machine_limits(device):
+    """Copy bandwidth (GB/s, read + write) and float32 GEMM rate (GFLOP/s), measured once per device."""
+    if device in _LIMITS:
+        return _LIMITS[device]
+    n = (256 << 20) // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    ms = time_fn(lambda: dst.copy_(src), [()], device, min_runs=10, min_seconds=0.5)
+    copy_gbs = 2 * n * 4 / ms / 1e6
+    del src, dst
+    m = 4096 if device == "cuda" else 2048
+    a = torch.randn(m, m, device=device)
+    b = torch.randn(m, m, device=device)
+    ms = time_fn(lambda: torch.mm(a, b), [()], device, min_runs=5, min_seconds=0.5)
+    gemm = 2 * m ** 3 / ms / 1e6
+    _LIMITS[device] = dict(copy_gbs=copy_gbs, gemm_gflops=gemm)
+    return _LIMITS[device]
+
+
+def _fresh_copies(inputs, nbytes):
+    copies = max(1, math.ceil(CACHE_FLUSH_BYTES / max(nbytes, 1)))
+    out = [inputs]
+    for _ in range(copies - 1):
+        out.append([x.clone() if isinstance(x, torch.Tensor) else x for x in inputs])
+    return out
+
+
+# ----------------------------------------------------------------------------------- cases
+
+def _cross_entropy_case(N, C):
+    def make(device):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(N, C, generator=gen).to(device).requires_grad_(True)
+        t = torch.randint(0, C, (N,), generator=gen).to(device)
+
+        def step(fn):
+            def run(x, t):
+                x.grad = None
+                fn(x, t).backward()
+            return run
+
+        x_np = x.detach().cpu().numpy()
+        t_np = t.cpu().numpy()
+
+        def numpy_step():
+            # the textbook SoftmaxWithLoss, forward and backward, float32
+            z = x_np - x_np.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            y = e / e.sum(axis=1, keepdims=True)
+            loss = -np.log(y[np.arange(N), t_np] + 1e-7).mean()
+            y[np.arange(N), t_np] -= 1
+            return loss, y / N
+
+        return dict(torch=step(F.cross_entropy), ours=step(DF.cross_entropy), numpy=numpy_step, inputs=[x, t],
+                    bytes=2 * N * C * 4, flops=0)
+    return make
+
+
+CASES = [
+    Case("cross_entropy", "4096x1000", _cross_entropy_case(4096, 1000), goal="CPU: 2x torch"),
+    Case("cross_entropy", "8192x8000", _cross_entropy_case(8192, 8000), goal="CPU: 5x torch, 60% of copy BW"),
+    Case("cross_entropy", "8192x32000", _cross_entropy_case(8192, 32000), goal="GPU: 1.5x torch, 70% of BW"),
+]
+GPU_ONLY = {("cross_entropy", "8192x32000")}
+
+
+def cases_for(op=None, device="cpu"):
+    out = []
+    for c in CASES:
+        if op not in (None, "all") and c.op != op:
+            continue
+        if device == "cpu" and (c.op, c.name) in GPU_ONLY:
+            continue
+        out.append(c)
+    return out
+
+
+# ----------------------------------------------------------------------------------- running
+
+def run_case(case, device, with_numpy=True):
+    spec = case.make(device)
+    nbytes = sum(x.numel() * x.element_size() for x in spec["inputs"] if isinstance(x, torch.Tensor))
+    inputs_list = _fresh_copies(spec["inputs"], nbytes)
+    torch_ms = time_fn(spec["torch"], inputs_list, device)
+    ours_ms = time_fn(spec["ours"], inputs_list, device)
+    numpy_ms = None
+    if with_numpy and spec.get("numpy") is not None:
+        numpy_ms = time_fn(spec["numpy"], [()], "cpu", warmup=1, min_runs=3, min_seconds=0.2, max_runs=10)
+    limits = machine_limits(device)
+    row = dict(op=case.op, case=case.name, device=device, torch_ms=torch_ms, ours_ms=ours_ms,
+               speedup=torch_ms / ours_ms, numpy_ms=numpy_ms, goal=case.goal)
+    if spec["flops"]:
+        row["gflops"] = spec["flops"] / ours_ms / 1e6
+        row["pct_limit"] = 100 * row["gflops"] / limits["gemm_gflops"]
+        row["limit"] = "GEMM"
+    else:
+        row["gbs"] = spec["bytes"] / ours_ms / 1e6
+        row["pct_limit"] = 100 * row["gbs"] / limits["copy_gbs"]
+        row["limit"] = "copy BW"
+    return row
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def device_slug(device="cpu"):
+    if device == "cuda":
+        return "h100" if "H100" in torch.cuda.get_device_name() else torch.cuda.get_device_name().lower().replace(" ", "-")
+    return "cpu-" + (platform.machine() or "unknown")
+
+
+def format_table(rows, device):
+    limits = machine_limits(device)
+    lines = [
+        f"Device: {device_name(device)}; torch {torch.__version__}; dlkernels CPU ISA {dlkernels.cpu_isa()}; "
+        f"{datetime.date.today().isoformat()}",
+        f"Measured limits: copy {limits['copy_gbs']:.1f} GB/s (read+write), float32 GEMM {limits['gemm_gflops']:.0f} GFLOP/s",
+        "",
+        "| op | case | torch ms | dlkernels ms | speedup | rate | % of limit | numpy ms | goal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        rate = f"{r['gflops']:.1f} GFLOP/s" if "gflops" in r else f"{r['gbs']:.1f} GB/s"
+        numpy_ms = f"{r['numpy_ms']:.1f}" if r["numpy_ms"] is not None else "-"
+        lines.append(f"| {r['op']} | {r['case']} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} | {r['speedup']:.2f}x | "
+                     f"{rate} | {r['pct_limit']:.0f}% of {r['limit']} | {numpy_ms} | {r['goal']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--op", default=None, help="one op family (e.g. cross_entropy); default all")
+    p.add_argument("--all", action="store_true", help="every family's cases")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
+    p.add_argument("--no-numpy", action="store_true", help="skip the numpy from-scratch column")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not dlkernels.cuda_available():
+        p.error("--device cuda: no GPU, or this dlkernels build is CPU-only")
+    op = None if args.all else args.op
+    rows = []
+    for case in cases_for(op, args.device):
+        row = run_case(case, args.device, with_numpy=not args.no_numpy)
+        rows.append(row)
+        print(f"  {row['op']:>14s} {row['case']:>12s}: torch {row['torch_ms']:8.2f} ms, dlkernels {row['ours_ms']:8.2f} ms,"
+              f" {row['speedup']:.2f}x", file=sys.stderr)
+    table = format_table(rows, args.device)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=device_name(args.device), limits=machine_limits(args.device), rows=rows), f, indent=2)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"# dlkernels benchmark: {device_name(args.device)}\n\n")
+            f.write("Written by `make bench` (`python -m dlkernels.bench --all`). Forward+backward unless noted; "
+                    "median of many runs with fresh buffers.\n\n")
+            f.write(table + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
