@@ -54,7 +54,8 @@ def make_extension():
         + glob.glob(os.path.join(ROOT, "csrc", "ops", "*.cpp"))
         + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
     )
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]
+    # No -std here: torch.utils.cpp_extension picks the standard its headers need.
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
     ldflags = ["-fopenmp"]
     sanitize = os.environ.get("DLKERNELS_SANITIZE", "")
     if sanitize:
@@ -62,7 +63,7 @@ def make_extension():
         ldflags += ["-fsanitize=" + sanitize]
     macros = []
     if use_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.0;7.5;8.0;8.6;8.9;9.0+PTX")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;8.6;8.9;9.0+PTX")
         sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
         macros.append(("DLKERNELS_WITH_CUDA", "1"))
         archs = os.environ["TORCH_CUDA_ARCH_LIST"]
@@ -72,7 +73,7 @@ def make_extension():
             sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags()},
+            extra_compile_args={"cxx": cxx, "nvcc": [f for f in nvcc_flags() if not f.startswith("-std=")]},
             extra_link_args=ldflags,
         )
     return CppExtension(

@@ -15,9 +15,11 @@ enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 // Writes per-row loss, lse and row weight (acc type). A class index outside [0, C) that is not
 // ignore_index sets *bad_row (device memory, initialised by the caller to INT64_MAX) to the smallest
 // such row, and that row's loss to NaN.
+// workspace_acc: one acc-type value of scratch (the weight sum) when weight is given, else unused.
 int cross_entropy_forward(DType dt, const CrossEntropyGeom& g, const CrossEntropyOptions& o, const void* input,
                           const int64_t* target, const void* target_prob, const void* weight, void* loss_acc,
-                          void* lse_acc, void* row_weight_acc, unsigned long long* bad_row, void* stream);
+                          void* lse_acc, void* row_weight_acc, unsigned long long* bad_row, void* workspace_acc,
+                          void* stream);
 // Deterministic sum of the rows: out (type dt) = sum(loss) [/ sum(row_weight) for mean];
 // total_weight (acc) = sum(row_weight). out may be nullptr (reduction 'none').
 int cross_entropy_reduce(DType dt, int64_t rows, const void* loss_acc, const void* row_weight_acc,
@@ -26,7 +28,7 @@ int cross_entropy_reduce(DType dt, int64_t rows, const void* loss_acc, const voi
 int cross_entropy_backward(DType dt, const CrossEntropyGeom& g, const CrossEntropyOptions& o, const void* grad_loss,
                            const void* total_weight_acc, const void* input, const int64_t* target,
                            const void* target_prob, const void* weight, const void* lse_acc, void* grad_input,
-                           void* stream);
+                           void* workspace_acc, void* stream);
 int cross_entropy_target_backward(DType dt, const CrossEntropyGeom& g, const CrossEntropyOptions& o,
                                   const void* grad_loss, const void* total_weight_acc, const void* input,
                                   const void* weight, const void* lse_acc, void* grad_target, void* stream);

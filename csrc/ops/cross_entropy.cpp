@@ -165,10 +165,12 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_forward(const Tensor& input, co
   void* stream = at::cuda::getCurrentCUDAStream().stream();
   const auto dt = cuda_dtype(input.scalar_type());
   Tensor bad_row = at::full({}, std::numeric_limits<int64_t>::max(), input.options().dtype(at::kLong));
+  Tensor workspace = at::empty({1}, opt_acc);  // the weight sum
   check_launch(cuda::cross_entropy_forward(dt, g, p.opts, p.input.data_ptr(), ptr_or_null<int64_t>(p.target),
                                            vptr(p.target_prob), vptr(p.weight), loss_rows.data_ptr(), lse.data_ptr(),
                                            row_weight.data_ptr(),
-                                           reinterpret_cast<unsigned long long*>(bad_row.data_ptr<int64_t>()), stream),
+                                           reinterpret_cast<unsigned long long*>(bad_row.data_ptr<int64_t>()),
+                                           workspace.data_ptr(), stream),
                "cross_entropy");
   if (!p.opts.prob_target) {
     // A clear error needs the host to look: one small device-to-host copy, as torch's own index checks.
@@ -241,10 +243,11 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
   }
 #ifdef DLKERNELS_WITH_CUDA
   c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor workspace = at::empty({1}, lse.options());  // the weight sum
   check_launch(cuda::cross_entropy_backward(cuda_dtype(input.scalar_type()), g, p.opts, grad.data_ptr(), tw.data_ptr(),
                                             p.input.data_ptr(), ptr_or_null<int64_t>(p.target), vptr(p.target_prob),
                                             vptr(p.weight), lse_c.data_ptr(), grad_input.data_ptr(),
-                                            at::cuda::getCurrentCUDAStream().stream()),
+                                            workspace.data_ptr(), at::cuda::getCurrentCUDAStream().stream()),
                "cross_entropy_backward");
   return grad_input;
 #else
