@@ -49,3 +49,15 @@ def use_cpu_isa(name):
 def cuda_available():
     """Whether this build has the CUDA kernels and torch sees a GPU."""
     return bool(_C.with_cuda) and torch.cuda.is_available()
+
+
+def empty_cache():
+    """Return the idle blocks of the CPU output cache to the OS (cf. torch.cuda.empty_cache)."""
+    _C.empty_cache()
+
+
+def set_cpu_cache_limit(nbytes):
+    """Cap the idle bytes the CPU output cache may hold (default 1 GiB, or DLKERNELS_CPU_CACHE_BYTES)."""
+    if nbytes < 0:
+        raise ValueError(f"dlkernels.set_cpu_cache_limit: nbytes must be >= 0, got {nbytes}")
+    _C.set_cpu_cache_limit(int(nbytes))
