@@ -79,7 +79,9 @@ def machine_limits(device):
     n = (256 << 20) // 4
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    ms = time_fn(lambda: dst.copy_(src), [()], device, min_runs=10, min_seconds=0.5)
+    # The limit is what the machine can do, so take the best of a few medians: on a shared host a
+    # single measurement can land in a noisy moment.
+    ms = min(time_fn(lambda: dst.copy_(src), [()], device, min_runs=10, min_seconds=0.3) for _ in range(3))
     copy_gbs = 2 * n * 4 / ms / 1e6
     del src, dst
     m = 4096 if device == "cuda" else 2048
