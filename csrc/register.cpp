@@ -20,12 +20,27 @@ TORCH_LIBRARY(dlkernels, m) {
         "Tensor total_weight, int reduction, int ignore_index, float label_smoothing) -> Tensor");
   m.def("cross_entropy_target_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
         "Tensor total_weight, int reduction, float label_smoothing) -> Tensor");
+  // Fused optimizer steps: every list but grads is updated in place; state_steps are incremented.
+  m.def("adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+        "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, float lr, float beta1, float beta2, float eps, "
+        "float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) -> ()");
+  m.def("sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, bool[] first_step, float lr, "
+        "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize) -> ()");
+  m.def("adagrad_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, "
+        "float lr, float lr_decay, float weight_decay, float eps, bool maximize) -> ()");
+  m.def("rmsprop_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
+        "Tensor(d!)[] momentum_buffers, Tensor(e!)[] state_steps, float lr, float alpha, float eps, "
+        "float weight_decay, float momentum, bool centered, bool maximize) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
   m.impl("cross_entropy_forward", &dlk::ops::cross_entropy_forward);
   m.impl("cross_entropy_backward", &dlk::ops::cross_entropy_backward);
   m.impl("cross_entropy_target_backward", &dlk::ops::cross_entropy_target_backward);
+  m.impl("adam_", &dlk::ops::adam_);
+  m.impl("sgd_", &dlk::ops::sgd_);
+  m.impl("adagrad_", &dlk::ops::adagrad_);
+  m.impl("rmsprop_", &dlk::ops::rmsprop_);
 }
 
 #ifdef DLKERNELS_WITH_CUDA
@@ -33,6 +48,10 @@ TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
   m.impl("cross_entropy_forward", &dlk::ops::cross_entropy_forward);
   m.impl("cross_entropy_backward", &dlk::ops::cross_entropy_backward);
   m.impl("cross_entropy_target_backward", &dlk::ops::cross_entropy_target_backward);
+  m.impl("adam_", &dlk::ops::adam_);
+  m.impl("sgd_", &dlk::ops::sgd_);
+  m.impl("adagrad_", &dlk::ops::adagrad_);
+  m.impl("rmsprop_", &dlk::ops::rmsprop_);
 }
 #endif
 

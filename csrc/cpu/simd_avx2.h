@@ -33,6 +33,10 @@ template <> struct Vec<float> {
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R max(R a, R b) { return _mm256_max_ps(a, b); }
+  static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static R sqrt(R a) { return _mm256_sqrt_ps(a); }
+  static R neg(R a) { return _mm256_xor_ps(a, set1(T(-0.0))); }
   static T reduce_add(R v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -89,6 +93,10 @@ template <> struct Vec<double> {
   static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
   static R fmadd(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R max(R a, R b) { return _mm256_max_pd(a, b); }
+  static R min(R a, R b) { return _mm256_min_pd(a, b); }
+  static R div(R a, R b) { return _mm256_div_pd(a, b); }
+  static R sqrt(R a) { return _mm256_sqrt_pd(a); }
+  static R neg(R a) { return _mm256_xor_pd(a, set1(T(-0.0))); }
   static T reduce_add(R v) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));

@@ -29,6 +29,10 @@ template <> struct Vec<float> {
   static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R max(R a, R b) { return _mm512_max_ps(a, b); }
+  static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static R sqrt(R a) { return _mm512_sqrt_ps(a); }
+  static R neg(R a) { return _mm512_xor_ps(a, set1(T(-0.0))); }
   static T reduce_add(R v) { return _mm512_reduce_add_ps(v); }
   static T reduce_max(R v) { return _mm512_reduce_max_ps(v); }
   // exp(x) for the softmax range x <= 0: exp(x) = 2^y, y = x log2(e) split as n + f with n = round(y),
@@ -71,6 +75,10 @@ template <> struct Vec<double> {
   static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
   static R fmadd(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R max(R a, R b) { return _mm512_max_pd(a, b); }
+  static R min(R a, R b) { return _mm512_min_pd(a, b); }
+  static R div(R a, R b) { return _mm512_div_pd(a, b); }
+  static R sqrt(R a) { return _mm512_sqrt_pd(a); }
+  static R neg(R a) { return _mm512_xor_pd(a, set1(T(-0.0))); }
   static T reduce_add(R v) { return _mm512_reduce_add_pd(v); }
   static T reduce_max(R v) { return _mm512_reduce_max_pd(v); }
   // exp(x): as the float version, with a degree-13 Taylor polynomial (error < 2e-17 relative) and the

@@ -35,3 +35,25 @@ int cross_entropy_target_backward(DType dt, const CrossEntropyGeom& g, const Cro
 const char* error_string(int err);
 
 }  // namespace dlk::cuda
+
+#include "common/optim.h"
+
+namespace dlk::cuda {
+
+// Multi-tensor fused optimizers: `count` tensors of `numel` elements each; every table holds one
+// device pointer per tensor (of type dt; math in float, double for Float64). Many tensors per launch.
+int multi_tensor_adam(DType dt, const AdamOptions& o, int64_t count, const void* const* params,
+                      const void* const* grads, const void* const* exp_avgs, const void* const* exp_avg_sqs,
+                      const void* const* max_exp_avg_sqs, const int64_t* numel, const AdamStepScalars* scalars,
+                      void* stream);
+int multi_tensor_sgd(DType dt, const SgdOptions& o, int64_t count, const void* const* params, const void* const* grads,
+                     const void* const* momentum_buffers, const int64_t* numel, const uint8_t* first_step,
+                     void* stream);
+int multi_tensor_adagrad(DType dt, const AdagradOptions& o, int64_t count, const void* const* params,
+                         const void* const* grads, const void* const* state_sums, const int64_t* numel,
+                         const double* clr, void* stream);
+int multi_tensor_rmsprop(DType dt, const RmspropOptions& o, int64_t count, const void* const* params,
+                         const void* const* grads, const void* const* square_avgs, const void* const* grad_avgs,
+                         const void* const* momentum_buffers, const int64_t* numel, void* stream);
+
+}  // namespace dlk::cuda

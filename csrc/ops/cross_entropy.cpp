@@ -20,6 +20,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "cuda/launch.h"
+#include "ops/cuda_util.h"
 #endif
 
 namespace dlk::ops {
@@ -105,15 +106,6 @@ Prepared prepare(const Tensor& input, const Tensor& target, const c10::optional<
 template <class T> const T* ptr_or_null(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
 #ifdef DLKERNELS_WITH_CUDA
-cuda::DType cuda_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::Float32;
-    case at::kDouble: return cuda::DType::Float64;
-    case at::kHalf: return cuda::DType::Float16;
-    case at::kBFloat16: return cuda::DType::BFloat16;
-    default: TORCH_CHECK(false, "dlkernels: no CUDA kernel for dtype ", t);
-  }
-}
 const void* vptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 void check_launch(int err, const char* what) {
   TORCH_CHECK(err == 0, "dlkernels.", what, ": CUDA kernel launch failed: ", cuda::error_string(err));

@@ -1,6 +1,7 @@
 // Tensor-level ops, one section per family; registered with the dispatcher in csrc/register.cpp.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <ATen/core/List.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
@@ -21,5 +22,21 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
 at::Tensor cross_entropy_target_backward(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
                                          const c10::optional<at::Tensor>& weight, const at::Tensor& lse,
                                          const at::Tensor& total_weight, int64_t reduction, double label_smoothing);
+
+}  // namespace dlk::ops
+
+namespace dlk::ops {
+
+// ---- fused optimizers (csrc/ops/optim.cpp): in-place updates of every list; state_steps incremented.
+void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+           at::TensorList max_exp_avg_sqs, at::TensorList state_steps, double lr, double beta1, double beta2,
+           double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay);
+void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, c10::List<bool> first_step,
+          double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize);
+void adagrad_(at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,
+              double lr, double lr_decay, double weight_decay, double eps, bool maximize);
+void rmsprop_(at::TensorList params, at::TensorList grads, at::TensorList square_avgs, at::TensorList grad_avgs,
+              at::TensorList momentum_buffers, at::TensorList state_steps, double lr, double alpha, double eps,
+              double weight_decay, double momentum, bool centered, bool maximize);
 
 }  // namespace dlk::ops

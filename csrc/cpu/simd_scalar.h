@@ -1,0 +1,31 @@
+// The one-lane "vector": the same interface as simd_avx2.h / simd_avx512.h over plain scalars, so an
+// elementwise kernel written once as a template is also the scalar reference path. No ISA pragma needed.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+namespace dlk::cpu::scalar {
+
+template <class T_> struct Vec {
+  using T = T_;
+  using R = T_;
+  static constexpr int W = 1;
+  static R set1(T v) { return v; }
+  static R load(const T* p) { return *p; }
+  static void store(T* p, R v) { *p = v; }
+  static R load_tail(const T* p, int64_t n, T fill) { return n > 0 ? *p : fill; }
+  static void store_tail(T* p, R v, int64_t n) {
+    if (n > 0) *p = v;
+  }
+  static R add(R a, R b) { return a + b; }
+  static R sub(R a, R b) { return a - b; }
+  static R mul(R a, R b) { return a * b; }
+  static R div(R a, R b) { return a / b; }
+  static R fmadd(R a, R b, R c) { return a * b + c; }
+  static R max(R a, R b) { return a > b ? a : b; }
+  static R min(R a, R b) { return a < b ? a : b; }
+  static R sqrt(R a) { return std::sqrt(a); }
+  static R neg(R a) { return -a; }
+};
+
+}  // namespace dlk::cpu::scalar

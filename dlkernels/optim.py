@@ -1,0 +1,201 @@
+"""Fused optimizers mirroring torch.optim: Adam, AdamW, SGD, Adagrad, RMSprop.
+
+Each class subclasses its torch.optim counterpart, so the constructor (and its argument checks),
+defaults, param_groups, add_param_group, state keys and layout, and state_dict / load_state_dict are
+torch's own: a state_dict saved from torch.optim.Adam loads into dlkernels.optim.Adam and continues on
+the same trajectory, and the other way round. Only step() differs: one fused pass per parameter
+(torch.ops.dlkernels.<name>_) that reads param, grad and state once and writes them once, for all the
+parameters of a group in one call (one launch per device and dtype on CUDA).
+
+With torch.amp.GradScaler, scaler.step(optimizer) unscales the gradients and skips the step when they
+hold inf/NaN, exactly as for torch's non-fused optimizers.
+"""
+import torch
+
+_ops = torch.ops.dlkernels
+
+
+def _scalar_dtype():
+    # torch keeps optimizer step counters in float32, or float64 when that is the default dtype
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _to_float(name, value):
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"dlkernels.optim: {name} must be a number or a one-element tensor, got shape "
+                             f"{tuple(value.shape)}")
+        return float(value.item())
+    return float(value)
+
+
+def _new_step(group, p):
+    # where torch puts the counter: on the parameter's device when capturable or fused, else on the CPU
+    if group.get("capturable", False) or group.get("fused", False):
+        return torch.zeros((), dtype=_scalar_dtype(), device=p.device)
+    return torch.tensor(0.0, dtype=_scalar_dtype())
+
+
+def _params_with_grad(cls_name, group):
+    out = []
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError(f"dlkernels.optim.{cls_name} does not support sparse gradients (parameter of shape "
+                               f"{tuple(p.shape)} has a sparse grad)")
+        if torch.is_complex(p):
+            raise NotImplementedError(f"dlkernels.optim.{cls_name} does not support complex parameters (got "
+                                      f"{p.dtype} of shape {tuple(p.shape)})")
+        out.append(p)
+    return out
+
+
+def _by_device_dtype(params):
+    """Indices of params grouped by (device, dtype): one kernel call per group."""
+    groups = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    return groups.values()
+
+
+def _check_supported(cls_name, group):
+    if group.get("differentiable", False):
+        raise NotImplementedError(f"dlkernels.optim.{cls_name}: differentiable=True is not supported")
+
+
+def _run_closure(closure):
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+class Adam(torch.optim.Adam):
+    """torch.optim.Adam with one fused update pass per parameter (see the module docstring)."""
+
+    _decoupled_default = False
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _run_closure(closure)
+        name = type(self).__name__
+        for group in self.param_groups:
+            _check_supported(name, group)
+            params = _params_with_grad(name, group)
+            if not params:
+                continue
+            amsgrad = group["amsgrad"]
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = _new_step(group, p)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if amsgrad:
+                        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            beta1, beta2 = group["betas"]
+            decoupled = group.get("decoupled_weight_decay", self._decoupled_default)
+            for idx in _by_device_dtype(params):
+                ps = [params[i] for i in idx]
+                st = [self.state[p] for p in ps]
+                _ops.adam_(ps, [p.grad for p in ps], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                           [s["max_exp_avg_sq"] for s in st] if amsgrad else [], [s["step"] for s in st],
+                           _to_float("lr", group["lr"]), _to_float("beta1", beta1), _to_float("beta2", beta2),
+                           float(group["eps"]), float(group["weight_decay"]), amsgrad, group["maximize"], decoupled)
+        return loss
+
+
+class AdamW(torch.optim.AdamW):
+    """torch.optim.AdamW (decoupled weight decay) with one fused update pass per parameter."""
+
+    _decoupled_default = True
+    step = Adam.step
+
+
+class SGD(torch.optim.SGD):
+    """torch.optim.SGD (momentum, dampening, Nesterov, weight decay, maximize), one fused pass per parameter."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _run_closure(closure)
+        for group in self.param_groups:
+            _check_supported("SGD", group)
+            params = _params_with_grad("SGD", group)
+            if not params:
+                continue
+            momentum = float(group["momentum"])
+            for idx in _by_device_dtype(params):
+                ps = [params[i] for i in idx]
+                bufs, first = [], []
+                if momentum != 0:
+                    for p in ps:
+                        buf = self.state[p].get("momentum_buffer")
+                        first.append(buf is None)
+                        if buf is None:  # torch clones the first gradient into a new buffer; the kernel writes it
+                            buf = torch.empty_like(p, memory_format=torch.preserve_format)
+                            self.state[p]["momentum_buffer"] = buf
+                        bufs.append(buf)
+                _ops.sgd_(ps, [p.grad for p in ps], bufs, first, _to_float("lr", group["lr"]), momentum,
+                          float(group["dampening"]), float(group["weight_decay"]), group["nesterov"],
+                          group["maximize"])
+        return loss
+
+
+class Adagrad(torch.optim.Adagrad):
+    """torch.optim.Adagrad (lr_decay, initial_accumulator_value, weight decay, maximize), fused."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _run_closure(closure)
+        for group in self.param_groups:
+            _check_supported("Adagrad", group)
+            params = _params_with_grad("Adagrad", group)
+            if not params:
+                continue
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:  # torch fills state in __init__; groups added later get the same here
+                    state["step"] = _new_step(group, p)
+                    init = group["initial_accumulator_value"]
+                    state["sum"] = torch.full_like(p, init, memory_format=torch.preserve_format)
+            for idx in _by_device_dtype(params):
+                ps = [params[i] for i in idx]
+                st = [self.state[p] for p in ps]
+                _ops.adagrad_(ps, [p.grad for p in ps], [s["sum"] for s in st], [s["step"] for s in st],
+                              _to_float("lr", group["lr"]), float(group["lr_decay"]), float(group["weight_decay"]),
+                              float(group["eps"]), group["maximize"])
+        return loss
+
+
+class RMSprop(torch.optim.RMSprop):
+    """torch.optim.RMSprop (alpha, centered, momentum, weight decay, maximize), fused."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _run_closure(closure)
+        for group in self.param_groups:
+            _check_supported("RMSprop", group)
+            params = _params_with_grad("RMSprop", group)
+            if not params:
+                continue
+            momentum, centered = float(group["momentum"]), group["centered"]
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = _new_step(group, p) if group.get("capturable", False) else \
+                        torch.zeros((), dtype=_scalar_dtype())
+                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if momentum > 0:
+                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if centered:
+                        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            for idx in _by_device_dtype(params):
+                ps = [params[i] for i in idx]
+                st = [self.state[p] for p in ps]
+                _ops.rmsprop_(ps, [p.grad for p in ps], [s["square_avg"] for s in st],
+                              [s["grad_avg"] for s in st] if centered else [],
+                              [s["momentum_buffer"] for s in st] if momentum > 0 else [], [s["step"] for s in st],
+                              _to_float("lr", group["lr"]), float(group["alpha"]), float(group["eps"]),
+                              float(group["weight_decay"]), momentum, centered, group["maximize"])
+        return loss
