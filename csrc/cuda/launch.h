@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common/cross_entropy.h"
+#include "common/optim.h"
 
 namespace dlk::cuda {
 
@@ -35,8 +36,6 @@ int cross_entropy_target_backward(DType dt, const CrossEntropyGeom& g, const Cro
 const char* error_string(int err);
 
 }  // namespace dlk::cuda
-
-#include "common/optim.h"
 
 namespace dlk::cuda {
 
