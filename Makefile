@@ -34,7 +34,7 @@ demo: build
 	$(VPY) -m dlkernels.bench --op cross_entropy
 
 bench: build
-	$(VPY) -m dlkernels.bench --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md
+	$(VPY) -m dlkernels.bench --all --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md
 
 info: build
 	$(VPY) -m dlkernels.info
