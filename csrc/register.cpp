@@ -31,6 +31,17 @@ TORCH_LIBRARY(dlkernels, m) {
   m.def("rmsprop_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
         "Tensor(d!)[] momentum_buffers, Tensor(e!)[] state_steps, float lr, float alpha, float eps, "
         "float weight_decay, float momentum, bool centered, bool maximize) -> ()");
+  // Pooling on (N, C, H, W). max_pool2d returns the argmax as a flat index in the H*W plane, as torch.
+  m.def("max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+        "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
+  m.def("avg_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+        "bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d_forward(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
@@ -41,6 +52,12 @@ TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
   m.impl("sgd_", &dlk::ops::sgd_);
   m.impl("adagrad_", &dlk::ops::adagrad_);
   m.impl("rmsprop_", &dlk::ops::rmsprop_);
+  m.impl("max_pool2d_forward", &dlk::ops::max_pool2d_forward);
+  m.impl("max_pool2d_backward", &dlk::ops::max_pool2d_backward);
+  m.impl("avg_pool2d_forward", &dlk::ops::avg_pool2d_forward);
+  m.impl("avg_pool2d_backward", &dlk::ops::avg_pool2d_backward);
+  m.impl("adaptive_avg_pool2d_forward", &dlk::ops::adaptive_avg_pool2d_forward);
+  m.impl("adaptive_avg_pool2d_backward", &dlk::ops::adaptive_avg_pool2d_backward);
 }
 
 #ifdef DLKERNELS_WITH_CUDA

@@ -55,3 +55,51 @@ def _adagrad_fake(params, grads, state_sums, state_steps, lr, lr_decay, weight_d
 def _rmsprop_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps, weight_decay,
                   momentum, centered, maximize):
     return None
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """torch's pooling output-size rule; the Python twin of pool_output_size in csrc/common/pooling.h,
+    needed here because fake kernels must know output shapes without running C++."""
+    num = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = num // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode):
+    n, c, h, w = input.shape
+    return (n, c, pool_output_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode),
+            pool_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode))
+
+
+@torch.library.register_fake("dlkernels::max_pool2d_forward")
+def _max_pool2d_forward_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("dlkernels::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dlkernels::avg_pool2d_forward")
+def _avg_pool2d_forward_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return input.new_empty(_pool_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode))
+
+
+@torch.library.register_fake("dlkernels::avg_pool2d_backward")
+def _avg_pool2d_backward_fake(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                              divisor_override):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dlkernels::adaptive_avg_pool2d_forward")
+def _adaptive_avg_pool2d_forward_fake(input, output_size):
+    return input.new_empty((input.shape[0], input.shape[1], output_size[0], output_size[1]))
+
+
+@torch.library.register_fake("dlkernels::adaptive_avg_pool2d_backward")
+def _adaptive_avg_pool2d_backward_fake(grad_output, input):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)

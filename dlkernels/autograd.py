@@ -44,3 +44,66 @@ class CrossEntropyFunction(torch.autograd.Function):
 # own (opcheck's autograd checks, torch.func) and CrossEntropyFunction stays the one definition.
 torch.library.register_autograd("dlkernels::cross_entropy_forward", CrossEntropyFunction.backward,
                                 setup_context=CrossEntropyFunction.setup_context)
+
+
+class MaxPool2dFunction(torch.autograd.Function):
+    """Max pooling; saves the argmax (flat index in the H*W plane) and routes gradients through it."""
+
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+        return _ops.max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation, ctx.ceil_mode = inputs
+        ctx.save_for_backward(input, output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output, _grad_indices):
+        input, indices = ctx.saved_tensors
+        grad = _ops.max_pool2d_backward(grad_output, input, indices, ctx.kernel_size, ctx.stride, ctx.padding,
+                                        ctx.dilation, ctx.ceil_mode)
+        return grad, None, None, None, None, None
+
+
+class AvgPool2dFunction(torch.autograd.Function):
+    """Average pooling; backward spreads each output gradient evenly over its window."""
+
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        return _ops.avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                       divisor_override)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, *ctx.args = inputs
+        ctx.save_for_backward(input)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        return (_ops.avg_pool2d_backward(grad_output, input, *ctx.args),) + (None,) * 6
+
+
+class AdaptiveAvgPool2dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(input, output_size):
+        return _ops.adaptive_avg_pool2d_forward(input, output_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        return _ops.adaptive_avg_pool2d_backward(grad_output, input), None
+
+
+for _name, _fn in (("max_pool2d_forward", MaxPool2dFunction), ("avg_pool2d_forward", AvgPool2dFunction),
+                   ("adaptive_avg_pool2d_forward", AdaptiveAvgPool2dFunction)):
+    torch.library.register_autograd("dlkernels::" + _name, _fn.backward, setup_context=_fn.setup_context)

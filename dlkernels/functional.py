@@ -4,7 +4,7 @@ import torch
 from torch.nn import _reduction as _torch_reduction
 
 from . import _C
-from .autograd import CrossEntropyFunction
+from .autograd import AdaptiveAvgPool2dFunction, AvgPool2dFunction, CrossEntropyFunction, MaxPool2dFunction
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
@@ -94,3 +94,78 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if unbatched and red == 0:
         loss = loss.squeeze(0)
     return loss
+
+
+# --------------------------------------------------------------------------- pooling
+
+def _pair(fn, name, value, allow_none=False):
+    if allow_none and value is None:
+        return None
+    if isinstance(value, bool):
+        raise TypeError(f"dlkernels.{fn}: {name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
+        return (value[0], value[0])
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    raise TypeError(f"dlkernels.{fn}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def _pool_input(fn, input):
+    _check_tensor(fn, "input", input)
+    _check_device(fn, input)
+    if input.dim() not in (3, 4):
+        raise ValueError(f"dlkernels.{fn}: input must have shape (N, C, H, W) or (C, H, W), got {tuple(input.shape)}")
+    unbatched = input.dim() == 3
+    channels_last = input.dim() == 4 and not input.is_contiguous() and \
+        input.is_contiguous(memory_format=torch.channels_last)
+    return (input.unsqueeze(0) if unbatched else input), unbatched, channels_last
+
+
+def _pool_output(t, unbatched, channels_last):
+    if unbatched:
+        return t.squeeze(0)
+    # torch answers a channels_last input with a channels_last output; the values are the same either way
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """torch.nn.functional.max_pool2d: max over each (dilated) window; with return_indices, the argmax
+    as a flat index into the input's H*W plane. NaN wins a window, the first maximum wins ties."""
+    fn = "max_pool2d"
+    x, unbatched, cl = _pool_input(fn, input)
+    k = _pair(fn, "kernel_size", kernel_size)
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _pair(fn, "stride", stride)
+    out, indices = MaxPool2dFunction.apply(x, k, s, _pair(fn, "padding", padding), _pair(fn, "dilation", dilation),
+                                           bool(ceil_mode))
+    out = _pool_output(out, unbatched, cl)
+    return (out, _pool_output(indices, unbatched, cl)) if return_indices else out
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """torch.nn.functional.avg_pool2d, with ceil_mode, count_include_pad and divisor_override."""
+    fn = "avg_pool2d"
+    x, unbatched, cl = _pool_input(fn, input)
+    k = _pair(fn, "kernel_size", kernel_size)
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _pair(fn, "stride", stride)
+    if divisor_override is not None and (not isinstance(divisor_override, int) or divisor_override == 0):
+        raise ValueError(f"dlkernels.{fn}: divisor_override must be a non-zero int, got {divisor_override!r}")
+    out = AvgPool2dFunction.apply(x, k, s, _pair(fn, "padding", padding), bool(ceil_mode), bool(count_include_pad),
+                                  divisor_override)
+    return _pool_output(out, unbatched, cl)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """torch.nn.functional.adaptive_avg_pool2d; a None entry of output_size keeps that input size."""
+    fn = "adaptive_avg_pool2d"
+    x, unbatched, cl = _pool_input(fn, input)
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
+        raise ValueError(f"dlkernels.{fn}: output_size must be an int or a pair, got {output_size!r}")
+    size = tuple(x.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
+    if not all(isinstance(v, int) and v > 0 for v in size):
+        raise ValueError(f"dlkernels.{fn}: output_size must be positive, got {output_size!r}")
+    return _pool_output(AdaptiveAvgPool2dFunction.apply(x, size), unbatched, cl)

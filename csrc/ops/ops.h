@@ -40,3 +40,23 @@ void rmsprop_(at::TensorList params, at::TensorList grads, at::TensorList square
               double weight_decay, double momentum, bool centered, bool maximize);
 
 }  // namespace dlk::ops
+
+namespace dlk::ops {
+
+// ---- pooling (csrc/ops/pooling.cpp); input (N, C, H, W)
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                                      at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, bool ceil_mode);
+at::Tensor avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                              at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                              c10::optional<int64_t> divisor_override);
+at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                               bool count_include_pad, c10::optional<int64_t> divisor_override);
+at::Tensor adaptive_avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef output_size);
+at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input);
+
+}  // namespace dlk::ops

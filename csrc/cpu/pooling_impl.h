@@ -1,0 +1,189 @@
+// Pooling loops, written once; included by pooling.cpp (the scalar reference path, baseline ISA) and
+// by pooling_avx2.cpp / pooling_avx512.cpp after their target pragma, where the compiler vectorizes the
+// same loops for that ISA. Internal linkage, so the ISA copies never meet at link time.
+// Semantics are torch's: max keeps the first maximum and lets NaN win (the last NaN's index); avg
+// divides by the window clipped to the padded input (count_include_pad) or to the input, or by
+// divisor_override; a window that covers no input gives 0.
+#pragma once
+// Standard headers come before the ISA pragma in the including file.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "cpu/pooling.h"
+
+namespace dlk::cpu {
+namespace {
+
+constexpr int64_t kPoolParallelGrain = 1 << 14;
+
+template <class T> struct PoolKernels {
+  static int64_t first_tap(int64_t start, int64_t d) {
+    while (start < 0) start += d;  // the first dilated tap inside the input
+    return start;
+  }
+
+  static void max_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
+    const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+#pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
+    for (int64_t pl = 0; pl < g.planes(); ++pl) {
+      const T* x = in + pl * plane_in;
+      T* y = out + pl * plane_out;
+      int64_t* idx = indices + pl * plane_out;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t h_lo = oh * g.SH - g.PH;
+        const int64_t h_hi = std::min(h_lo + (g.KH - 1) * g.DH + 1, g.H);
+        const int64_t h0 = first_tap(h_lo, g.DH);
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t w_lo = ow * g.SW - g.PW;
+          const int64_t w_hi = std::min(w_lo + (g.KW - 1) * g.DW + 1, g.W);
+          const int64_t w0 = first_tap(w_lo, g.DW);
+          T best = -std::numeric_limits<T>::infinity();
+          int64_t best_i = h0 * g.W + w0;
+          for (int64_t h = h0; h < h_hi; h += g.DH)
+            for (int64_t w = w0; w < w_hi; w += g.DW) {
+              const T v = x[h * g.W + w];
+              if (v > best || std::isnan(v)) {
+                best = v;
+                best_i = h * g.W + w;
+              }
+            }
+          y[oh * g.OW + ow] = best;
+          idx[oh * g.OW + ow] = best_i;
+        }
+      }
+    }
+  }
+
+  static void max_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in) {
+    const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+#pragma omp parallel for schedule(static) if (g.planes() * (plane_in + plane_out) > kPoolParallelGrain)
+    for (int64_t pl = 0; pl < g.planes(); ++pl) {
+      T* gi = grad_in + pl * plane_in;
+      const T* go = grad_out + pl * plane_out;
+      const int64_t* idx = indices + pl * plane_out;
+      for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
+      for (int64_t o = 0; o < plane_out; ++o) {
+        const int64_t i = idx[o];
+        if (i >= 0 && i < plane_in) gi[i] += go[o];  // an empty window's index may point nowhere
+      }
+    }
+  }
+
+  // Window of output (oh, ow) clipped to the input, and the divisor torch uses for it.
+  static T avg_window(const Pool2dGeom& g, const AvgPoolOptions& o, int64_t oh, int64_t ow, int64_t& h0, int64_t& h1,
+                      int64_t& w0, int64_t& w1) {
+    h0 = oh * g.SH - g.PH;
+    w0 = ow * g.SW - g.PW;
+    h1 = std::min(h0 + g.KH, g.H + g.PH);
+    w1 = std::min(w0 + g.KW, g.W + g.PW);
+    const int64_t padded = (h1 - h0) * (w1 - w0);
+    h0 = std::max<int64_t>(h0, 0);
+    w0 = std::max<int64_t>(w0, 0);
+    h1 = std::min(h1, g.H);
+    w1 = std::min(w1, g.W);
+    if (o.divisor_override) return T(o.divisor_override);
+    return T(o.count_include_pad ? padded : (h1 - h0) * (w1 - w0));
+  }
+
+  static void avg_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {
+    const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+#pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
+    for (int64_t pl = 0; pl < g.planes(); ++pl) {
+      const T* x = in + pl * plane_in;
+      T* y = out + pl * plane_out;
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          int64_t h0, h1, w0, w1;
+          const T div = avg_window(g, o, oh, ow, h0, h1, w0, w1);
+          if (h0 >= h1 || w0 >= w1) {
+            y[oh * g.OW + ow] = T(0);
+            continue;
+          }
+          T s = 0;
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) s += x[h * g.W + w];
+          y[oh * g.OW + ow] = s / div;
+        }
+    }
+  }
+
+  static void avg_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in) {
+    const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+#pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
+    for (int64_t pl = 0; pl < g.planes(); ++pl) {
+      T* gi = grad_in + pl * plane_in;
+      const T* go = grad_out + pl * plane_out;
+      for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          int64_t h0, h1, w0, w1;
+          const T share = go[oh * g.OW + ow] / avg_window(g, o, oh, ow, h0, h1, w0, w1);
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) gi[h * g.W + w] += share;
+        }
+    }
+  }
+
+  static void adaptive_forward(const Pool2dGeom& g, const T* in, T* out) {
+    const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+#pragma omp parallel for schedule(static) if (g.planes() * plane_in > kPoolParallelGrain)
+    for (int64_t pl = 0; pl < g.planes(); ++pl) {
+      const T* x = in + pl * plane_in;
+      T* y = out + pl * plane_out;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t h0 = adaptive_start(oh, g.H, g.OH), h1 = adaptive_end(oh, g.H, g.OH);
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t w0 = adaptive_start(ow, g.W, g.OW), w1 = adaptive_end(ow, g.W, g.OW);
+          T s = 0;
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) s += x[h * g.W + w];
+          y[oh * g.OW + ow] = s / T((h1 - h0) * (w1 - w0));
+        }
+      }
+    }
+  }
+
+  static void adaptive_backward(const Pool2dGeom& g, const T* grad_out, T* grad_in) {
+    const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+#pragma omp parallel for schedule(static) if (g.planes() * plane_in > kPoolParallelGrain)
+    for (int64_t pl = 0; pl < g.planes(); ++pl) {
+      T* gi = grad_in + pl * plane_in;
+      const T* go = grad_out + pl * plane_out;
+      for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const int64_t h0 = adaptive_start(oh, g.H, g.OH), h1 = adaptive_end(oh, g.H, g.OH);
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t w0 = adaptive_start(ow, g.W, g.OW), w1 = adaptive_end(ow, g.W, g.OW);
+          const T share = go[oh * g.OW + ow] / T((h1 - h0) * (w1 - w0));
+          for (int64_t h = h0; h < h1; ++h)
+            for (int64_t w = w0; w < w1; ++w) gi[h * g.W + w] += share;
+        }
+      }
+    }
+  }
+};
+
+}  // namespace
+}  // namespace dlk::cpu
+
+#define DLK_POOL_DEFINE(SUFFIX, T)                                                                             \
+  void max_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, int64_t* idx) {                   \
+    PoolKernels<T>::max_forward(g, in, out, idx);                                                              \
+  }                                                                                                            \
+  void max_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi) {             \
+    PoolKernels<T>::max_backward(g, go, idx, gi);                                                              \
+  }                                                                                                            \
+  void avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {        \
+    PoolKernels<T>::avg_forward(g, o, in, out);                                                                \
+  }                                                                                                            \
+  void avg_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi) {        \
+    PoolKernels<T>::avg_backward(g, o, go, gi);                                                                \
+  }                                                                                                            \
+  void adaptive_avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out) {                        \
+    PoolKernels<T>::adaptive_forward(g, in, out);                                                              \
+  }                                                                                                            \
+  void adaptive_avg_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, T* gi) {                        \
+    PoolKernels<T>::adaptive_backward(g, go, gi);                                                              \
+  }
