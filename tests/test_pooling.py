@@ -1,0 +1,255 @@
+"""Pooling: parity of outputs, indices and gradients with torch over random configurations, the numpy
+textbook im2col pooling, gradcheck, opcheck, every ISA path, bad inputs."""
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkernels
+import dlkernels.functional as DF
+import dlkernels.nn as dnn
+
+from conftest import check_fwd_bwd
+
+
+def random_max_configs(n, seed):
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        k = (rng.randint(1, 4), rng.randint(1, 4))
+        s = (rng.randint(1, 4), rng.randint(1, 4))
+        p = (rng.randint(0, k[0] // 2), rng.randint(0, k[1] // 2))
+        d = (rng.randint(1, 2), rng.randint(1, 2))
+        h, w = rng.randint(1, 13), rng.randint(1, 13)
+        ceil = rng.random() < 0.5
+        try:
+            F.max_pool2d(torch.zeros(1, 1, h, w), k, s, p, d, ceil)
+        except RuntimeError:
+            continue  # torch rejects it: the bad-input tests cover those
+        out.append(((rng.randint(1, 3), rng.randint(1, 4), h, w), k, s, p, d, ceil))
+    return out
+
+
+MAX_CONFIGS = random_max_configs(40, 0) + [
+    ((16, 4, 14, 14), (3, 3), (2, 2), (1, 1), (1, 1), False),  # ResNet stem
+    ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0), (1, 1), False),     # non-overlapping
+    ((1, 1, 1, 1), (1, 1), (1, 1), (0, 0), (1, 1), False),     # 1x1 plane
+    ((2, 2, 5, 5), (3, 3), (2, 2), (1, 1), (1, 1), True),      # ceil_mode, last window in the padding
+]
+
+
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", MAX_CONFIGS, ids=[str(i) for i in range(len(MAX_CONFIGS))])
+def test_max_pool2d_matches_torch(device, dtype, shape, k, s, p, d, ceil):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    kw = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+    check_fwd_bwd(lambda a: DF.max_pool2d(a, **kw), lambda a: F.max_pool2d(a, **kw), [x], dtype=dtype)
+    _, ours = DF.max_pool2d(x, return_indices=True, **kw)
+    _, ref = F.max_pool2d(x, return_indices=True, **kw)
+    assert torch.equal(ours, ref)
+
+
+def test_max_pool2d_ties_nan_and_minus_inf(device):
+    x = torch.zeros(1, 2, 6, 6, device=device)
+    x[0, 0].random_(0, 3)                    # many ties: the first maximum must win
+    x[0, 1] = float("-inf")
+    x[0, 1, 2, 3] = float("nan")             # NaN wins its windows
+    x[0, 1, 4, 4] = float("nan")
+    for kw in (dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=2), dict(kernel_size=4, stride=2, padding=2)):
+        out, idx = DF.max_pool2d(x, return_indices=True, **kw)
+        ref, ridx = F.max_pool2d(x, return_indices=True, **kw)
+        torch.testing.assert_close(out, ref, equal_nan=True)
+        assert torch.equal(idx, ridx)
+
+
+AVG_CONFIGS = []
+_rng = random.Random(1)
+while len(AVG_CONFIGS) < 30:
+    k = (_rng.randint(1, 4), _rng.randint(1, 4))
+    s = (_rng.randint(1, 3), _rng.randint(1, 3))
+    p = (_rng.randint(0, k[0] // 2), _rng.randint(0, k[1] // 2))
+    h, w = _rng.randint(1, 12), _rng.randint(1, 12)
+    opts = (_rng.random() < 0.5, _rng.random() < 0.5, _rng.choice([None, None, 3, -2]))
+    try:
+        F.avg_pool2d(torch.zeros(1, 1, h, w), k, s, p, *opts)
+    except RuntimeError:
+        continue
+    AVG_CONFIGS.append(((_rng.randint(1, 3), _rng.randint(1, 3), h, w), k, s, p) + opts)
+
+
+@pytest.mark.parametrize("shape,k,s,p,ceil,include_pad,divisor", AVG_CONFIGS, ids=[str(i) for i in range(len(AVG_CONFIGS))])
+def test_avg_pool2d_matches_torch(device, dtype, shape, k, s, p, ceil, include_pad, divisor):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=include_pad,
+              divisor_override=divisor)
+    check_fwd_bwd(lambda a: DF.avg_pool2d(a, **kw), lambda a: F.avg_pool2d(a, **kw), [x], dtype=dtype)
+
+
+@pytest.mark.parametrize("shape,out", [((2, 3, 7, 7), 1), ((2, 3, 10, 9), (4, 3)), ((1, 2, 5, 13), (None, 6)),
+                                       ((3, 4, 4, 4), (8, 8)), ((16, 8, 7, 7), (1, 1)), ((1, 1, 1, 1), 3)])
+def test_adaptive_avg_pool2d_matches_torch(device, dtype, shape, out):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    check_fwd_bwd(lambda a: DF.adaptive_avg_pool2d(a, out), lambda a: F.adaptive_avg_pool2d(a, out), [x], dtype=dtype)
+
+
+def test_unbatched_non_contiguous_channels_last(device):
+    x = torch.randn(2, 5, 12, 10, device=device)
+    for inp in (x[0], x[..., ::2], x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3)):
+        for ours, ref in ((lambda a: DF.max_pool2d(a, 3, 2, 1), lambda a: F.max_pool2d(a, 3, 2, 1)),
+                          (lambda a: DF.avg_pool2d(a, 2, ceil_mode=True), lambda a: F.avg_pool2d(a, 2, ceil_mode=True)),
+                          (lambda a: DF.adaptive_avg_pool2d(a, (3, 2)), lambda a: F.adaptive_avg_pool2d(a, (3, 2)))):
+            o, r = check_fwd_bwd(ours, ref, [inp])
+            if inp.dim() == 4 and inp.is_contiguous(memory_format=torch.channels_last) and not inp.is_contiguous():
+                assert o.is_contiguous(memory_format=torch.channels_last) == r.is_contiguous(
+                    memory_format=torch.channels_last)
+
+
+def test_isa_paths_match_scalar():
+    x = torch.randn(3, 7, 23, 19)
+    cases = [lambda a: DF.max_pool2d(a, 3, 2, 1, ceil_mode=True), lambda a: DF.avg_pool2d(a, 3, 2, 1),
+             lambda a: DF.adaptive_avg_pool2d(a, (5, 4))]
+    results = {}
+    for isa in dlkernels.supported_cpu_isas():
+        with dlkernels.use_cpu_isa(isa):
+            outs = []
+            for fn in cases:
+                xx = x.clone().requires_grad_(True)
+                y = fn(xx)
+                y.backward(torch.ones_like(y))
+                outs += [y.detach(), xx.grad]
+            results[isa] = outs
+    for isa in results:
+        for a, b in zip(results[isa], results["scalar"]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------- the textbook's im2col pooling in numpy
+
+def im2col_pool_reference(x, kh, kw, stride, pad, op):
+    """The textbook's Pooling layer: im2col, then max or mean over each window's row. Max pooling pads
+    with -inf (PyTorch's convention); average pooling pads with zeros and counts the padding."""
+    n, c, h, w = x.shape
+    fill = -np.inf if op == "max" else 0.0
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=fill)
+    oh = (h + 2 * pad - kh) // stride + 1
+    ow = (w + 2 * pad - kw) // stride + 1
+    col = np.empty((n, c, kh, kw, oh, ow))
+    for y in range(kh):
+        for z in range(kw):
+            col[:, :, y, z] = xp[:, :, y:y + stride * oh:stride, z:z + stride * ow:stride]
+    col = col.transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow * c, kh * kw)
+    red = col.max(axis=1) if op == "max" else col.mean(axis=1)
+    return red.reshape(n, oh, ow, c).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("k,stride,pad", [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)])
+def test_numpy_im2col_reference(device, k, stride, pad):
+    x_np = np.random.default_rng(k * 10 + stride).normal(size=(2, 3, 9, 8))
+    x = torch.tensor(x_np, device=device)
+    np.testing.assert_allclose(DF.max_pool2d(x, k, stride, pad).cpu().numpy(),
+                               im2col_pool_reference(x_np, k, k, stride, pad, "max"), rtol=1e-12)
+    np.testing.assert_allclose(DF.avg_pool2d(x, k, stride, pad).cpu().numpy(),
+                               im2col_pool_reference(x_np, k, k, stride, pad, "mean"), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------ gradcheck, opcheck, nn
+
+def test_gradcheck(device):
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: DF.max_pool2d(a, 3, 2, 1, dilation=(1, 2), ceil_mode=True), (x,))
+    assert torch.autograd.gradcheck(lambda a: DF.avg_pool2d(a, 3, 2, 1, ceil_mode=True, count_include_pad=False), (x,))
+    assert torch.autograd.gradcheck(lambda a: DF.adaptive_avg_pool2d(a, (4, 5)), (x,))
+
+
+def test_opcheck(device):
+    x = torch.randn(2, 3, 9, 7, device=device, requires_grad=True)
+    ops = torch.ops.dlkernels
+    torch.library.opcheck(ops.max_pool2d_forward.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
+    out, idx = ops.max_pool2d_forward(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)
+    torch.library.opcheck(ops.max_pool2d_backward.default,
+                          (torch.randn_like(out), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], True))
+    torch.library.opcheck(ops.avg_pool2d_forward.default, (x, [2, 3], [2, 1], [1, 0], False, False, None))
+    y = ops.avg_pool2d_forward(x.detach(), [2, 3], [2, 1], [1, 0], False, False, 5)
+    torch.library.opcheck(ops.avg_pool2d_backward.default,
+                          (torch.randn_like(y), x.detach(), [2, 3], [2, 1], [1, 0], False, False, 5))
+    torch.library.opcheck(ops.adaptive_avg_pool2d_forward.default, (x, [4, 3]))
+    torch.library.opcheck(ops.adaptive_avg_pool2d_backward.default, (torch.randn(2, 3, 4, 3, device=device), x.detach()))
+
+
+def test_modules_are_drop_in(device):
+    x = torch.randn(2, 4, 11, 9, device=device)
+    pairs = [(dnn.MaxPool2d(3, 2, 1, ceil_mode=True), torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True)),
+             (dnn.AvgPool2d(2, count_include_pad=False), torch.nn.AvgPool2d(2, count_include_pad=False)),
+             (dnn.AdaptiveAvgPool2d((2, None)), torch.nn.AdaptiveAvgPool2d((2, None)))]
+    for ours, ref in pairs:
+        assert isinstance(ours, type(ref)) and repr(ours) == repr(ref)
+        check_fwd_bwd(ours, ref, [x])
+    out, idx = dnn.MaxPool2d(2, return_indices=True)(x)
+    assert torch.equal(idx, torch.nn.MaxPool2d(2, return_indices=True)(x)[1])
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), dnn.MaxPool2d(2), dnn.AvgPool2d(2, ceil_mode=True),
+                                dnn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    x = torch.randn(3, 2, 13, 13)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(compiled, eager)
+    compiled.sum().backward()
+
+
+def test_deterministic_across_thread_counts():
+    x = torch.randn(4, 16, 33, 31)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            xx = x.clone().requires_grad_(True)
+            y = DF.max_pool2d(xx, 3, 1, 1) + DF.avg_pool2d(xx, 3, 1, 1)
+            y.backward(torch.ones_like(y))
+            results.append((y.detach(), xx.grad))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+def test_bad_inputs(device):
+    x = torch.randn(2, 3, 8, 8, device=device)
+    cases = [
+        (lambda: DF.max_pool2d(x, 3, padding=2), ValueError, "padding must be at most half of kernel_size"),
+        (lambda: DF.avg_pool2d(x, 2, padding=2), ValueError, "padding must be at most half of kernel_size"),
+        (lambda: DF.max_pool2d(x, 0), ValueError, "kernel_size must be positive"),
+        (lambda: DF.max_pool2d(x, (2, -1)), ValueError, "kernel_size must be positive"),
+        (lambda: DF.max_pool2d(x, 2, stride=0), ValueError, "stride must be positive"),
+        (lambda: DF.avg_pool2d(x, 2, stride=(1, -2)), ValueError, "stride must be positive"),
+        (lambda: DF.max_pool2d(x, 2, dilation=0), ValueError, "dilation must be positive"),
+        (lambda: DF.max_pool2d(x, 2, padding=-1), ValueError, "padding must be non-negative"),
+        (lambda: DF.max_pool2d(x, 9), ValueError, "too small"),
+        (lambda: DF.max_pool2d(x[0, 0], 2), ValueError, "input must have shape (N, C, H, W) or (C, H, W)"),
+        (lambda: DF.max_pool2d(x.unsqueeze(0), 2), ValueError, "input must have shape"),
+        (lambda: DF.max_pool2d(x.long(), 2), TypeError, "input must be float32 or float64"),
+        (lambda: DF.max_pool2d(x, (2, 2, 2)), TypeError, "kernel_size must be an int or a pair of ints"),
+        (lambda: DF.max_pool2d(x, 2.5), TypeError, "kernel_size must be an int or a pair"),
+        (lambda: DF.avg_pool2d(x, 2, divisor_override=0), ValueError, "divisor_override must be a non-zero int"),
+        (lambda: DF.adaptive_avg_pool2d(x, 0), ValueError, "output_size must be positive"),
+        (lambda: DF.adaptive_avg_pool2d(x, (1, 2, 3)), ValueError, "output_size must be an int or a pair"),
+        (lambda: DF.max_pool2d(torch.randn(2, 0, 4, 4, device=device), 2), ValueError, "non-zero C, H and W"),
+    ]
+    for i, (call, exc, fragment) in enumerate(cases):
+        with pytest.raises(exc) as info:
+            call()
+        if fragment:
+            assert fragment in str(info.value), f"case {i}: {info.value!r}"
+
+
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 6, 6, device=device, requires_grad=True)
+    for ours, ref in ((DF.max_pool2d(x, 2), F.max_pool2d(x, 2)), (DF.avg_pool2d(x, 3, 1, 1), F.avg_pool2d(x, 3, 1, 1)),
+                      (DF.adaptive_avg_pool2d(x, 2), F.adaptive_avg_pool2d(x, 2))):
+        assert ours.shape == ref.shape
+        ours.sum().backward()
