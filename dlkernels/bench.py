@@ -202,10 +202,43 @@ def _optimizer_case(name, torch_variant):
     return make
 
 
+def _pool_case(kind, shape, **kw):
+    def make(device):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+        torch_fn, ours_fn = {
+            "max": (F.max_pool2d, DF.max_pool2d),
+            "avg": (F.avg_pool2d, DF.avg_pool2d),
+            "adaptive": (F.adaptive_avg_pool2d, DF.adaptive_avg_pool2d),
+        }[kind]
+
+        def step(fn):
+            def run(x):
+                x.grad = None
+                y = fn(x, **kw)
+                y.backward(torch.ones_like(y))
+            return run
+
+        out = torch_fn(x.detach(), **kw)
+        # minimal bytes: read x, write y (forward); read dy, write dx (backward); max also writes and
+        # reads the int64 indices
+        per = 2 * (x.numel() + out.numel()) * 4 + (2 * out.numel() * 8 if kind == "max" else 0)
+        return dict(torch=step(torch_fn), ours=step(ours_fn), numpy=None, inputs=[x], bytes=per, flops=0)
+    return make
+
+
 CASES = [
     Case("cross_entropy", "4096x1000", _cross_entropy_case(4096, 1000), goal="CPU: 2x torch"),
     Case("cross_entropy", "8192x8000", _cross_entropy_case(8192, 8000), goal="CPU: 5x torch, 60% of mem BW"),
     Case("cross_entropy", "8192x32000", _cross_entropy_case(8192, 32000), goal="GPU: 1.5x torch, 70% of BW"),
+    Case("pooling", "max 3x3/s2/p1 16x64x112x112", _pool_case("max", (16, 64, 112, 112), kernel_size=3, stride=2,
+                                                              padding=1), goal="CPU: 3x torch, 50% of BW"),
+    Case("pooling", "max 2x2/s2 16x64x112x112", _pool_case("max", (16, 64, 112, 112), kernel_size=2),
+         goal="CPU: 3x torch, 50% of BW"),
+    Case("pooling", "avg 2x2/s2 16x64x112x112", _pool_case("avg", (16, 64, 112, 112), kernel_size=2),
+         goal="CPU: 3x torch, 50% of BW"),
+    Case("pooling", "global avg 16x2048x7x7", _pool_case("adaptive", (16, 2048, 7, 7), output_size=1),
+         goal="CPU: 3x torch, 50% of BW"),
     Case("optim", "Adam vs torch fused", _optimizer_case("Adam", "fused"), goal="CPU: >= 1x; GPU: 80% of BW"),
     Case("optim", "Adam vs torch default", _optimizer_case("Adam", "default"), goal="CPU: 3x"),
     Case("optim", "Adam vs torch foreach=False", _optimizer_case("Adam", "single"), goal=""),

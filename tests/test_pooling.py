@@ -253,3 +253,13 @@ def test_empty_batch(device):
                       (DF.adaptive_avg_pool2d(x, 2), F.adaptive_avg_pool2d(x, 2))):
         assert ours.shape == ref.shape
         ours.sum().backward()
+
+
+@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision(dtype):
+    x = torch.randn(2, 8, 15, 13, device="cuda", dtype=dtype)
+    for ours, ref in ((lambda a: DF.max_pool2d(a, 3, 2, 1), lambda a: F.max_pool2d(a, 3, 2, 1)),
+                      (lambda a: DF.avg_pool2d(a, 3, 2, 1), lambda a: F.avg_pool2d(a, 3, 2, 1)),
+                      (lambda a: DF.adaptive_avg_pool2d(a, 4), lambda a: F.adaptive_avg_pool2d(a, 4))):
+        check_fwd_bwd(ours, ref, [x])

@@ -5,6 +5,7 @@
 
 #include "common/cross_entropy.h"
 #include "common/optim.h"
+#include "common/pooling.h"
 
 namespace dlk::cuda {
 
@@ -54,5 +55,20 @@ int multi_tensor_adagrad(DType dt, const AdagradOptions& o, int64_t count, const
 int multi_tensor_rmsprop(DType dt, const RmspropOptions& o, int64_t count, const void* const* params,
                          const void* const* grads, const void* const* square_avgs, const void* const* grad_avgs,
                          const void* const* momentum_buffers, const int64_t* numel, void* stream);
+
+}  // namespace dlk::cuda
+
+namespace dlk::cuda {
+
+// Pooling on contiguous (N, C, H, W) of type dt; indices int64 flat positions in the H*W plane.
+// Backward kernels write every input gradient element (gather form, deterministic, no atomics).
+int max_pool2d_forward(DType dt, const Pool2dGeom& g, const void* in, void* out, int64_t* indices, void* stream);
+int max_pool2d_backward(DType dt, const Pool2dGeom& g, const void* grad_out, const int64_t* indices, void* grad_in,
+                        void* stream);
+int avg_pool2d_forward(DType dt, const Pool2dGeom& g, const AvgPoolOptions& o, const void* in, void* out, void* stream);
+int avg_pool2d_backward(DType dt, const Pool2dGeom& g, const AvgPoolOptions& o, const void* grad_out, void* grad_in,
+                        void* stream);
+int adaptive_avg_pool2d_forward(DType dt, const Pool2dGeom& g, const void* in, void* out, void* stream);
+int adaptive_avg_pool2d_backward(DType dt, const Pool2dGeom& g, const void* grad_out, void* grad_in, void* stream);
 
 }  // namespace dlk::cuda

@@ -10,6 +10,21 @@
 #include "ops/alloc.h"
 #include "ops/ops.h"
 
+#ifdef DLKERNELS_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/launch.h"
+#include "ops/cuda_util.h"
+#endif
+
+// In a CPU-only build the CUDA lambdas are never called and name no launcher.
+#ifdef DLKERNELS_WITH_CUDA
+#define DLK_CUDA_CALL(call) cuda::call
+#else
+#define DLK_CUDA_CALL(call) ((void)dt, (void)stream, 0)
+#endif
+
 namespace dlk::ops {
 namespace {
 
@@ -19,9 +34,10 @@ using at::Tensor;
 void check_input(const char* op, const Tensor& input) {
   TORCH_CHECK(input.is_cpu() || input.is_cuda(), "dlkernels.", op, ": input must be a CPU or CUDA tensor, got ",
               input.device());
-  TORCH_CHECK(input.is_cpu(), "dlkernels.", op, ": the CUDA kernels of this op are not written yet");
-  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, "dlkernels.", op,
-                   ": input must be float32 or float64, got ", input.scalar_type());
+  const auto t = input.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || (input.is_cuda() && (t == at::kHalf || t == at::kBFloat16)),
+                   "dlkernels.", op, ": input must be float32 or float64", input.is_cuda() ? ", float16 or bfloat16" : "",
+                   " on ", input.device().type(), ", got ", t);
   TORCH_CHECK_VALUE(input.dim() == 4, "dlkernels.", op, ": input must have shape (N, C, H, W) or (C, H, W), got ",
                     input.sizes());
   TORCH_CHECK_VALUE(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0, "dlkernels.", op,
@@ -77,6 +93,23 @@ AvgPoolOptions avg_options(const char* op, bool count_include_pad, c10::optional
   return AvgPoolOptions{count_include_pad, divisor_override.value_or(0)};
 }
 
+// Runs the CPU kernel body, or on CUDA the launcher (on the current stream, under the input's device).
+template <class CpuFn, class CudaFn>
+void run_on_device(const char* op, const Tensor& input, CpuFn cpu_fn, CudaFn cuda_fn) {
+  if (input.is_cpu()) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.pooling", [&] { cpu_fn(scalar_t()); });
+    return;
+  }
+#ifdef DLKERNELS_WITH_CUDA
+  c10::cuda::CUDAGuard guard(input.device());
+  const int err = cuda_fn(cuda_dtype(input.scalar_type()), static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()));
+  TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
+#else
+  (void)cuda_fn;
+  TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
+#endif
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
@@ -85,8 +118,11 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
   const Tensor x = input.contiguous();
   Tensor out = empty_output({g.N, g.C, g.OH, g.OW}, x.options());
   Tensor indices = empty_output({g.N, g.C, g.OH, g.OW}, x.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.max_pool2d", [&] {
+  run_on_device("max_pool2d", x, [&](auto tag) {
+    using scalar_t = decltype(tag);
     cpu::max_pool2d_forward<scalar_t>(g, x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+  }, [&](auto dt, void* stream) {
+    return DLK_CUDA_CALL(max_pool2d_forward(dt, g, x.data_ptr(), out.data_ptr(), indices.data_ptr<int64_t>(), stream));
   });
   return {out, indices};
 }
@@ -102,9 +138,12 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
                     indices.scalar_type(), " of shape ", indices.sizes());
   const Tensor go = grad_output.contiguous(), idx = indices.contiguous();
   Tensor grad_input = empty_output(input.sizes(), input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.max_pool2d_backward", [&] {
+  run_on_device("max_pool2d_backward", input, [&](auto tag) {
+    using scalar_t = decltype(tag);
     cpu::max_pool2d_backward<scalar_t>(g, go.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
                                        grad_input.data_ptr<scalar_t>());
+  }, [&](auto dt, void* stream) {
+    return DLK_CUDA_CALL(max_pool2d_backward(dt, g, go.data_ptr(), idx.data_ptr<int64_t>(), grad_input.data_ptr(), stream));
   });
   return grad_input;
 }
@@ -115,8 +154,11 @@ Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArray
   const AvgPoolOptions o = avg_options("avg_pool2d", count_include_pad, divisor_override);
   const Tensor x = input.contiguous();
   Tensor out = empty_output({g.N, g.C, g.OH, g.OW}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.avg_pool2d", [&] {
+  run_on_device("avg_pool2d", x, [&](auto tag) {
+    using scalar_t = decltype(tag);
     cpu::avg_pool2d_forward<scalar_t>(g, o, x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+  }, [&](auto dt, void* stream) {
+    return DLK_CUDA_CALL(avg_pool2d_forward(dt, g, o, x.data_ptr(), out.data_ptr(), stream));
   });
   return out;
 }
@@ -129,8 +171,11 @@ Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntAr
   check_grad("avg_pool2d_backward", grad_output, input, g);
   const Tensor go = grad_output.contiguous();
   Tensor grad_input = empty_output(input.sizes(), input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.avg_pool2d_backward", [&] {
+  run_on_device("avg_pool2d_backward", input, [&](auto tag) {
+    using scalar_t = decltype(tag);
     cpu::avg_pool2d_backward<scalar_t>(g, o, go.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>());
+  }, [&](auto dt, void* stream) {
+    return DLK_CUDA_CALL(avg_pool2d_backward(dt, g, o, go.data_ptr(), grad_input.data_ptr(), stream));
   });
   return grad_input;
 }
@@ -149,8 +194,11 @@ Tensor adaptive_avg_pool2d_forward(const Tensor& input, IntArrayRef output_size)
   const Pool2dGeom g = adaptive_geom("adaptive_avg_pool2d", input, output_size);
   const Tensor x = input.contiguous();
   Tensor out = empty_output({g.N, g.C, g.OH, g.OW}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.adaptive_avg_pool2d", [&] {
+  run_on_device("adaptive_avg_pool2d", x, [&](auto tag) {
+    using scalar_t = decltype(tag);
     cpu::adaptive_avg_pool2d_forward<scalar_t>(g, x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+  }, [&](auto dt, void* stream) {
+    return DLK_CUDA_CALL(adaptive_avg_pool2d_forward(dt, g, x.data_ptr(), out.data_ptr(), stream));
   });
   return out;
 }
@@ -162,8 +210,11 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& inp
   check_grad("adaptive_avg_pool2d_backward", grad_output, input, g);
   const Tensor go = grad_output.contiguous();
   Tensor grad_input = empty_output(input.sizes(), input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.adaptive_avg_pool2d_backward", [&] {
+  run_on_device("adaptive_avg_pool2d_backward", input, [&](auto tag) {
+    using scalar_t = decltype(tag);
     cpu::adaptive_avg_pool2d_backward<scalar_t>(g, go.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>());
+  }, [&](auto dt, void* stream) {
+    return DLK_CUDA_CALL(adaptive_avg_pool2d_backward(dt, g, go.data_ptr(), grad_input.data_ptr(), stream));
   });
   return grad_input;
 }
