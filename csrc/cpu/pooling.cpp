@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "cpu/isa.h"
 #include "cpu/pooling_impl.h"

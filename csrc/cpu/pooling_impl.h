@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "cpu/pooling.h"
 
@@ -24,33 +25,59 @@ template <class T> struct PoolKernels {
     return start;
   }
 
+  // Valid outputs [lo, hi] of a row for the tap at column offset off (column = ow * S + off).
+  static void tap_range(int64_t off, int64_t S, int64_t W, int64_t OW, int64_t& lo, int64_t& hi) {
+    lo = off >= 0 ? 0 : (-off + S - 1) / S;
+    hi = W - 1 - off >= 0 ? std::min(OW - 1, (W - 1 - off) / S) : -1;
+  }
+
+  // A whole output row at a time: for each tap (h, kw) in torch's order (h outer, w inner), update
+  // every output of the row that sees it. The loop over outputs has no dependences, so it vectorizes
+  // (a strided load, a compare, two blends); visiting windows one by one did not, and cost 35 ms of
+  // the 3x3/s2 case's 39 ms.
   static void max_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
-#pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
-    for (int64_t pl = 0; pl < g.planes(); ++pl) {
-      const T* x = in + pl * plane_in;
-      T* y = out + pl * plane_out;
-      int64_t* idx = indices + pl * plane_out;
-      for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const int64_t h_lo = oh * g.SH - g.PH;
-        const int64_t h_hi = std::min(h_lo + (g.KH - 1) * g.DH + 1, g.H);
-        const int64_t h0 = first_tap(h_lo, g.DH);
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const int64_t w_lo = ow * g.SW - g.PW;
-          const int64_t w_hi = std::min(w_lo + (g.KW - 1) * g.DW + 1, g.W);
-          const int64_t w0 = first_tap(w_lo, g.DW);
-          T best = -std::numeric_limits<T>::infinity();
-          int64_t best_i = h0 * g.W + w0;
+    // 32-bit positions in the hot loop keep index and value lanes the same width for the vectorizer;
+    // planes of 2^31 elements or more take the 64-bit loop.
+    if (plane_in >= (int64_t(1) << 31)) return max_forward_rows<int64_t>(g, in, out, indices);
+    max_forward_rows<int32_t>(g, in, out, indices);
+  }
+
+  template <class I> static void max_forward_rows(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
+    const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+#pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
+    {
+      std::vector<I> row_idx(g.OW);  // per-thread scratch, reused for every row
+      I* ri = row_idx.data();
+#pragma omp for schedule(static)
+      for (int64_t pl = 0; pl < g.planes(); ++pl) {
+        const T* x = in + pl * plane_in;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          T* y = out + pl * plane_out + oh * g.OW;
+          int64_t* idx = indices + pl * plane_out + oh * g.OW;
+          const int64_t h_lo = oh * g.SH - g.PH;
+          const int64_t h_hi = std::min(h_lo + (g.KH - 1) * g.DH + 1, g.H);
+          const int64_t h0 = first_tap(h_lo, g.DH);
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            y[ow] = -std::numeric_limits<T>::infinity();
+            ri[ow] = I(h0 * g.W + first_tap(ow * g.SW - g.PW, g.DW));  // torch's index for a window of -inf
+          }
           for (int64_t h = h0; h < h_hi; h += g.DH)
-            for (int64_t w = w0; w < w_hi; w += g.DW) {
-              const T v = x[h * g.W + w];
-              if (v > best || std::isnan(v)) {
-                best = v;
-                best_i = h * g.W + w;
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t off = kw * g.DW - g.PW;
+              int64_t lo, hi;
+              tap_range(off, g.SW, g.W, g.OW, lo, hi);
+              const T* xr = x + h * g.W + off;
+              const I base = I(h * g.W + off), step = I(g.SW);
+              for (int64_t ow = lo; ow <= hi; ++ow) {
+                const T v = xr[ow * g.SW];
+                const T best = y[ow];
+                const bool take = (v > best) | (v != v);  // first maximum wins, NaN always wins
+                y[ow] = take ? v : best;
+                ri[ow] = take ? I(base + I(ow) * step) : ri[ow];
               }
             }
-          y[oh * g.OW + ow] = best;
-          idx[oh * g.OW + ow] = best_i;
+          for (int64_t ow = 0; ow < g.OW; ++ow) idx[ow] = ri[ow];
         }
       }
     }
@@ -87,25 +114,30 @@ template <class T> struct PoolKernels {
     return T(o.count_include_pad ? padded : (h1 - h0) * (w1 - w0));
   }
 
+  // Row at a time, as max_forward: sums in torch's tap order, then one division per output.
   static void avg_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
     for (int64_t pl = 0; pl < g.planes(); ++pl) {
       const T* x = in + pl * plane_in;
-      T* y = out + pl * plane_out;
-      for (int64_t oh = 0; oh < g.OH; ++oh)
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        T* y = out + pl * plane_out + oh * g.OW;
+        for (int64_t ow = 0; ow < g.OW; ++ow) y[ow] = T(0);
+        const int64_t h_lo = oh * g.SH - g.PH;
+        for (int64_t h = std::max<int64_t>(h_lo, 0); h < std::min(h_lo + g.KH, g.H); ++h)
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t off = kw - g.PW;
+            int64_t lo, hi;
+            tap_range(off, g.SW, g.W, g.OW, lo, hi);
+            const T* xr = x + h * g.W + off;
+            for (int64_t ow = lo; ow <= hi; ++ow) y[ow] += xr[ow * g.SW];
+          }
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           int64_t h0, h1, w0, w1;
           const T div = avg_window(g, o, oh, ow, h0, h1, w0, w1);
-          if (h0 >= h1 || w0 >= w1) {
-            y[oh * g.OW + ow] = T(0);
-            continue;
-          }
-          T s = 0;
-          for (int64_t h = h0; h < h1; ++h)
-            for (int64_t w = w0; w < w1; ++w) s += x[h * g.W + w];
-          y[oh * g.OW + ow] = s / div;
+          y[ow] = (h0 >= h1 || w0 >= w1) ? T(0) : y[ow] / div;
         }
+      }
     }
   }
 
