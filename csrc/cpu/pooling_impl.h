@@ -141,25 +141,50 @@ template <class T> struct PoolKernels {
     }
   }
 
+  // Row at a time, as the forward: each output row's shares (gradient / divisor) are spread tap by
+  // tap; for one tap the outputs of a row write distinct inputs, so the loop over them vectorizes.
   static void avg_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in) {
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
-#pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
-    for (int64_t pl = 0; pl < g.planes(); ++pl) {
-      T* gi = grad_in + pl * plane_in;
-      const T* go = grad_out + pl * plane_out;
-      for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
-      for (int64_t oh = 0; oh < g.OH; ++oh)
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          int64_t h0, h1, w0, w1;
-          const T share = go[oh * g.OW + ow] / avg_window(g, o, oh, ow, h0, h1, w0, w1);
-          for (int64_t h = h0; h < h1; ++h)
-            for (int64_t w = w0; w < w1; ++w) gi[h * g.W + w] += share;
+#pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
+    {
+      std::vector<T> share_row(g.OW);  // per-thread scratch
+      T* share = share_row.data();
+#pragma omp for schedule(static)
+      for (int64_t pl = 0; pl < g.planes(); ++pl) {
+        T* gi = grad_in + pl * plane_in;
+        const T* go = grad_out + pl * plane_out;
+        for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            int64_t h0, h1, w0, w1;
+            share[ow] = go[oh * g.OW + ow] / avg_window(g, o, oh, ow, h0, h1, w0, w1);
+          }
+          const int64_t h_lo = oh * g.SH - g.PH;
+          for (int64_t h = std::max<int64_t>(h_lo, 0); h < std::min(h_lo + g.KH, g.H); ++h)
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t off = kw - g.PW;
+              int64_t lo, hi;
+              tap_range(off, g.SW, g.W, g.OW, lo, hi);
+              T* gr = gi + h * g.W + off;
+              for (int64_t ow = lo; ow <= hi; ++ow) gr[ow * g.SW] += share[ow];
+            }
         }
+      }
     }
   }
 
   static void adaptive_forward(const Pool2dGeom& g, const T* in, T* out) {
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+    if (plane_out == 1) {  // global pooling (ResNet heads): one plain sum per plane
+#pragma omp parallel for schedule(static) if (g.planes() * plane_in > kPoolParallelGrain)
+      for (int64_t pl = 0; pl < g.planes(); ++pl) {
+        const T* x = in + pl * plane_in;
+        T s = 0;
+        for (int64_t i = 0; i < plane_in; ++i) s += x[i];
+        out[pl] = s / T(plane_in);
+      }
+      return;
+    }
 #pragma omp parallel for schedule(static) if (g.planes() * plane_in > kPoolParallelGrain)
     for (int64_t pl = 0; pl < g.planes(); ++pl) {
       const T* x = in + pl * plane_in;
@@ -179,6 +204,14 @@ template <class T> struct PoolKernels {
 
   static void adaptive_backward(const Pool2dGeom& g, const T* grad_out, T* grad_in) {
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+    if (plane_out == 1) {
+#pragma omp parallel for schedule(static) if (g.planes() * plane_in > kPoolParallelGrain)
+      for (int64_t pl = 0; pl < g.planes(); ++pl) {
+        const T share = grad_out[pl] / T(plane_in);
+        for (int64_t i = 0; i < plane_in; ++i) grad_in[pl * plane_in + i] = share;
+      }
+      return;
+    }
 #pragma omp parallel for schedule(static) if (g.planes() * plane_in > kPoolParallelGrain)
     for (int64_t pl = 0; pl < g.planes(); ++pl) {
       T* gi = grad_in + pl * plane_in;
