@@ -44,7 +44,11 @@ TORCH_LIBRARY(dlkernels, m) {
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
+namespace {
+
+// Every op has one implementation function that serves both backends (the ops layer picks the kernel
+// from the tensors' device), so CPU and CUDA register the same list.
+void register_impls(torch::Library& m) {
   m.impl("cross_entropy_forward", &dlk::ops::cross_entropy_forward);
   m.impl("cross_entropy_backward", &dlk::ops::cross_entropy_backward);
   m.impl("cross_entropy_target_backward", &dlk::ops::cross_entropy_target_backward);
@@ -60,16 +64,12 @@ TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
   m.impl("adaptive_avg_pool2d_backward", &dlk::ops::adaptive_avg_pool2d_backward);
 }
 
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dlkernels, CPU, m) { register_impls(m); }
+
 #ifdef DLKERNELS_WITH_CUDA
-TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
-  m.impl("cross_entropy_forward", &dlk::ops::cross_entropy_forward);
-  m.impl("cross_entropy_backward", &dlk::ops::cross_entropy_backward);
-  m.impl("cross_entropy_target_backward", &dlk::ops::cross_entropy_target_backward);
-  m.impl("adam_", &dlk::ops::adam_);
-  m.impl("sgd_", &dlk::ops::sgd_);
-  m.impl("adagrad_", &dlk::ops::adagrad_);
-  m.impl("rmsprop_", &dlk::ops::rmsprop_);
-}
+TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) { register_impls(m); }
 #endif
 
 namespace {

@@ -19,24 +19,11 @@
 #include <type_traits>
 
 #include "common/cross_entropy.h"
+#include "cuda/dtype.cuh"
 #include "cuda/launch.h"
 
 namespace dlk::cuda {
 namespace {
-
-template <class T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <class T> __device__ __forceinline__ T from_acc(float v);
-template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <class T> __device__ __forceinline__ T from_acc(double v) { return T(v); }
 
 __device__ __forceinline__ float exp_acc(float v) { return expf(v); }
 __device__ __forceinline__ double exp_acc(double v) { return exp(v); }
@@ -475,15 +462,6 @@ cudaError_t backward_impl(const CrossEntropyGeom& g, const CrossEntropyOptions& 
   return cudaGetLastError();
 }
 
-template <class F> cudaError_t dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::Float32: return f(float());
-    case DType::Float64: return f(double());
-    case DType::Float16: return f(__half());
-    case DType::BFloat16: return f(__nv_bfloat16());
-  }
-  return cudaErrorInvalidValue;
-}
 
 }  // namespace
 
@@ -491,7 +469,7 @@ int cross_entropy_forward(DType dt, const CrossEntropyGeom& g, const CrossEntrop
                           const int64_t* target, const void* target_prob, const void* weight, void* loss_acc,
                           void* lse_acc, void* row_weight_acc, unsigned long long* bad_row, void* workspace_acc,
                           void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     return forward_impl<T>(g, o, input, target, target_prob, weight, loss_acc, lse_acc, row_weight_acc, bad_row,
                            workspace_acc, static_cast<cudaStream_t>(stream));
@@ -500,7 +478,7 @@ int cross_entropy_forward(DType dt, const CrossEntropyGeom& g, const CrossEntrop
 
 int cross_entropy_reduce(DType dt, int64_t rows, const void* loss_acc, const void* row_weight_acc, Reduction reduction,
                          void* out, void* total_weight_acc, void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     using A = typename AccOf<T>::type;
     reduce_kernel<T><<<1, 512, 0, static_cast<cudaStream_t>(stream)>>>(
@@ -514,7 +492,7 @@ int cross_entropy_backward(DType dt, const CrossEntropyGeom& g, const CrossEntro
                            const void* total_weight_acc, const void* input, const int64_t* target,
                            const void* target_prob, const void* weight, const void* lse_acc, void* grad_input,
                            void* workspace_acc, void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     return backward_impl<T>(g, o, grad_loss, total_weight_acc, input, target, target_prob, weight, lse_acc, grad_input,
                             nullptr, workspace_acc, static_cast<cudaStream_t>(stream));
@@ -524,7 +502,7 @@ int cross_entropy_backward(DType dt, const CrossEntropyGeom& g, const CrossEntro
 int cross_entropy_target_backward(DType dt, const CrossEntropyGeom& g, const CrossEntropyOptions& o,
                                   const void* grad_loss, const void* total_weight_acc, const void* input,
                                   const void* weight, const void* lse_acc, void* grad_target, void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     return backward_impl<T>(g, o, grad_loss, total_weight_acc, input, nullptr, nullptr, weight, lse_acc, nullptr,
                             grad_target, nullptr, static_cast<cudaStream_t>(stream));

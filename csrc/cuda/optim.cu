@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "common/optim.h"
+#include "cuda/dtype.cuh"
 #include "cuda/launch.h"
 
 namespace dlk::cuda {
@@ -33,17 +34,9 @@ template <int NLists> struct TensorTable {
 };
 static_assert(sizeof(TensorTable<5>) <= 4096, "kernel arguments must stay under 4 KiB");
 
-template <class T> struct MathOf { using type = float; };
-template <> struct MathOf<double> { using type = double; };
 
-__device__ __forceinline__ float load_m(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ double load_m(const double* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float load_m(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ float load_m(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-__device__ __forceinline__ void store_m(float* p, int64_t i, float v) { p[i] = v; }
-__device__ __forceinline__ void store_m(double* p, int64_t i, double v) { p[i] = v; }
-__device__ __forceinline__ void store_m(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
-__device__ __forceinline__ void store_m(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+template <class T> __device__ __forceinline__ typename AccOf<T>::type load_m(const T* p, int64_t i) { return to_acc(p[i]); }
+template <class T, class M> __device__ __forceinline__ void store_m(T* p, int64_t i, M v) { p[i] = from_acc<T>(v); }
 
 template <class M> __device__ __forceinline__ M sqrt_m(M v) { return sqrt(v); }
 
@@ -114,7 +107,7 @@ template <class M> __device__ __forceinline__ M effective_grad(M g, M p, bool ma
 
 // lists: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq
 template <class T> struct AdamFunctor {
-  using M = typename MathOf<T>::type;
+  using M = typename AccOf<T>::type;
   M beta1_weight, beta2, one_minus_beta2, eps, weight_decay, decay;
   bool amsgrad, maximize, decoupled;
   __device__ void operator()(T* const* l, int64_t i, double step_size, double bc2_sqrt) const {
@@ -139,7 +132,7 @@ template <class T> struct AdamFunctor {
 
 // lists: param, grad, momentum_buffer
 template <class T> struct SgdFunctor {
-  using M = typename MathOf<T>::type;
+  using M = typename AccOf<T>::type;
   M lr, momentum, keep, weight_decay;
   bool nesterov, maximize, use_momentum;
   __device__ void operator()(T* const* l, int64_t i, double first_step, double) const {
@@ -156,7 +149,7 @@ template <class T> struct SgdFunctor {
 
 // lists: param, grad, state_sum
 template <class T> struct AdagradFunctor {
-  using M = typename MathOf<T>::type;
+  using M = typename AccOf<T>::type;
   M weight_decay, eps;
   bool maximize;
   __device__ void operator()(T* const* l, int64_t i, double clr, double) const {
@@ -170,7 +163,7 @@ template <class T> struct AdagradFunctor {
 
 // lists: param, grad, square_avg, grad_avg, momentum_buffer
 template <class T> struct RmspropFunctor {
-  using M = typename MathOf<T>::type;
+  using M = typename AccOf<T>::type;
   M lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
   bool centered, maximize;
   __device__ void operator()(T* const* l, int64_t i, double, double) const {
@@ -198,15 +191,6 @@ template <class T> struct RmspropFunctor {
   }
 };
 
-template <class F> cudaError_t dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::Float32: return f(float());
-    case DType::Float64: return f(double());
-    case DType::Float16: return f(__half());
-    case DType::BFloat16: return f(__nv_bfloat16());
-  }
-  return cudaErrorInvalidValue;
-}
 
 }  // namespace
 
@@ -219,9 +203,9 @@ int multi_tensor_adam(DType dt, const AdamOptions& o, int64_t count, const void*
     a = scalars[i].step_size;
     b = scalars[i].bias_correction2_sqrt;
   };
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    using M = typename MathOf<T>::type;
+    using M = typename AccOf<T>::type;
     AdamFunctor<T> f{M(1.0 - o.beta1), M(o.beta2), M(1.0 - o.beta2), M(o.eps), M(o.weight_decay),
                      M(1.0 - o.lr * o.weight_decay), o.amsgrad, o.maximize,
                      o.decoupled_weight_decay && o.weight_decay != 0};
@@ -237,9 +221,9 @@ int multi_tensor_sgd(DType dt, const SgdOptions& o, int64_t count, const void* c
     a = first_step[i] ? 1.0 : 0.0;
     b = 0.0;
   };
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    using M = typename MathOf<T>::type;
+    using M = typename AccOf<T>::type;
     SgdFunctor<T> f{M(o.lr), M(o.momentum), M(1.0 - o.dampening), M(o.weight_decay), o.nesterov, o.maximize,
                     o.momentum != 0};
     return multi_tensor_apply<T, 3>(count, lists, numel, per_tensor, f, static_cast<cudaStream_t>(stream));
@@ -250,9 +234,9 @@ int multi_tensor_adagrad(DType dt, const AdagradOptions& o, int64_t count, const
                          const void* const* grads, const void* const* state_sums, const int64_t* numel,
                          const double* clr, void* stream) {
   const void* const* lists[3] = {params, grads, state_sums};
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    using M = typename MathOf<T>::type;
+    using M = typename AccOf<T>::type;
     AdagradFunctor<T> f{M(o.weight_decay), M(o.eps), o.maximize};
     auto per_tensor = [clr](int64_t i, double& a, double& b) {
       a = clr[i];
@@ -266,9 +250,9 @@ int multi_tensor_rmsprop(DType dt, const RmspropOptions& o, int64_t count, const
                          const void* const* grads, const void* const* square_avgs, const void* const* grad_avgs,
                          const void* const* momentum_buffers, const int64_t* numel, void* stream) {
   const void* const* lists[5] = {params, grads, square_avgs, grad_avgs, momentum_buffers};
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    using M = typename MathOf<T>::type;
+    using M = typename AccOf<T>::type;
     RmspropFunctor<T> f{M(o.lr), M(o.alpha), M(1.0 - o.alpha), M(o.eps), M(o.weight_decay), M(o.momentum),
                         o.centered, o.maximize};
     auto none = [](int64_t, double& a, double& b) { a = b = 0.0; };

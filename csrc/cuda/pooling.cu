@@ -9,22 +9,11 @@
 #include <cstdint>
 
 #include "common/pooling.h"
+#include "cuda/dtype.cuh"
 #include "cuda/launch.h"
 
 namespace dlk::cuda {
 namespace {
-
-template <class T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <class T> __device__ __forceinline__ T from_acc(float v) { return T(v); }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <class T> __device__ __forceinline__ T from_acc(double v) { return T(v); }
 
 int blocks_for(int64_t n) {
   const int64_t b = (n + 255) / 256;
@@ -166,20 +155,11 @@ template <class T> __global__ void adaptive_backward_kernel(Pool2dGeom g, const 
   }
 }
 
-template <class F> cudaError_t dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::Float32: return f(float());
-    case DType::Float64: return f(double());
-    case DType::Float16: return f(__half());
-    case DType::BFloat16: return f(__nv_bfloat16());
-  }
-  return cudaErrorInvalidValue;
-}
 
 }  // namespace
 
 int max_pool2d_forward(DType dt, const Pool2dGeom& g, const void* in, void* out, int64_t* indices, void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     max_forward_kernel<T><<<blocks_for(g.planes() * g.OH * g.OW), 256, 0, static_cast<cudaStream_t>(stream)>>>(
         g, static_cast<const T*>(in), static_cast<T*>(out), indices);
@@ -189,7 +169,7 @@ int max_pool2d_forward(DType dt, const Pool2dGeom& g, const void* in, void* out,
 
 int max_pool2d_backward(DType dt, const Pool2dGeom& g, const void* grad_out, const int64_t* indices, void* grad_in,
                         void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     max_backward_kernel<T><<<blocks_for(g.planes() * g.H * g.W), 256, 0, static_cast<cudaStream_t>(stream)>>>(
         g, static_cast<const T*>(grad_out), indices, static_cast<T*>(grad_in));
@@ -198,7 +178,7 @@ int max_pool2d_backward(DType dt, const Pool2dGeom& g, const void* grad_out, con
 }
 
 int avg_pool2d_forward(DType dt, const Pool2dGeom& g, const AvgPoolOptions& o, const void* in, void* out, void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     avg_forward_kernel<T><<<blocks_for(g.planes() * g.OH * g.OW), 256, 0, static_cast<cudaStream_t>(stream)>>>(
         g, o, static_cast<const T*>(in), static_cast<T*>(out));
@@ -208,7 +188,7 @@ int avg_pool2d_forward(DType dt, const Pool2dGeom& g, const AvgPoolOptions& o, c
 
 int avg_pool2d_backward(DType dt, const Pool2dGeom& g, const AvgPoolOptions& o, const void* grad_out, void* grad_in,
                         void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     avg_backward_kernel<T><<<blocks_for(g.planes() * g.H * g.W), 256, 0, static_cast<cudaStream_t>(stream)>>>(
         g, o, static_cast<const T*>(grad_out), static_cast<T*>(grad_in));
@@ -217,7 +197,7 @@ int avg_pool2d_backward(DType dt, const Pool2dGeom& g, const AvgPoolOptions& o, 
 }
 
 int adaptive_avg_pool2d_forward(DType dt, const Pool2dGeom& g, const void* in, void* out, void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     adaptive_forward_kernel<T><<<blocks_for(g.planes() * g.OH * g.OW), 256, 0, static_cast<cudaStream_t>(stream)>>>(
         g, static_cast<const T*>(in), static_cast<T*>(out));
@@ -226,7 +206,7 @@ int adaptive_avg_pool2d_forward(DType dt, const Pool2dGeom& g, const void* in, v
 }
 
 int adaptive_avg_pool2d_backward(DType dt, const Pool2dGeom& g, const void* grad_out, void* grad_in, void* stream) {
-  return dispatch(dt, [&](auto tag) {
+  return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     adaptive_backward_kernel<T><<<blocks_for(g.planes() * g.H * g.W), 256, 0, static_cast<cudaStream_t>(stream)>>>(
         g, static_cast<const T*>(grad_out), static_cast<T*>(grad_in));

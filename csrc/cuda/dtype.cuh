@@ -1,0 +1,37 @@
+// What every CUDA kernel file shares: the accumulation type of each storage dtype, conversions to and
+// from it, and the switch from the launchers' DType to a C++ type. CUDA headers only.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "cuda/launch.h"
+
+namespace dlk::cuda {
+
+// Math and accumulation in float, or double for double storage (float16/bfloat16 are storage only).
+template <class T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class T> __device__ __forceinline__ T from_acc(float v) { return T(v); }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <class T> __device__ __forceinline__ T from_acc(double v) { return T(v); }
+
+// Calls f with a value of the C++ type of dt.
+template <class F> cudaError_t dispatch_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::Float32: return f(float());
+    case DType::Float64: return f(double());
+    case DType::Float16: return f(__half());
+    case DType::BFloat16: return f(__nv_bfloat16());
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace dlk::cuda
