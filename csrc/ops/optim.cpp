@@ -116,6 +116,28 @@ template <class T> std::vector<T*> ptrs(const std::vector<Tensor>& l) {
   return out;
 }
 
+#ifdef DLKERNELS_WITH_CUDA
+// The multi-tensor launchers' inputs: per list, one device pointer per tensor (nullptr for a list the
+// options leave unused), and the element counts.
+struct DeviceTables {
+  std::vector<std::vector<const void*>> lists;
+  std::vector<int64_t> numel;
+  const void* const* list(size_t k) const { return lists[k].empty() ? nullptr : lists[k].data(); }
+};
+
+DeviceTables device_tables(const Staged& s) {
+  DeviceTables t;
+  for (const auto& l : s.work) {
+    t.lists.emplace_back();
+    for (const auto& x : l) t.lists.back().push_back(x.data_ptr());
+  }
+  for (const auto& x : s.work[0]) t.numel.push_back(x.numel());
+  return t;
+}
+
+void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+#endif
+
 // state_steps: one float scalar per parameter, incremented here (on the host: torch keeps the step
 // on the CPU unless capturable or fused). Returns the new step values.
 std::vector<double> advance_steps(const char* op, TensorList params, TensorList steps) {
@@ -164,15 +186,10 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
   } else {
 #ifdef DLKERNELS_WITH_CUDA
     c10::cuda::CUDAGuard guard(params[0].device());
-    std::vector<const void*> tables[5];
-    for (int k = 0; k < 5; ++k)
-      for (const auto& t : s.work[k]) tables[k].push_back(t.data_ptr());
-    std::vector<int64_t> numel;
-    for (const auto& t : s.work[0]) numel.push_back(t.numel());
-    const int err = cuda::multi_tensor_adam(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
-                                            tables[0].data(), tables[1].data(), tables[2].data(), tables[3].data(),
-                                            amsgrad ? tables[4].data() : nullptr, numel.data(), scalars.data(),
-                                            at::cuda::getCurrentCUDAStream().stream());
+    const DeviceTables t = device_tables(s);
+    const int err = cuda::multi_tensor_adam(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()), t.list(0),
+                                            t.list(1), t.list(2), t.list(3), t.list(4), t.numel.data(), scalars.data(),
+                                            current_stream());
     TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
@@ -208,14 +225,9 @@ void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10:
   } else {
 #ifdef DLKERNELS_WITH_CUDA
     c10::cuda::CUDAGuard guard(params[0].device());
-    std::vector<const void*> tables[3];
-    for (int k = 0; k < 3; ++k)
-      for (const auto& t : s.work[k]) tables[k].push_back(t.data_ptr());
-    std::vector<int64_t> numel;
-    for (const auto& t : s.work[0]) numel.push_back(t.numel());
-    const int err = cuda::multi_tensor_sgd(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
-                                           tables[0].data(), tables[1].data(), momentum != 0 ? tables[2].data() : nullptr,
-                                           numel.data(), first.data(), at::cuda::getCurrentCUDAStream().stream());
+    const DeviceTables t = device_tables(s);
+    const int err = cuda::multi_tensor_sgd(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()), t.list(0),
+                                           t.list(1), t.list(2), t.numel.data(), first.data(), current_stream());
     TORCH_CHECK(err == 0, "dlkernels.sgd: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.sgd: this build has no CUDA support");
@@ -248,14 +260,10 @@ void adagrad_(TensorList params, TensorList grads, TensorList state_sums, Tensor
   } else {
 #ifdef DLKERNELS_WITH_CUDA
     c10::cuda::CUDAGuard guard(params[0].device());
-    std::vector<const void*> tables[3];
-    for (int k = 0; k < 3; ++k)
-      for (const auto& t : s.work[k]) tables[k].push_back(t.data_ptr());
-    std::vector<int64_t> numel;
-    for (const auto& t : s.work[0]) numel.push_back(t.numel());
+    const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_adagrad(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
-                                               tables[0].data(), tables[1].data(), tables[2].data(), numel.data(),
-                                               clr.data(), at::cuda::getCurrentCUDAStream().stream());
+                                               t.list(0), t.list(1), t.list(2), t.numel.data(), clr.data(),
+                                               current_stream());
     TORCH_CHECK(err == 0, "dlkernels.adagrad: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.adagrad: this build has no CUDA support");
@@ -293,16 +301,10 @@ void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, Tenso
   } else {
 #ifdef DLKERNELS_WITH_CUDA
     c10::cuda::CUDAGuard guard(params[0].device());
-    std::vector<const void*> tables[5];
-    for (int k = 0; k < 5; ++k)
-      for (const auto& t : s.work[k]) tables[k].push_back(t.data_ptr());
-    std::vector<int64_t> numel;
-    for (const auto& t : s.work[0]) numel.push_back(t.numel());
+    const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_rmsprop(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
-                                               tables[0].data(), tables[1].data(), tables[2].data(),
-                                               centered ? tables[3].data() : nullptr,
-                                               momentum > 0 ? tables[4].data() : nullptr, numel.data(),
-                                               at::cuda::getCurrentCUDAStream().stream());
+                                               t.list(0), t.list(1), t.list(2), t.list(3), t.list(4), t.numel.data(),
+                                               current_stream());
     TORCH_CHECK(err == 0, "dlkernels.rmsprop: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.rmsprop: this build has no CUDA support");
