@@ -31,6 +31,21 @@ template <class T> struct PoolKernels {
     hi = W - 1 - off >= 0 ? std::min(OW - 1, (W - 1 - off) / S) : -1;
   }
 
+  // Calls f(h, off, lo, hi) for each tap of output row oh in torch's order (input row h outer, kernel
+  // column inner), with the tap's column offset (column = ow * SW + off) and the outputs [lo, hi] of
+  // the row whose window holds that column. Average pooling passes dilation 1.
+  template <class F> static void for_each_tap(const Pool2dGeom& g, int64_t oh, int64_t DH, int64_t DW, F&& f) {
+    const int64_t h_lo = oh * g.SH - g.PH;
+    const int64_t h_hi = std::min(h_lo + (g.KH - 1) * DH + 1, g.H);
+    for (int64_t h = first_tap(h_lo, DH); h < h_hi; h += DH)
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const int64_t off = kw * DW - g.PW;
+        int64_t lo, hi;
+        tap_range(off, g.SW, g.W, g.OW, lo, hi);
+        f(h, off, lo, hi);
+      }
+  }
+
   // A whole output row at a time: for each tap (h, kw) in torch's order (h outer, w inner), update
   // every output of the row that sees it. The loop over outputs has no dependences, so it vectorizes
   // (a strided load, a compare, two blends); visiting windows one by one did not, and cost 35 ms of
@@ -55,28 +70,22 @@ template <class T> struct PoolKernels {
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           T* y = out + pl * plane_out + oh * g.OW;
           int64_t* idx = indices + pl * plane_out + oh * g.OW;
-          const int64_t h_lo = oh * g.SH - g.PH;
-          const int64_t h_hi = std::min(h_lo + (g.KH - 1) * g.DH + 1, g.H);
-          const int64_t h0 = first_tap(h_lo, g.DH);
+          const int64_t h0 = first_tap(oh * g.SH - g.PH, g.DH);
           for (int64_t ow = 0; ow < g.OW; ++ow) {
             y[ow] = -std::numeric_limits<T>::infinity();
             ri[ow] = I(h0 * g.W + first_tap(ow * g.SW - g.PW, g.DW));  // torch's index for a window of -inf
           }
-          for (int64_t h = h0; h < h_hi; h += g.DH)
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const int64_t off = kw * g.DW - g.PW;
-              int64_t lo, hi;
-              tap_range(off, g.SW, g.W, g.OW, lo, hi);
-              const T* xr = x + h * g.W + off;
-              const I base = I(h * g.W + off), step = I(g.SW);
-              for (int64_t ow = lo; ow <= hi; ++ow) {
-                const T v = xr[ow * g.SW];
-                const T best = y[ow];
-                const bool take = (v > best) | (v != v);  // first maximum wins, NaN always wins
-                y[ow] = take ? v : best;
-                ri[ow] = take ? I(base + I(ow) * step) : ri[ow];
-              }
+          for_each_tap(g, oh, g.DH, g.DW, [&](int64_t h, int64_t off, int64_t lo, int64_t hi) {
+            const T* xr = x + h * g.W + off;
+            const I base = I(h * g.W + off), step = I(g.SW);
+            for (int64_t ow = lo; ow <= hi; ++ow) {
+              const T v = xr[ow * g.SW];
+              const T best = y[ow];
+              const bool take = (v > best) | (v != v);  // first maximum wins, NaN always wins
+              y[ow] = take ? v : best;
+              ri[ow] = take ? I(base + I(ow) * step) : ri[ow];
             }
+          });
           for (int64_t ow = 0; ow < g.OW; ++ow) idx[ow] = ri[ow];
         }
       }
@@ -123,15 +132,10 @@ template <class T> struct PoolKernels {
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         T* y = out + pl * plane_out + oh * g.OW;
         for (int64_t ow = 0; ow < g.OW; ++ow) y[ow] = T(0);
-        const int64_t h_lo = oh * g.SH - g.PH;
-        for (int64_t h = std::max<int64_t>(h_lo, 0); h < std::min(h_lo + g.KH, g.H); ++h)
-          for (int64_t kw = 0; kw < g.KW; ++kw) {
-            const int64_t off = kw - g.PW;
-            int64_t lo, hi;
-            tap_range(off, g.SW, g.W, g.OW, lo, hi);
-            const T* xr = x + h * g.W + off;
-            for (int64_t ow = lo; ow <= hi; ++ow) y[ow] += xr[ow * g.SW];
-          }
+        for_each_tap(g, oh, 1, 1, [&](int64_t h, int64_t off, int64_t lo, int64_t hi) {
+          const T* xr = x + h * g.W + off;
+          for (int64_t ow = lo; ow <= hi; ++ow) y[ow] += xr[ow * g.SW];
+        });
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           int64_t h0, h1, w0, w1;
           const T div = avg_window(g, o, oh, ow, h0, h1, w0, w1);
@@ -159,15 +163,10 @@ template <class T> struct PoolKernels {
             int64_t h0, h1, w0, w1;
             share[ow] = go[oh * g.OW + ow] / avg_window(g, o, oh, ow, h0, h1, w0, w1);
           }
-          const int64_t h_lo = oh * g.SH - g.PH;
-          for (int64_t h = std::max<int64_t>(h_lo, 0); h < std::min(h_lo + g.KH, g.H); ++h)
-            for (int64_t kw = 0; kw < g.KW; ++kw) {
-              const int64_t off = kw - g.PW;
-              int64_t lo, hi;
-              tap_range(off, g.SW, g.W, g.OW, lo, hi);
-              T* gr = gi + h * g.W + off;
-              for (int64_t ow = lo; ow <= hi; ++ow) gr[ow * g.SW] += share[ow];
-            }
+          for_each_tap(g, oh, 1, 1, [&](int64_t h, int64_t off, int64_t lo, int64_t hi) {
+            T* gr = gi + h * g.W + off;
+            for (int64_t ow = lo; ow <= hi; ++ow) gr[ow * g.SW] += share[ow];
+          });
         }
       }
     }
