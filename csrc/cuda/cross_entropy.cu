@@ -407,6 +407,24 @@ template <class F> cudaError_t with_tpr(int64_t C, F&& f) {
   return f(std::integral_constant<int, 256>());
 }
 
+// What forward and backward launch alike: the weight sum into the workspace (when weighted), then the
+// kernel of the layout: rows(tpr) for contiguous rows, strided() for (N, C, S > 1).
+template <class T, class Args, class Rows, class Strided>
+cudaError_t launch_layout(const CrossEntropyGeom& g, const T* weight, void* workspace, Args& a, Rows rows,
+                          Strided strided, cudaStream_t stream) {
+  using A = typename AccOf<T>::type;
+  if (weight) {
+    weight_sum_kernel<T><<<1, 256, 0, stream>>>(weight, g.C, static_cast<A*>(workspace));
+    a.wsum_device = static_cast<A*>(workspace);
+  }
+  if (g.S == 1) {
+    with_tpr(g.C, rows);
+  } else {
+    strided();
+  }
+  return cudaGetLastError();
+}
+
 template <class T>
 cudaError_t forward_impl(const CrossEntropyGeom& g, const CrossEntropyOptions& o, const void* input,
                          const int64_t* target, const void* target_prob, const void* weight, void* loss, void* lse,
@@ -416,20 +434,14 @@ cudaError_t forward_impl(const CrossEntropyGeom& g, const CrossEntropyOptions& o
   ForwardArgs<T> a{static_cast<const T*>(input), target, static_cast<const T*>(target_prob),
                    static_cast<const T*>(weight), static_cast<A*>(loss), static_cast<A*>(lse), static_cast<A*>(roww),
                    bad_row, nullptr};
-  if (weight) {
-    weight_sum_kernel<T><<<1, 256, 0, stream>>>(a.weight, g.C, static_cast<A*>(workspace));
-    a.wsum_device = static_cast<A*>(workspace);
-  }
-  if (g.S == 1) {
-    with_tpr(g.C, [&](auto tpr) {
-      constexpr int TPR = decltype(tpr)::value;
-      forward_rows_kernel<T, TPR><<<grid_for(g.rows(), 256 / TPR), 256, 0, stream>>>(g, o, a);
-      return cudaSuccess;
-    });
-  } else {
-    forward_strided_kernel<T><<<grid_for(g.rows(), 256), 256, 0, stream>>>(g, o, a);
-  }
-  return cudaGetLastError();
+  return launch_layout(
+      g, a.weight, workspace, a,
+      [&](auto tpr) {
+        constexpr int TPR = decltype(tpr)::value;
+        forward_rows_kernel<T, TPR><<<grid_for(g.rows(), 256 / TPR), 256, 0, stream>>>(g, o, a);
+        return cudaSuccess;
+      },
+      [&] { forward_strided_kernel<T><<<grid_for(g.rows(), 256), 256, 0, stream>>>(g, o, a); }, stream);
 }
 
 template <class T>
@@ -446,20 +458,14 @@ cudaError_t backward_impl(const CrossEntropyGeom& g, const CrossEntropyOptions& 
     target_backward_kernel<T><<<grid_for(g.numel(), 256), 256, 0, stream>>>(g, o, a, static_cast<T*>(grad_target));
     return cudaGetLastError();
   }
-  if (weight) {
-    weight_sum_kernel<T><<<1, 256, 0, stream>>>(a.weight, g.C, static_cast<A*>(workspace));
-    a.wsum_device = static_cast<A*>(workspace);
-  }
-  if (g.S == 1) {
-    with_tpr(g.C, [&](auto tpr) {
-      constexpr int TPR = decltype(tpr)::value;
-      backward_rows_kernel<T, TPR><<<grid_for(g.rows(), 256 / TPR), 256, 0, stream>>>(g, o, a);
-      return cudaSuccess;
-    });
-  } else {
-    backward_strided_kernel<T><<<grid_for(g.rows(), 256), 256, 0, stream>>>(g, o, a);
-  }
-  return cudaGetLastError();
+  return launch_layout(
+      g, a.weight, workspace, a,
+      [&](auto tpr) {
+        constexpr int TPR = decltype(tpr)::value;
+        backward_rows_kernel<T, TPR><<<grid_for(g.rows(), 256 / TPR), 256, 0, stream>>>(g, o, a);
+        return cudaSuccess;
+      },
+      [&] { backward_strided_kernel<T><<<grid_for(g.rows(), 256), 256, 0, stream>>>(g, o, a); }, stream);
 }
 
 
