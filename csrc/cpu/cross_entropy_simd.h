@@ -21,9 +21,10 @@ namespace dlk::cpu {
 namespace {
 
 constexpr int64_t kSimdParallelGrain = 1 << 15;
-// Outputs above this size cannot stay in the last-level cache (32 MiB shared on the CI machine) beside
-// their input, so their stores bypass the cache.
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
+// Outputs above the last-level cache (32 MiB on the CI machine) go out with streaming stores. Measured
+// on the 4096 x 1000 benchmark (16 MiB gradient): streaming it made forward+backward slower, 2.3 ms
+// against 1.86 ms with ordinary stores, since the freshly written lines still sat in the cache.
+constexpr int64_t kStreamBytes = int64_t(32) << 20;
 
 template <class V> struct CrossEntropySimd {
   using T = typename V::T;
