@@ -183,8 +183,7 @@ class RMSprop(torch.optim.RMSprop):
             for p in params:
                 state = self.state[p]
                 if len(state) == 0:
-                    state["step"] = _new_step(group, p) if group.get("capturable", False) else \
-                        torch.zeros((), dtype=_scalar_dtype())
+                    state["step"] = _new_step(group, p)
                     state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     if momentum > 0:
                         state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)

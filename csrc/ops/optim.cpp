@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/optim.h"
@@ -110,9 +111,10 @@ std::vector<TensorChunk> chunk_table(TensorList params) {
   return chunks;
 }
 
+// Raw pointers of a staged list; T may be const (read-only lists such as the gradients).
 template <class T> std::vector<T*> ptrs(const std::vector<Tensor>& l) {
   std::vector<T*> out;
-  for (const auto& t : l) out.push_back(t.data_ptr<T>());
+  for (const auto& t : l) out.push_back(t.data_ptr<std::remove_const_t<T>>());
   return out;
 }
 
@@ -178,8 +180,7 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
     AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "dlkernels.adam_", [&] {
       auto p = ptrs<scalar_t>(s.work[0]), m = ptrs<scalar_t>(s.work[2]), v = ptrs<scalar_t>(s.work[3]);
       auto vmax = ptrs<scalar_t>(s.work[4]);
-      auto g = ptrs<scalar_t>(s.work[1]);
-      std::vector<const scalar_t*> gc(g.begin(), g.end());
+      auto gc = ptrs<const scalar_t>(s.work[1]);
       cpu::AdamTensors<scalar_t> t{p.data(), gc.data(), m.data(), v.data(), amsgrad ? vmax.data() : nullptr, scalars.data()};
       cpu::adam_step<scalar_t>(o, t, chunks.data(), int64_t(chunks.size()));
     });
@@ -217,8 +218,7 @@ void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10:
   if (params[0].is_cpu()) {
     AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "dlkernels.sgd_", [&] {
       auto p = ptrs<scalar_t>(s.work[0]), b = ptrs<scalar_t>(s.work[2]);
-      auto g = ptrs<scalar_t>(s.work[1]);
-      std::vector<const scalar_t*> gc(g.begin(), g.end());
+      auto gc = ptrs<const scalar_t>(s.work[1]);
       cpu::SgdTensors<scalar_t> t{p.data(), gc.data(), momentum != 0 ? b.data() : nullptr, first.data()};
       cpu::sgd_step<scalar_t>(o, t, chunks.data(), int64_t(chunks.size()));
     });
@@ -252,8 +252,7 @@ void adagrad_(TensorList params, TensorList grads, TensorList state_sums, Tensor
   if (params[0].is_cpu()) {
     AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "dlkernels.adagrad_", [&] {
       auto p = ptrs<scalar_t>(s.work[0]), sum = ptrs<scalar_t>(s.work[2]);
-      auto g = ptrs<scalar_t>(s.work[1]);
-      std::vector<const scalar_t*> gc(g.begin(), g.end());
+      auto gc = ptrs<const scalar_t>(s.work[1]);
       cpu::AdagradTensors<scalar_t> t{p.data(), gc.data(), sum.data(), clr.data()};
       cpu::adagrad_step<scalar_t>(o, t, chunks.data(), int64_t(chunks.size()));
     });
@@ -292,8 +291,7 @@ void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, Tenso
     AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "dlkernels.rmsprop_", [&] {
       auto p = ptrs<scalar_t>(s.work[0]), sq = ptrs<scalar_t>(s.work[2]), ga = ptrs<scalar_t>(s.work[3]);
       auto b = ptrs<scalar_t>(s.work[4]);
-      auto g = ptrs<scalar_t>(s.work[1]);
-      std::vector<const scalar_t*> gc(g.begin(), g.end());
+      auto gc = ptrs<const scalar_t>(s.work[1]);
       cpu::RmspropTensors<scalar_t> t{p.data(), gc.data(), sq.data(), centered ? ga.data() : nullptr,
                                       momentum > 0 ? b.data() : nullptr};
       cpu::rmsprop_step<scalar_t>(o, t, chunks.data(), int64_t(chunks.size()));
