@@ -42,6 +42,15 @@ TORCH_LIBRARY(dlkernels, m) {
         "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
   m.def("adaptive_avg_pool2d_forward(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
+  // im2col convolution on (N, C, H, W). padding: 2 values, or 4 (top, left, bottom, right) for 'same'.
+  // conv2d_backward returns an empty tensor in place of each gradient output_mask does not ask for.
+  m.def("conv2d_forward(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[] padding, int[2] dilation, "
+        "int groups) -> Tensor");
+  m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[] padding, "
+        "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("im2col(Tensor input, int[2] kernel_size, int[2] dilation, int[2] padding, int[2] stride) -> Tensor");
+  m.def("col2im(Tensor input, int[2] output_size, int[2] kernel_size, int[2] dilation, int[2] padding, "
+        "int[2] stride) -> Tensor");
 }
 
 namespace {
@@ -62,6 +71,10 @@ void register_impls(torch::Library& m) {
   m.impl("avg_pool2d_backward", &dlk::ops::avg_pool2d_backward);
   m.impl("adaptive_avg_pool2d_forward", &dlk::ops::adaptive_avg_pool2d_forward);
   m.impl("adaptive_avg_pool2d_backward", &dlk::ops::adaptive_avg_pool2d_backward);
+  m.impl("conv2d_forward", &dlk::ops::conv2d_forward);
+  m.impl("conv2d_backward", &dlk::ops::conv2d_backward);
+  m.impl("im2col", &dlk::ops::im2col);
+  m.impl("col2im", &dlk::ops::col2im);
 }
 
 }  // namespace
@@ -104,6 +117,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_cache_limit", &dlk::ops::set_cpu_cache_limit);
   m.def("cpu_cache_idle_bytes", &dlk::ops::cpu_cache_idle_bytes);
   m.def("empty_cache", &dlk::ops::cpu_cache_release);
+  m.def("workspace_limit", &dlk::ops::workspace_limit);
+  m.def("set_workspace_limit", &dlk::ops::set_workspace_limit);
   m.def("isa_env_error", [] { return dlk::cpu::isa_env_error(); });
 #ifdef DLKERNELS_WITH_CUDA
   m.attr("cuda_archs") = std::string(DLKERNELS_CUDA_ARCHS);

@@ -61,3 +61,16 @@ def set_cpu_cache_limit(nbytes):
     if nbytes < 0:
         raise ValueError(f"dlkernels.set_cpu_cache_limit: nbytes must be >= 0, got {nbytes}")
     _C.set_cpu_cache_limit(int(nbytes))
+
+
+def workspace_limit():
+    """Bytes the im2col column buffer of one convolution call may take (default 256 MiB)."""
+    return _C.workspace_limit()
+
+
+def set_workspace_limit(nbytes):
+    """Bound the im2col column buffer: convolutions process the batch in chunks whose column matrix fits
+    (one image's column matrix is the smallest chunk)."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
+        raise ValueError(f"dlkernels.set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
+    _C.set_workspace_limit(nbytes)

@@ -103,3 +103,45 @@ def _adaptive_avg_pool2d_forward_fake(input, output_size):
 @torch.library.register_fake("dlkernels::adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
     return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation):
+    """torch's convolution output-size rule; the Python twin of conv_output_size in csrc/common/conv.h."""
+    num = size + pad_begin + pad_end - dilation * (kernel - 1) - 1
+    return 0 if num < 0 else num // stride + 1
+
+
+def _padding4(padding):
+    p = list(padding)
+    return p * 2 if len(p) == 2 else p  # (top, left, bottom, right)
+
+
+@torch.library.register_fake("dlkernels::conv2d_forward")
+def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups):
+    p = _padding4(padding)
+    kh, kw = weight.shape[2], weight.shape[3]
+    return input.new_empty((input.shape[0], weight.shape[0],
+                            conv_output_size(input.shape[2], kh, stride[0], p[0], p[2], dilation[0]),
+                            conv_output_size(input.shape[3], kw, stride[1], p[1], p[3], dilation[1])))
+
+
+@torch.library.register_fake("dlkernels::conv2d_backward")
+def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    def grad(mask, like):
+        return torch.empty_like(like, memory_format=torch.contiguous_format) if mask else input.new_empty((0,))
+    return (grad(output_mask[0], input), grad(output_mask[1], weight),
+            input.new_empty((weight.shape[0],)) if output_mask[2] else input.new_empty((0,)))
+
+
+@torch.library.register_fake("dlkernels::im2col")
+def _im2col_fake(input, kernel_size, dilation, padding, stride):
+    n, c, h, w = input.shape
+    oh = conv_output_size(h, kernel_size[0], stride[0], padding[0], padding[0], dilation[0])
+    ow = conv_output_size(w, kernel_size[1], stride[1], padding[1], padding[1], dilation[1])
+    return input.new_empty((n, c * kernel_size[0] * kernel_size[1], oh * ow))
+
+
+@torch.library.register_fake("dlkernels::col2im")
+def _col2im_fake(input, output_size, kernel_size, dilation, padding, stride):
+    n, ckk, _ = input.shape
+    return input.new_empty((n, ckk // (kernel_size[0] * kernel_size[1]), output_size[0], output_size[1]))

@@ -107,3 +107,67 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
 for _name, _fn in (("max_pool2d_forward", MaxPool2dFunction), ("avg_pool2d_forward", AvgPool2dFunction),
                    ("adaptive_avg_pool2d_forward", AdaptiveAvgPool2dFunction)):
     torch.library.register_autograd("dlkernels::" + _name, _fn.backward, setup_context=_fn.setup_context)
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """im2col convolution. Saves input and weight (not the column matrix: backward rebuilds it chunk by
+    chunk, so memory stays bounded by the workspace limit); backward asks only for the gradients needed."""
+
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups):
+        return _ops.conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, ctx.stride, ctx.padding, ctx.dilation, ctx.groups = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2])]
+        gi, gw, gb = _ops.conv2d_backward(grad_output, input, weight, ctx.stride, ctx.padding, ctx.dilation,
+                                          ctx.groups, mask)
+        return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
+
+
+class Im2colFunction(torch.autograd.Function):
+    """F.unfold; its adjoint col2im is the backward."""
+
+    @staticmethod
+    def forward(input, kernel_size, dilation, padding, stride):
+        return _ops.im2col(input, kernel_size, dilation, padding, stride)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride = inputs
+        ctx.output_size = tuple(input.shape[2:])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (Col2imFunction.apply(grad_output, ctx.output_size, ctx.kernel_size, ctx.dilation, ctx.padding,
+                                     ctx.stride), None, None, None, None)
+
+
+class Col2imFunction(torch.autograd.Function):
+    """F.fold; its adjoint im2col is the backward."""
+
+    @staticmethod
+    def forward(input, output_size, kernel_size, dilation, padding, stride):
+        return _ops.col2im(input, output_size, kernel_size, dilation, padding, stride)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, _, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride = inputs
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (Im2colFunction.apply(grad_output, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride),
+                None, None, None, None, None)
+
+
+for _name, _fn in (("conv2d_forward", Conv2dFunction), ("im2col", Im2colFunction), ("col2im", Col2imFunction)):
+    torch.library.register_autograd("dlkernels::" + _name, _fn.backward, setup_context=_fn.setup_context)

@@ -227,7 +227,45 @@ def _pool_case(kind, shape, **kw):
     return make
 
 
+def _conv_case(N, C, H, OC, K, stride=1, padding=0):
+    def make(device):
+        from dlkernels.textbook import Convolution
+
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(N, C, H, H, generator=gen).to(device).requires_grad_(True)
+        w = (torch.randn(OC, C, K, K, generator=gen) / (C * K * K) ** 0.5).to(device).requires_grad_(True)
+        b = torch.randn(OC, generator=gen).to(device).requires_grad_(True)
+
+        def step(fn):
+            def run(x):
+                x.grad = w.grad = b.grad = None
+                y = fn(x, w, b, stride=stride, padding=padding)
+                y.backward(grad)
+            return run
+
+        with torch.no_grad():
+            grad = torch.randn_like(F.conv2d(x, w, b, stride=stride, padding=padding))
+        OH = grad.shape[2]
+        layer = Convolution(w.detach().cpu().numpy(), b.detach().cpu().numpy(), stride, padding)
+        x_np, g_np = x.detach().cpu().numpy(), grad.cpu().numpy()
+
+        def numpy_step():
+            layer.forward(x_np)
+            layer.backward(g_np)
+
+        flops = 3 * 2 * N * OC * C * K * K * OH * OH  # forward, grad-input and grad-weight GEMMs
+        return dict(torch=step(F.conv2d), ours=step(DF.conv2d), numpy=numpy_step, inputs=[x],
+                    bytes=0, flops=flops)
+    return make
+
+
 CASES = [
+    Case("conv", "LeNet 64x1x28x28 -> 6 5x5", _conv_case(64, 1, 28, 6, 5), goal="CPU: 2x torch"),
+    Case("conv", "3x3 16x64x56x56 -> 64 p1", _conv_case(16, 64, 56, 64, 3, padding=1),
+         goal="CPU: >= 1/1.3 of torch; GPU: >= 1/1.5 of cuDNN"),
+    Case("conv", "3x3/s2 16x128x28x28 -> 128 p1", _conv_case(16, 128, 28, 128, 3, stride=2, padding=1),
+         goal="CPU: >= 1/1.3 of torch"),
+    Case("conv", "1x1 16x256x14x14 -> 256", _conv_case(16, 256, 14, 256, 1), goal="CPU: >= 1x torch"),
     Case("cross_entropy", "4096x1000", _cross_entropy_case(4096, 1000), goal="CPU: 2x torch"),
     Case("cross_entropy", "8192x8000", _cross_entropy_case(8192, 8000), goal="CPU: 5x torch, 60% of mem BW"),
     Case("cross_entropy", "8192x32000", _cross_entropy_case(8192, 32000), goal="GPU: 1.5x torch, 70% of BW"),

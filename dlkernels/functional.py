@@ -4,7 +4,8 @@ import torch
 from torch.nn import _reduction as _torch_reduction
 
 from . import _C
-from .autograd import AdaptiveAvgPool2dFunction, AvgPool2dFunction, CrossEntropyFunction, MaxPool2dFunction
+from .autograd import (AdaptiveAvgPool2dFunction, AvgPool2dFunction, Col2imFunction, Conv2dFunction,
+                       CrossEntropyFunction, Im2colFunction, MaxPool2dFunction)
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
@@ -169,3 +170,80 @@ def adaptive_avg_pool2d(input, output_size):
     if not all(isinstance(v, int) and v > 0 for v in size):
         raise ValueError(f"dlkernels.{fn}: output_size must be positive, got {output_size!r}")
     return _pool_output(AdaptiveAvgPool2dFunction.apply(x, size), unbatched, cl)
+
+
+# --------------------------------------------------------------------------- im2col convolution
+
+def _conv_padding(fn, padding, kernel, stride, dilation):
+    """padding as the ops take it: (PH, PW), or (top, left, bottom, right) when 'same' needs one more row
+    or column after than before (even dilated kernel extent), as torch pads then."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"dlkernels.{fn}: padding='same' is not supported for strided convolutions, "
+                                 f"got stride={stride}")
+            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            begin = [t // 2 for t in total]
+            end = [t - b for t, b in zip(total, begin)]
+            return tuple(begin) if begin == end else (begin[0], begin[1], end[0], end[1])
+        raise ValueError(f"dlkernels.{fn}: padding must be 'valid', 'same', an int or a pair of ints, got {padding!r}")
+    return _pair(fn, "padding", padding)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """torch.nn.functional.conv2d by im2col + GEMM: input (N, C, H, W) or (C, H, W), weight
+    (out_channels, C / groups, kH, kW), bias (out_channels). stride, dilation: int or pair; padding: int,
+    pair, 'valid' or 'same'; groups divides C and out_channels (groups == C: depthwise)."""
+    fn = "conv2d"
+    _check_tensor(fn, "input", input)
+    _check_tensor(fn, "weight", weight)
+    if bias is not None:
+        _check_tensor(fn, "bias", bias)
+    _check_device(fn, input)
+    _check_same_device(fn, input, weight=weight, bias=bias)
+    if input.dim() not in (3, 4):
+        raise ValueError(f"dlkernels.{fn}: input must have shape (N, C, H, W) or (C, H, W), got {tuple(input.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"dlkernels.{fn}: groups must be an int, got {groups!r}")
+    s, d = _pair(fn, "stride", stride), _pair(fn, "dilation", dilation)
+    kernel = tuple(weight.shape[2:4]) if weight.dim() == 4 else (1, 1)
+    p = _conv_padding(fn, padding, kernel, s, d)
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    channels_last = not unbatched and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    out = Conv2dFunction.apply(x, weight, bias, s, p, d, groups)
+    return _pool_output(out, unbatched, channels_last)
+
+
+def im2col(input, kernel_size, dilation=1, padding=0, stride=1):
+    """torch.nn.functional.unfold: (N, C, H, W) -> (N, C*kH*kW, L), or (C, H, W) -> (C*kH*kW, L); column l
+    holds the receptive field of output position l, zeros where it lies in the padding."""
+    fn = "im2col"
+    _check_tensor(fn, "input", input)
+    _check_device(fn, input)
+    if input.dim() not in (3, 4):
+        raise ValueError(f"dlkernels.{fn}: input must have shape (N, C, H, W) or (C, H, W), got {tuple(input.shape)}")
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    out = Im2colFunction.apply(x, _pair(fn, "kernel_size", kernel_size), _pair(fn, "dilation", dilation),
+                               _pair(fn, "padding", padding), _pair(fn, "stride", stride))
+    return out.squeeze(0) if unbatched else out
+
+
+def col2im(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
+    """torch.nn.functional.fold: (N, C*kH*kW, L) -> (N, C, H, W), or (C*kH*kW, L) -> (C, H, W); each pixel is
+    the sum of the column entries that im2col would copy from it (the adjoint of im2col)."""
+    fn = "col2im"
+    _check_tensor(fn, "input", input)
+    _check_device(fn, input)
+    if input.dim() not in (2, 3):
+        raise ValueError(f"dlkernels.{fn}: input must have shape (N, C*kH*kW, L) or (C*kH*kW, L), "
+                         f"got {tuple(input.shape)}")
+    unbatched = input.dim() == 2
+    x = input.unsqueeze(0) if unbatched else input
+    out = Col2imFunction.apply(x, _pair(fn, "output_size", output_size), _pair(fn, "kernel_size", kernel_size),
+                               _pair(fn, "dilation", dilation), _pair(fn, "padding", padding),
+                               _pair(fn, "stride", stride))
+    return out.squeeze(0) if unbatched else out

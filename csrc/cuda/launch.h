@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/conv.h"
 #include "common/cross_entropy.h"
 #include "common/optim.h"
 #include "common/pooling.h"
@@ -70,5 +71,21 @@ int avg_pool2d_backward(DType dt, const Pool2dGeom& g, const AvgPoolOptions& o, 
                         void* stream);
 int adaptive_avg_pool2d_forward(DType dt, const Pool2dGeom& g, const void* in, void* out, void* stream);
 int adaptive_avg_pool2d_backward(DType dt, const Pool2dGeom& g, const void* grad_out, void* grad_in, void* stream);
+
+}  // namespace dlk::cuda
+
+namespace dlk::cuda {
+
+// im2col convolution (csrc/cuda/conv.cu); every buffer of type dt, layouts as in common/conv.h.
+// im2col: one thread per column element. col2im: gather form, one thread per input pixel summing the
+// column entries that copied it (in acc type): no atomics, deterministic; out fully written.
+int im2col(DType dt, const Im2colGeom& g, const void* in, void* col, void* stream);
+int col2im(DType dt, const Im2colGeom& g, const void* col, void* out, void* stream);
+// out[b, oc, l] = rows[oc, b*L + l] + bias[oc] (bias may be nullptr; rows may equal out when B == 1).
+int conv_rows_to_images(DType dt, int64_t B, int64_t OC, int64_t L, const void* rows, const void* bias, void* out,
+                        void* stream);
+int conv_images_to_rows(DType dt, int64_t B, int64_t OC, int64_t L, const void* images, void* rows, void* stream);
+// out[c] = sum over n, l of in[n, c, l]: one block per channel, a fixed-order tree (deterministic).
+int channel_sum(DType dt, int64_t N, int64_t C, int64_t L, const void* in, void* out, void* stream);
 
 }  // namespace dlk::cuda

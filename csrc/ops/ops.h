@@ -4,6 +4,7 @@
 #include <ATen/core/List.h>
 #include <c10/util/Optional.h>
 
+#include <array>
 #include <tuple>
 
 namespace dlk::ops {
@@ -58,5 +59,25 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
                                bool count_include_pad, c10::optional<int64_t> divisor_override);
 at::Tensor adaptive_avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef output_size);
 at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input);
+
+}  // namespace dlk::ops
+
+namespace dlk::ops {
+
+// ---- im2col convolution (csrc/ops/conv.cpp); input (N, C, H, W); padding 2 values or 4 (top, left,
+// bottom, right). The column buffer is processed in batch chunks within workspace_limit() bytes.
+at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                               const at::Tensor& weight, at::IntArrayRef stride,
+                                                               at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                               int64_t groups, std::array<bool, 3> output_mask);
+// F.unfold / F.fold on (N, C, H, W) / (N, C*kH*kW, L).
+at::Tensor im2col(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef dilation,
+                  at::IntArrayRef padding, at::IntArrayRef stride);
+at::Tensor col2im(const at::Tensor& input, at::IntArrayRef output_size, at::IntArrayRef kernel_size,
+                  at::IntArrayRef dilation, at::IntArrayRef padding, at::IntArrayRef stride);
+int64_t workspace_limit();
+void set_workspace_limit(int64_t bytes);
 
 }  // namespace dlk::ops

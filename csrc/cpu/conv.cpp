@@ -1,0 +1,43 @@
+// im2col convolution: the scalar reference path (conv_impl.h at the baseline ISA) and the ISA dispatch.
+#include "cpu/conv.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/conv_impl.h"
+#include "cpu/isa.h"
+
+namespace dlk::cpu {
+
+DLK_CONV_DEFINE(scalar, float)
+DLK_CONV_DEFINE(scalar, double)
+
+#define DLK_CONV_DISPATCH(NAME, PARAMS, ARGS)      \
+  template <class T> void NAME PARAMS {            \
+    switch (current_isa()) {                       \
+      case Isa::Avx512: return NAME##_avx512 ARGS; \
+      case Isa::Avx2: return NAME##_avx2 ARGS;     \
+      case Isa::Scalar: return NAME##_scalar ARGS; \
+    }                                              \
+  }
+DLK_CONV_DISPATCH(im2col, (const Im2colGeom& g, const T* in, T* col), (g, in, col))
+DLK_CONV_DISPATCH(col2im, (const Im2colGeom& g, const T* col, T* out), (g, col, out))
+DLK_CONV_DISPATCH(conv_rows_to_images, (int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out),
+                  (B, OC, L, rows, bias, out))
+DLK_CONV_DISPATCH(conv_images_to_rows, (int64_t B, int64_t OC, int64_t L, const T* images, T* rows),
+                  (B, OC, L, images, rows))
+DLK_CONV_DISPATCH(channel_sum, (int64_t N, int64_t C, int64_t L, const T* in, T* out), (N, C, L, in, out))
+#undef DLK_CONV_DISPATCH
+
+#define DLK_CONV_INSTANTIATE(T)                                                                  \
+  template void im2col<T>(const Im2colGeom&, const T*, T*);                                      \
+  template void col2im<T>(const Im2colGeom&, const T*, T*);                                      \
+  template void conv_rows_to_images<T>(int64_t, int64_t, int64_t, const T*, const T*, T*);       \
+  template void conv_images_to_rows<T>(int64_t, int64_t, int64_t, const T*, T*);                 \
+  template void channel_sum<T>(int64_t, int64_t, int64_t, const T*, T*);
+DLK_CONV_INSTANTIATE(float)
+DLK_CONV_INSTANTIATE(double)
+#undef DLK_CONV_INSTANTIATE
+
+}  // namespace dlk::cpu

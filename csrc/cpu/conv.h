@@ -1,0 +1,37 @@
+// CPU kernels of im2col convolution on raw pointers (T = float or double). The GEMMs are not here:
+// the ops layer calls at::mm on the column matrices these kernels build.
+#pragma once
+#include <cstdint>
+
+#include "common/conv.h"
+
+namespace dlk::cpu {
+
+// Writes the whole column matrix of g.images images (layout in common/conv.h), zeros in the padding.
+template <class T> void im2col(const Im2colGeom& g, const T* in, T* col);
+// The adjoint of im2col: out (images, C, H, W) is fully written; each input pixel is the sum of the
+// column entries that copied it. Each input row is owned by one thread: deterministic, no atomics.
+template <class T> void col2im(const Im2colGeom& g, const T* col, T* out);
+// out[b, oc, l] = rows[oc, b * L + l] + bias[oc] (bias may be nullptr): the chunk GEMM's (OC, B*L)
+// result back into (B, OC, L) images.
+template <class T> void conv_rows_to_images(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out);
+// rows[oc, b * L + l] = images[b, oc, l]: grad_output of a chunk as the GEMMs' (OC, B*L) operand.
+template <class T> void conv_images_to_rows(int64_t B, int64_t OC, int64_t L, const T* images, T* rows);
+// out[c] = sum over n < N, l < L of in[n, c, l], summed in double in a fixed order (the bias gradient).
+template <class T> void channel_sum(int64_t N, int64_t C, int64_t L, const T* in, T* out);
+
+#define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
+  void im2col_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
+  void col2im_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
+  void conv_rows_to_images_##SUFFIX(int64_t, int64_t, int64_t, const T*, const T*, T*);          \
+  void conv_images_to_rows_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);                    \
+  void channel_sum_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);
+DLK_CONV_DECLARE(scalar, float)
+DLK_CONV_DECLARE(scalar, double)
+DLK_CONV_DECLARE(avx2, float)
+DLK_CONV_DECLARE(avx2, double)
+DLK_CONV_DECLARE(avx512, float)
+DLK_CONV_DECLARE(avx512, double)
+#undef DLK_CONV_DECLARE
+
+}  // namespace dlk::cpu

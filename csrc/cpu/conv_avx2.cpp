@@ -1,0 +1,17 @@
+// im2col convolution, avx2 path: the loops of conv_impl.h compiled for avx2 (compiler-vectorized: the
+// row copies, the stride-1 adds of col2im and the channel sums). Standard headers before the pragma.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/conv.h"
+
+#pragma GCC target("avx2,fma")
+#include "cpu/conv_impl.h"
+
+namespace dlk::cpu {
+
+DLK_CONV_DEFINE(avx2, float)
+DLK_CONV_DEFINE(avx2, double)
+
+}  // namespace dlk::cpu

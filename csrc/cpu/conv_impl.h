@@ -1,0 +1,137 @@
+// im2col convolution loops, written once; included by conv.cpp (the scalar reference path, baseline
+// ISA) and by conv_avx2.cpp / conv_avx512.cpp after their target pragma, where the compiler vectorizes
+// the same loops. Internal linkage, so the ISA copies never meet at link time.
+// Every loop works a whole row at a time: for stride 1 the inner loop is a contiguous copy or add.
+#pragma once
+// Standard headers come before the ISA pragma in the including file.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/conv.h"
+
+namespace dlk::cpu {
+namespace {
+
+constexpr int64_t kConvParallelGrain = 1 << 15;  // elements; below this one thread is faster
+
+template <class T> struct ConvKernels {
+  static void im2col(const Im2colGeom& g, const T* in, T* col) {
+    const int64_t rows = g.rows(), KK = g.KH * g.KW, plane = g.H * g.W;
+    const int64_t tasks = rows * g.images;
+    // Task t = (row, image), row outer: in the conv chunk layout a thread then writes one long run.
+#pragma omp parallel for schedule(static) if (tasks * g.positions() > kConvParallelGrain)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t r = t / g.images, b = t % g.images;
+      const int64_t c = r / KK, kh = (r % KK) / g.KW, kw = r % g.KW;
+      const T* x = in + (b * g.C + c) * plane;
+      T* dst = col + r * g.row_stride + b * g.image_stride;
+      const int64_t off = kw * g.DW - g.PW;
+      int64_t lo, hi;
+      conv_tap_range(off, g.SW, g.W, g.OW, lo, hi);
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        T* d = dst + oh * g.OW;
+        const int64_t h = oh * g.SH - g.PH + kh * g.DH;
+        if (h < 0 || h >= g.H || hi < lo) {
+          std::fill(d, d + g.OW, T(0));
+          continue;
+        }
+        const T* xr = x + h * g.W + off;
+        std::fill(d, d + lo, T(0));
+        if (g.SW == 1) {
+          std::memcpy(d + lo, xr + lo, sizeof(T) * (hi - lo + 1));
+        } else {
+          for (int64_t ow = lo; ow <= hi; ++ow) d[ow] = xr[ow * g.SW];
+        }
+        std::fill(d + hi + 1, d + g.OW, T(0));
+      }
+    }
+  }
+
+  static void col2im(const Im2colGeom& g, const T* col, T* out) {
+    const int64_t KK = g.KH * g.KW;
+    const int64_t tasks = g.images * g.C * g.H;  // one input row each
+#pragma omp parallel for schedule(static) if (tasks * g.W * KK > kConvParallelGrain)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t h = t % g.H, c = (t / g.H) % g.C, b = t / (g.H * g.C);
+      T* dx = out + t * g.W;
+      std::fill(dx, dx + g.W, T(0));
+      // Kernel rows kh whose tap lands on input row h: h = oh*SH - PH + kh*DH for some 0 <= oh < OH.
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        const int64_t hh = h + g.PH - kh * g.DH;
+        if (hh < 0 || hh % g.SH != 0 || hh / g.SH >= g.OH) continue;
+        const int64_t oh = hh / g.SH;
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          const int64_t r = c * KK + kh * g.KW + kw;
+          const T* src = col + r * g.row_stride + b * g.image_stride + oh * g.OW;
+          const int64_t off = kw * g.DW - g.PW;
+          int64_t lo, hi;
+          conv_tap_range(off, g.SW, g.W, g.OW, lo, hi);
+          T* dxo = dx + off;
+          if (g.SW == 1) {
+            for (int64_t ow = lo; ow <= hi; ++ow) dxo[ow] += src[ow];
+          } else {
+            for (int64_t ow = lo; ow <= hi; ++ow) dxo[ow * g.SW] += src[ow];
+          }
+        }
+      }
+    }
+  }
+
+  static void rows_to_images(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) {
+#pragma omp parallel for schedule(static) if (B * OC * L > kConvParallelGrain)
+    for (int64_t t = 0; t < B * OC; ++t) {
+      const int64_t b = t / OC, oc = t % OC;
+      const T* s = rows + oc * B * L + b * L;
+      T* d = out + t * L;
+      if (bias) {
+        const T v = bias[oc];
+        for (int64_t l = 0; l < L; ++l) d[l] = s[l] + v;
+      } else {
+        std::memcpy(d, s, sizeof(T) * L);
+      }
+    }
+  }
+
+  static void images_to_rows(int64_t B, int64_t OC, int64_t L, const T* images, T* rows) {
+#pragma omp parallel for schedule(static) if (B * OC * L > kConvParallelGrain)
+    for (int64_t t = 0; t < B * OC; ++t) {
+      const int64_t oc = t / B, b = t % B;  // writes rows in order
+      std::memcpy(rows + oc * B * L + b * L, images + (b * OC + oc) * L, sizeof(T) * L);
+    }
+  }
+
+  static void channel_sum(int64_t N, int64_t C, int64_t L, const T* in, T* out) {
+#pragma omp parallel for schedule(static) if (N * C * L > kConvParallelGrain)
+    for (int64_t c = 0; c < C; ++c) {
+      double total = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* x = in + (n * C + c) * L;
+        // Eight partial sums: a vectorizable reduction without -ffast-math, in a fixed order.
+        double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t l = 0;
+        for (; l + 8 <= L; l += 8)
+          for (int j = 0; j < 8; ++j) part[j] += double(x[l + j]);
+        for (; l < L; ++l) part[0] += double(x[l]);
+        total += ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+      }
+      out[c] = T(total);
+    }
+  }
+};
+
+}  // namespace
+}  // namespace dlk::cpu
+
+#define DLK_CONV_DEFINE(SUFFIX, T)                                                                        \
+  void im2col_##SUFFIX(const Im2colGeom& g, const T* in, T* col) { ConvKernels<T>::im2col(g, in, col); } \
+  void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<T>::col2im(g, col, out); } \
+  void conv_rows_to_images_##SUFFIX(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) { \
+    ConvKernels<T>::rows_to_images(B, OC, L, rows, bias, out);                                            \
+  }                                                                                                       \
+  void conv_images_to_rows_##SUFFIX(int64_t B, int64_t OC, int64_t L, const T* images, T* rows) {         \
+    ConvKernels<T>::images_to_rows(B, OC, L, images, rows);                                               \
+  }                                                                                                       \
+  void channel_sum_##SUFFIX(int64_t N, int64_t C, int64_t L, const T* in, T* out) {                       \
+    ConvKernels<T>::channel_sum(N, C, L, in, out);                                                        \
+  }

@@ -1,0 +1,148 @@
+// im2col convolution CUDA kernels. CUDA headers only, raw pointers: compiles with plain `nvcc -c`.
+// The GEMMs between them are cuBLAS, called by the ops layer. Same semantics as csrc/cpu/conv_impl.h
+// (the specification): im2col one thread per column element, col2im one thread per input pixel
+// gathering the entries that copied it, so the backward pass needs no atomics and is deterministic.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/conv.h"
+#include "cuda/dtype.cuh"
+#include "cuda/launch.h"
+
+namespace dlk::cuda {
+namespace {
+
+int blocks_for(int64_t n) {
+  const int64_t b = (n + 255) / 256;
+  return int(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));
+}
+
+#define DLK_GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+// Consecutive threads take consecutive output positions l of one (row, image): coalesced writes, and
+// for stride 1 coalesced reads along the input row.
+template <class T> __global__ void im2col_kernel(Im2colGeom g, const T* in, T* col) {
+  const int64_t L = g.OH * g.OW, KK = g.KH * g.KW;
+  DLK_GRID_LOOP(i, g.rows() * g.images * L) {
+    const int64_t l = i % L, b = (i / L) % g.images, r = i / (L * g.images);
+    const int64_t c = r / KK, kh = (r % KK) / g.KW, kw = r % g.KW;
+    const int64_t oh = l / g.OW, ow = l % g.OW;
+    const int64_t h = oh * g.SH - g.PH + kh * g.DH, w = ow * g.SW - g.PW + kw * g.DW;
+    T v = from_acc<T>(typename AccOf<T>::type(0));
+    if (h >= 0 && h < g.H && w >= 0 && w < g.W) v = in[((b * g.C + c) * g.H + h) * g.W + w];
+    col[r * g.row_stride + b * g.image_stride + l] = v;
+  }
+}
+
+// Output positions o along one axis whose tap k lands on input coordinate x: x = o*S - P + k*D.
+template <class T> __global__ void col2im_kernel(Im2colGeom g, const T* col, T* out) {
+  using A = typename AccOf<T>::type;
+  const int64_t KK = g.KH * g.KW;
+  DLK_GRID_LOOP(i, g.images * g.C * g.H * g.W) {
+    const int64_t w = i % g.W, h = (i / g.W) % g.H, c = (i / (g.W * g.H)) % g.C, b = i / (g.W * g.H * g.C);
+    A acc = 0;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      const int64_t hh = h + g.PH - kh * g.DH;
+      if (hh < 0 || hh % g.SH != 0 || hh / g.SH >= g.OH) continue;
+      const int64_t oh = hh / g.SH;
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const int64_t ww = w + g.PW - kw * g.DW;
+        if (ww < 0 || ww % g.SW != 0 || ww / g.SW >= g.OW) continue;
+        const int64_t r = c * KK + kh * g.KW + kw;
+        acc += to_acc(col[r * g.row_stride + b * g.image_stride + oh * g.OW + ww / g.SW]);
+      }
+    }
+    out[i] = from_acc<T>(acc);
+  }
+}
+
+template <class T>
+__global__ void rows_to_images_kernel(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) {
+  DLK_GRID_LOOP(i, B * OC * L) {
+    const int64_t l = i % L, oc = (i / L) % OC, b = i / (L * OC);
+    typename AccOf<T>::type v = to_acc(rows[oc * B * L + b * L + l]);
+    if (bias) v += to_acc(bias[oc]);
+    out[i] = from_acc<T>(v);
+  }
+}
+
+template <class T> __global__ void images_to_rows_kernel(int64_t B, int64_t OC, int64_t L, const T* images, T* rows) {
+  DLK_GRID_LOOP(i, B * OC * L) {
+    const int64_t l = i % L, b = (i / L) % B, oc = i / (L * B);
+    rows[i] = images[(b * OC + oc) * L + l];
+  }
+}
+
+// One block per channel; each thread sums a fixed strided subset, then a fixed tree in shared memory.
+template <class T> __global__ void channel_sum_kernel(int64_t N, int64_t C, int64_t L, const T* in, T* out) {
+  using A = typename AccOf<T>::type;
+  __shared__ A part[256];
+  const int64_t c = blockIdx.x;
+  A acc = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const T* x = in + (n * C + c) * L;
+    for (int64_t l = threadIdx.x; l < L; l += blockDim.x) acc += to_acc(x[l]);
+  }
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) part[threadIdx.x] += part[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[c] = from_acc<T>(part[0]);
+}
+
+}  // namespace
+
+int im2col(DType dt, const Im2colGeom& g, const void* in, void* col, void* stream) {
+  return dispatch_dtype(dt, [&](auto tag) {
+    using T = decltype(tag);
+    im2col_kernel<T><<<blocks_for(g.rows() * g.images * g.OH * g.OW), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+        g, static_cast<const T*>(in), static_cast<T*>(col));
+    return cudaGetLastError();
+  });
+}
+
+int col2im(DType dt, const Im2colGeom& g, const void* col, void* out, void* stream) {
+  return dispatch_dtype(dt, [&](auto tag) {
+    using T = decltype(tag);
+    col2im_kernel<T><<<blocks_for(g.images * g.C * g.H * g.W), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+        g, static_cast<const T*>(col), static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
+int conv_rows_to_images(DType dt, int64_t B, int64_t OC, int64_t L, const void* rows, const void* bias, void* out,
+                        void* stream) {
+  return dispatch_dtype(dt, [&](auto tag) {
+    using T = decltype(tag);
+    rows_to_images_kernel<T><<<blocks_for(B * OC * L), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+        B, OC, L, static_cast<const T*>(rows), static_cast<const T*>(bias), static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
+int conv_images_to_rows(DType dt, int64_t B, int64_t OC, int64_t L, const void* images, void* rows, void* stream) {
+  return dispatch_dtype(dt, [&](auto tag) {
+    using T = decltype(tag);
+    images_to_rows_kernel<T><<<blocks_for(B * OC * L), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+        B, OC, L, static_cast<const T*>(images), static_cast<T*>(rows));
+    return cudaGetLastError();
+  });
+}
+
+int channel_sum(DType dt, int64_t N, int64_t C, int64_t L, const void* in, void* out, void* stream) {
+  if (C == 0) return 0;
+  return dispatch_dtype(dt, [&](auto tag) {
+    using T = decltype(tag);
+    channel_sum_kernel<T><<<unsigned(C), 256, 0, static_cast<cudaStream_t>(stream)>>>(N, C, L, static_cast<const T*>(in),
+                                                                                      static_cast<T*>(out));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace dlk::cuda

@@ -1,0 +1,419 @@
+// im2col convolution, tensor level: torch's argument checks, the batch chunking that bounds the column
+// buffer, the GEMMs (at::mm / at::bmm: MKL or oneDNN on CPU, cuBLAS on CUDA) and the CPU/CUDA choice of
+// the hand-written kernels (im2col, col2im and the layout moves around the GEMMs).
+//
+// Forward, per chunk of B images:  col (rows, B*L) = im2col(x)       rows = C*KH*KW, L = OH*OW
+//                                   y (OC, B*L)    = W (OC, rows) @ col      (one GEMM per group)
+//                                   out (B, OC, L) = y + bias                (a layout move)
+// Backward, per chunk:              gy (OC, B*L)   = grad_output as rows
+//                                   grad_W        += gy @ col^T              (col recomputed)
+//                                   col            = W^T @ gy;  grad_x = col2im(col)
+// A chunk of one image needs no layout move (its (OC, L) block is already the image); a 1x1 kernel with
+// stride 1 and no padding needs no im2col (the image is its own column matrix).
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "common/conv.h"
+#include "cpu/conv.h"
+#include "ops/alloc.h"
+#include "ops/ops.h"
+
+#ifdef DLKERNELS_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/launch.h"
+#include "ops/cuda_util.h"
+#endif
+
+// In a CPU-only build the CUDA lambdas are never called and name no launcher.
+#ifdef DLKERNELS_WITH_CUDA
+#define DLK_CONV_CUDA(call) cuda::call
+#else
+#define DLK_CONV_CUDA(call) ((void)dt, (void)stream, 0)
+#endif
+
+namespace dlk::ops {
+namespace {
+
+using at::IntArrayRef;
+using at::Tensor;
+
+std::atomic<int64_t> g_workspace_limit{int64_t(256) << 20};
+
+// The chunk's column matrix is also kept near the last-level cache: im2col writes it and the GEMM reads
+// it back while it is still there (64x576x3136 runs at 132 GFLOP/s from cache, a 16-image
+// 64x576x50176 GEMM at 106 GFLOP/s from memory, measured with at::mm on the 2-core CI machine).
+constexpr int64_t kColumnCacheTarget = int64_t(8) << 20;
+
+struct ConvGeom {
+  int64_t N, OC, G;   // batch, output channels, groups
+  Im2colGeom g;       // one image; images and strides are set per chunk
+  bool direct;        // 1x1, stride 1, no padding: the image is its own column matrix
+  int64_t rows_per_group() const { return g.rows() / G; }
+};
+
+void check_float(const char* op, const char* name, const Tensor& t) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (t.is_cuda() && (s == at::kHalf || s == at::kBFloat16)),
+                   "dlkernels.", op, ": ", name, " must be float32 or float64", t.is_cuda() ? ", float16 or bfloat16" : "",
+                   " on ", t.device().type(), ", got ", s);
+}
+
+void check_same(const char* op, const char* name, const Tensor& t, const Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), "dlkernels.", op, ": ", name, " is on ", t.device(), " but input is on ",
+              input.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), "dlkernels.", op, ": ", name, " must have the dtype of input (",
+                   input.scalar_type(), "), got ", t.scalar_type());
+}
+
+void check_pair(const char* op, const char* name, IntArrayRef v, bool positive) {
+  TORCH_CHECK_VALUE(v.size() == 2, "dlkernels.", op, ": ", name, " must have 2 values, got ", v);
+  if (positive) {
+    TORCH_CHECK_VALUE(v[0] > 0 && v[1] > 0, "dlkernels.", op, ": ", name, " must be positive, got ", v);
+  } else {
+    TORCH_CHECK_VALUE(v[0] >= 0 && v[1] >= 0, "dlkernels.", op, ": ", name, " must be non-negative, got ", v);
+  }
+}
+
+// padding: (PH, PW) on both sides, or (top, left, bottom, right) for padding='same' with an even kernel.
+void padding4(const char* op, IntArrayRef padding, int64_t p[4]) {
+  TORCH_CHECK_VALUE(padding.size() == 2 || padding.size() == 4, "dlkernels.", op,
+                    ": padding must have 2 values (or 4: top, left, bottom, right), got ", padding);
+  for (size_t i = 0; i < 4; ++i) p[i] = padding[i % padding.size()];
+  TORCH_CHECK_VALUE(p[0] >= 0 && p[1] >= 0 && p[2] >= 0 && p[3] >= 0, "dlkernels.", op,
+                    ": padding must be non-negative, got ", padding);
+}
+
+void check_input(const char* op, const Tensor& input) {
+  TORCH_CHECK(input.is_cpu() || input.is_cuda(), "dlkernels.", op, ": input must be a CPU or CUDA tensor, got ",
+              input.device());
+  check_float(op, "input", input);
+  TORCH_CHECK_VALUE(input.dim() == 4, "dlkernels.", op, ": input must have shape (N, C, H, W) or (C, H, W), got ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0, "dlkernels.", op,
+                    ": input must have non-zero C, H and W (only the batch may be empty), got ", input.sizes());
+}
+
+ConvGeom conv_geom(const char* op, const Tensor& input, const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
+                   IntArrayRef dilation, int64_t groups) {
+  check_input(op, input);
+  check_same(op, "weight", weight, input);
+  TORCH_CHECK_VALUE(weight.dim() == 4, "dlkernels.", op,
+                    ": weight must have shape (out_channels, in_channels / groups, kH, kW), got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(0) > 0 && weight.size(1) > 0 && weight.size(2) > 0 && weight.size(3) > 0, "dlkernels.",
+                    op, ": weight must have non-zero sizes, got ", weight.sizes());
+  TORCH_CHECK_VALUE(groups > 0, "dlkernels.", op, ": groups must be positive, got ", groups);
+  const int64_t C = input.size(1), OC = weight.size(0);
+  TORCH_CHECK_VALUE(C % groups == 0, "dlkernels.", op, ": groups (", groups, ") must divide the input channels (", C,
+                    ")");
+  TORCH_CHECK_VALUE(OC % groups == 0, "dlkernels.", op, ": groups (", groups,
+                    ") must divide the output channels (weight.size(0) = ", OC, ")");
+  TORCH_CHECK_VALUE(weight.size(1) * groups == C, "dlkernels.", op, ": input has ", C,
+                    " channels but weight expects weight.size(1) * groups = ", weight.size(1), " * ", groups, " = ",
+                    weight.size(1) * groups, " (weight ", weight.sizes(), ", input ", input.sizes(), ")");
+  check_pair(op, "stride", stride, true);
+  check_pair(op, "dilation", dilation, true);
+  int64_t p[4];
+  padding4(op, padding, p);
+  ConvGeom c;
+  c.N = input.size(0);
+  c.OC = OC;
+  c.G = groups;
+  c.g = Im2colGeom{C, input.size(2), input.size(3), weight.size(2), weight.size(3), stride[0], stride[1],
+                   p[0], p[1], dilation[0], dilation[1], 0, 0, 1, 0, 0};
+  c.g.OH = conv_output_size(c.g.H, c.g.KH, c.g.SH, p[0], p[2], c.g.DH);
+  c.g.OW = conv_output_size(c.g.W, c.g.KW, c.g.SW, p[1], p[3], c.g.DW);
+  TORCH_CHECK_VALUE(c.g.OH >= 1 && c.g.OW >= 1, "dlkernels.", op, ": the kernel (", weight.size(2), " x ",
+                    weight.size(3), ", dilation ", dilation, ") is larger than the padded input (", c.g.H, " x ",
+                    c.g.W, " with padding ", padding, ")");
+  c.direct = c.g.KH == 1 && c.g.KW == 1 && c.g.SH == 1 && c.g.SW == 1 && p[0] == 0 && p[1] == 0 && p[2] == 0 &&
+             p[3] == 0;
+  return c;
+}
+
+// Images per chunk: the column matrix within the workspace limit and near the cache; at least one image
+// (one image's column matrix is the smallest unit, so a single image larger than the limit is processed
+// whole).
+int64_t chunk_images(const ConvGeom& c, const Tensor& input) {
+  if (c.direct) return 1;
+  const int64_t per_image = c.g.rows() * c.g.positions() * int64_t(input.element_size());
+  const int64_t budget = std::min<int64_t>(g_workspace_limit.load(), kColumnCacheTarget);
+  return std::max<int64_t>(1, std::min<int64_t>(c.N, budget / std::max<int64_t>(per_image, 1)));
+}
+
+// out[g] = a[g] @ b[g] for each group g (3-D views (G, M, K) @ (G, K, N)).
+void gemm(Tensor out, const Tensor& a, const Tensor& b) {
+  if (out.size(0) == 1) {
+    Tensor out0 = out.select(0, 0);
+    at::mm_out(out0, a.select(0, 0), b.select(0, 0));
+  } else {
+    at::bmm_out(out, a, b);
+  }
+}
+
+// acc[g] += a[g] @ b[g].
+void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
+  if (acc.size(0) == 1) {
+    Tensor acc0 = acc.select(0, 0);
+    acc0.addmm_(a.select(0, 0), b.select(0, 0));
+  } else {
+    acc.baddbmm_(a, b);
+  }
+}
+
+// The kernels, on the input's device.
+struct Kernels {
+  const Tensor& like;
+
+  void im2col(const Im2colGeom& g, const Tensor& in, int64_t in_offset, const Tensor& col) const {
+    if (like.is_cpu()) {
+      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.im2col", [&] {
+        cpu::im2col<scalar_t>(g, in.data_ptr<scalar_t>() + in_offset, col.data_ptr<scalar_t>());
+      });
+      return;
+    }
+    cuda_call("im2col", [&](auto dt, void* stream, int64_t es) {
+      return DLK_CONV_CUDA(im2col(dt, g, static_cast<const char*>(in.data_ptr()) + in_offset * es, col.data_ptr(), stream));
+    });
+  }
+  void col2im(const Im2colGeom& g, const Tensor& col, const Tensor& out, int64_t out_offset) const {
+    if (like.is_cpu()) {
+      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.col2im", [&] {
+        cpu::col2im<scalar_t>(g, col.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + out_offset);
+      });
+      return;
+    }
+    cuda_call("col2im", [&](auto dt, void* stream, int64_t es) {
+      return DLK_CONV_CUDA(col2im(dt, g, col.data_ptr(), static_cast<char*>(out.data_ptr()) + out_offset * es, stream));
+    });
+  }
+  void rows_to_images(int64_t B, int64_t OC, int64_t L, const Tensor& rows, const Tensor* bias, const Tensor& out,
+                      int64_t out_offset) const {
+    if (like.is_cpu()) {
+      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.conv2d", [&] {
+        cpu::conv_rows_to_images<scalar_t>(B, OC, L, rows.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : nullptr,
+                                           out.data_ptr<scalar_t>() + out_offset);
+      });
+      return;
+    }
+    cuda_call("conv2d", [&](auto dt, void* stream, int64_t es) {
+      return DLK_CONV_CUDA(conv_rows_to_images(dt, B, OC, L, rows.data_ptr(), bias ? bias->data_ptr() : nullptr,
+                                               static_cast<char*>(out.data_ptr()) + out_offset * es, stream));
+    });
+  }
+  void images_to_rows(int64_t B, int64_t OC, int64_t L, const Tensor& images, int64_t in_offset, const Tensor& rows) const {
+    if (like.is_cpu()) {
+      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.conv2d_backward", [&] {
+        cpu::conv_images_to_rows<scalar_t>(B, OC, L, images.data_ptr<scalar_t>() + in_offset, rows.data_ptr<scalar_t>());
+      });
+      return;
+    }
+    cuda_call("conv2d_backward", [&](auto dt, void* stream, int64_t es) {
+      return DLK_CONV_CUDA(conv_images_to_rows(dt, B, OC, L, static_cast<const char*>(images.data_ptr()) + in_offset * es,
+                                               rows.data_ptr(), stream));
+    });
+  }
+  void channel_sum(int64_t N, int64_t C, int64_t L, const Tensor& in, const Tensor& out) const {
+    if (like.is_cpu()) {
+      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.conv2d_backward", [&] {
+        cpu::channel_sum<scalar_t>(N, C, L, in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+      });
+      return;
+    }
+    cuda_call("conv2d_backward", [&](auto dt, void* stream, int64_t) {
+      return DLK_CONV_CUDA(channel_sum(dt, N, C, L, in.data_ptr(), out.data_ptr(), stream));
+    });
+  }
+
+  template <class F> void cuda_call(const char* op, F&& f) const {
+#ifdef DLKERNELS_WITH_CUDA
+    c10::cuda::CUDAGuard guard(like.device());
+    const int err = f(cuda_dtype(like.scalar_type()), static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()),
+                      int64_t(like.element_size()));
+    TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
+#else
+    (void)f;
+    TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
+#endif
+  }
+};
+
+}  // namespace
+
+int64_t workspace_limit() { return g_workspace_limit.load(); }
+void set_workspace_limit(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes > 0, "dlkernels.set_workspace_limit: bytes must be positive, got ", bytes);
+  g_workspace_limit.store(bytes);
+}
+
+Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias, IntArrayRef stride,
+                      IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  const char* op = "conv2d";
+  ConvGeom c = conv_geom(op, input, weight, stride, padding, dilation, groups);
+  Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    check_same(op, "bias", *bias, input);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == c.OC, "dlkernels.conv2d: bias must have shape (", c.OC,
+                      "), got ", bias->sizes());
+    b = bias->contiguous();
+  }
+  const Tensor x = input.contiguous(), w = weight.contiguous();
+  const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
+  Tensor out = empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
+  if (c.N == 0) return out;
+  const Kernels k{x};
+  const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
+  const int64_t B_max = chunk_images(c, x);
+  Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
+  Tensor y_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
+  for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
+    const int64_t B = std::min(B_max, c.N - n0);
+    Im2colGeom g = c.g;
+    g.images = B;
+    g.row_stride = B * L;
+    g.image_stride = L;
+    Tensor col;
+    if (c.direct) {
+      col = x[n0].view({rows, L});
+    } else {
+      col = col_buf.narrow(0, 0, rows * B * L).view({rows, B * L});
+      k.im2col(g, x, n0 * image, col);
+    }
+    const Tensor col3 = col.view({c.G, c.rows_per_group(), B * L});
+    if (B == 1) {  // the (OC, L) block is the image itself
+      Tensor y = out[n0].view({c.G, c.OC / c.G, L});
+      gemm(y, w3, col3);
+      if (b.defined()) k.rows_to_images(1, c.OC, L, y, &b, out, n0 * c.OC * L);
+    } else {
+      Tensor y = y_buf.narrow(0, 0, c.OC * B * L).view({c.G, c.OC / c.G, B * L});
+      gemm(y, w3, col3);
+      k.rows_to_images(B, c.OC, L, y, b.defined() ? &b : nullptr, out, n0 * c.OC * L);
+    }
+  }
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                                   int64_t groups, std::array<bool, 3> output_mask) {
+  const char* op = "conv2d_backward";
+  ConvGeom c = conv_geom(op, input, weight, stride, padding, dilation, groups);
+  check_same(op, "grad_output", grad_output, input);
+  TORCH_CHECK_VALUE(grad_output.dim() == 4 && grad_output.size(0) == c.N && grad_output.size(1) == c.OC &&
+                        grad_output.size(2) == c.g.OH && grad_output.size(3) == c.g.OW,
+                    "dlkernels.conv2d_backward: grad_output must have shape (", c.N, ", ", c.OC, ", ", c.g.OH, ", ",
+                    c.g.OW, "), got ", grad_output.sizes());
+  const Tensor x = input.contiguous(), w = weight.contiguous(), go = grad_output.contiguous();
+  const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
+  const int64_t OCg = c.OC / c.G, Rg = c.rows_per_group();
+  const Kernels k{x};
+  // A gradient not asked for comes back as an empty tensor (the schema returns three tensors).
+  Tensor grad_input = at::empty({0}, x.options()), grad_weight = grad_input, grad_bias = grad_input;
+  if (output_mask[0]) grad_input = empty_output(x.sizes(), x.options());
+  if (output_mask[1]) grad_weight = at::zeros(w.sizes(), w.options());
+  if (output_mask[2]) {
+    grad_bias = at::empty({c.OC}, x.options());
+    k.channel_sum(c.N, c.OC, L, go, grad_bias);
+  }
+  if (c.N == 0 || !(output_mask[0] || output_mask[1])) return {grad_input, grad_weight, grad_bias};
+  Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();
+  const Tensor wT3 = w.view({c.G, OCg, Rg}).transpose(1, 2);  // (G, Rg, OCg)
+  const int64_t B_max = chunk_images(c, x);
+  Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
+  Tensor gy_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
+  for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
+    const int64_t B = std::min(B_max, c.N - n0);
+    Im2colGeom g = c.g;
+    g.images = B;
+    g.row_stride = B * L;
+    g.image_stride = L;
+    Tensor gy;
+    if (B == 1) {
+      gy = go[n0].view({c.G, OCg, L});
+    } else {
+      gy = gy_buf.narrow(0, 0, c.OC * B * L).view({c.G, OCg, B * L});
+      k.images_to_rows(B, c.OC, L, go, n0 * c.OC * L, gy);
+    }
+    Tensor col = c.direct ? x[n0].view({c.G, Rg, L}) : col_buf.narrow(0, 0, rows * B * L).view({c.G, Rg, B * L});
+    if (output_mask[1]) {
+      if (!c.direct) k.im2col(g, x, n0 * image, col);
+      gemm_accumulate(gw3, gy, col.transpose(1, 2));
+    }
+    if (output_mask[0]) {
+      if (c.direct) {
+        gemm(grad_input[n0].view({c.G, Rg, L}), wT3, gy);
+      } else {
+        gemm(col, wT3, gy);  // the column buffer is free again once grad_weight has used it
+        k.col2im(g, col, grad_input, n0 * image);
+      }
+    }
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+Tensor im2col(const Tensor& input, IntArrayRef kernel_size, IntArrayRef dilation, IntArrayRef padding,
+              IntArrayRef stride) {
+  const char* op = "im2col";
+  check_input(op, input);
+  check_pair(op, "kernel_size", kernel_size, true);
+  check_pair(op, "dilation", dilation, true);
+  check_pair(op, "padding", padding, false);
+  check_pair(op, "stride", stride, true);
+  const Tensor x = input.contiguous();
+  Im2colGeom g{x.size(1), x.size(2), x.size(3), kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0],
+               padding[1], dilation[0], dilation[1], 0, 0, x.size(0), 0, 0};
+  g.OH = conv_output_size(g.H, g.KH, g.SH, g.PH, g.PH, g.DH);
+  g.OW = conv_output_size(g.W, g.KW, g.SW, g.PW, g.PW, g.DW);
+  TORCH_CHECK_VALUE(g.OH >= 1 && g.OW >= 1, "dlkernels.im2col: kernel_size ", kernel_size, " with dilation ",
+                    dilation, " is larger than the padded input (", g.H, " x ", g.W, " with padding ", padding, ")");
+  g.row_stride = g.positions();
+  g.image_stride = g.rows() * g.positions();
+  Tensor out = empty_output({g.images, g.rows(), g.positions()}, x.options());
+  if (g.images > 0) Kernels{x}.im2col(g, x, 0, out);
+  return out;
+}
+
+Tensor col2im(const Tensor& input, IntArrayRef output_size, IntArrayRef kernel_size, IntArrayRef dilation,
+              IntArrayRef padding, IntArrayRef stride) {
+  const char* op = "col2im";
+  TORCH_CHECK(input.is_cpu() || input.is_cuda(), "dlkernels.col2im: input must be a CPU or CUDA tensor, got ",
+              input.device());
+  check_float(op, "input", input);
+  TORCH_CHECK_VALUE(input.dim() == 3, "dlkernels.col2im: input must have shape (N, C * kH * kW, L) or (C * kH * kW, L), got ",
+                    input.sizes());
+  check_pair(op, "output_size", output_size, true);
+  check_pair(op, "kernel_size", kernel_size, true);
+  check_pair(op, "dilation", dilation, true);
+  check_pair(op, "padding", padding, false);
+  check_pair(op, "stride", stride, true);
+  const int64_t KK = kernel_size[0] * kernel_size[1];
+  TORCH_CHECK_VALUE(input.size(1) > 0 && input.size(1) % KK == 0, "dlkernels.col2im: input.size(1) must be a positive "
+                    "multiple of kH * kW = ", KK, ", got ", input.size(1));
+  Im2colGeom g{input.size(1) / KK, output_size[0], output_size[1], kernel_size[0], kernel_size[1], stride[0], stride[1],
+               padding[0], padding[1], dilation[0], dilation[1], 0, 0, input.size(0), 0, 0};
+  g.OH = conv_output_size(g.H, g.KH, g.SH, g.PH, g.PH, g.DH);
+  g.OW = conv_output_size(g.W, g.KW, g.SW, g.PW, g.PW, g.DW);
+  TORCH_CHECK_VALUE(g.OH >= 1 && g.OW >= 1 && input.size(2) == g.OH * g.OW, "dlkernels.col2im: output_size ",
+                    output_size, " with kernel_size ", kernel_size, ", dilation ", dilation, ", padding ", padding,
+                    " and stride ", stride, " has ", g.OH, " x ", g.OW, " = ", g.OH * g.OW,
+                    " sliding blocks, but input.size(2) is ", input.size(2));
+  g.row_stride = g.positions();
+  g.image_stride = g.rows() * g.positions();
+  const Tensor cols = input.contiguous();
+  Tensor out = empty_output({g.images, g.C, g.H, g.W}, cols.options());
+  if (g.images > 0) Kernels{cols}.col2im(g, cols, out, 0);
+  return out;
+}
+
+}  // namespace dlk::ops
