@@ -52,19 +52,26 @@ def assert_close(actual, expected, dtype=None, msg=""):
 
 
 def assert_lowp_close(actual, torch_lowp, reference64, msg=""):
-    """float16/bfloat16: our error against the float64 reference may be at most 2x torch's own
-    (plus a small floor), as DESIGN.md's testing notes require."""
+    """float16/bfloat16 (and float32 results of long reductions): our error against the float64
+    reference may be at most 2x torch's own (plus a small floor relative to the largest value), as
+    DESIGN.md's testing notes require."""
     ours = (actual.double() - reference64).abs().max().item()
     theirs = (torch_lowp.double() - reference64).abs().max().item()
     scale = reference64.abs().max().item() + 1e-30
-    assert ours <= 2 * theirs + 1e-3 * scale, f"{msg}: error {ours} vs torch's {theirs}"
+    floor = 1e-6 if actual.dtype == torch.float32 else 1e-3
+    assert ours <= 2 * theirs + floor * scale, f"{msg}: error {ours} vs torch's {theirs}"
 
 
-def check_fwd_bwd(ours_fn, torch_fn, inputs, grad_inputs=(0,), dtype=None, grad_out_seed=0, reference64=True):
+def check_fwd_bwd(ours_fn, torch_fn, inputs, grad_inputs=(0,), dtype=None, grad_out_seed=0, reference64=True,
+                  error_vs_torch=False):
     """Run ours and torch's function on clones of inputs; compare the output and the gradients of the
     positions in grad_inputs with the same random incoming gradient. Also compares against torch in
     float64 (when the inputs are float32) so that both are measured against a higher-precision truth.
     reference64=False skips that (for functions holding float32 state, such as modules).
+    error_vs_torch=True judges float32 results as float16 ones are: by their error against float64
+    relative to torch's own error. For sums of thousands of products (convolution gradients) the
+    summation order alone moves float32 results by more than the elementwise tolerance where terms
+    cancel, in torch as in ours; an elementwise match there would only test that we sum in oneDNN's order.
     Returns (ours_out, torch_out)."""
 
     def run(fn, cast=None):
@@ -89,7 +96,7 @@ def check_fwd_bwd(ours_fn, torch_fn, inputs, grad_inputs=(0,), dtype=None, grad_
     t_out, t_grads = run(torch_fn)
     assert o_out.shape == t_out.shape, (o_out.shape, t_out.shape)
     assert o_out.dtype == t_out.dtype, (o_out.dtype, t_out.dtype)
-    lowp = o_out.dtype in (torch.float16, torch.bfloat16)
+    lowp = o_out.dtype in (torch.float16, torch.bfloat16) or (error_vs_torch and o_out.dtype == torch.float32)
     if lowp:
         r_out, r_grads = run(torch_fn, cast=torch.float64)
         assert_lowp_close(o_out, t_out, r_out, "output")

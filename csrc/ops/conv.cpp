@@ -319,7 +319,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   const int64_t OCg = c.OC / c.G, Rg = c.rows_per_group();
   const Kernels k{x};
   // A gradient not asked for comes back as an empty tensor (the schema returns three tensors).
-  Tensor grad_input = at::empty({0}, x.options()), grad_weight = grad_input, grad_bias = grad_input;
+  Tensor grad_input = at::empty({0}, x.options()), grad_weight = at::empty({0}, x.options()),
+         grad_bias = at::empty({0}, x.options());
   if (output_mask[0]) grad_input = empty_output(x.sizes(), x.options());
   if (output_mask[1]) grad_weight = at::zeros(w.sizes(), w.options());
   if (output_mask[2]) {

@@ -1,0 +1,364 @@
+"""im2col convolution: parity of output and all three gradients with F.conv2d over random
+configurations, im2col/col2im against F.unfold/F.fold, the numpy textbook Convolution, gradcheck,
+opcheck, chunking under a tiny workspace limit, every ISA path, modules, bad inputs."""
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkernels
+import dlkernels.functional as DF
+import dlkernels.nn as dnn
+from dlkernels.textbook import Convolution
+
+from conftest import check_fwd_bwd
+
+
+def random_conv_configs(n, seed):
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        groups = rng.choice([1, 1, 1, 2, 3])
+        cg, ocg = rng.randint(1, 3), rng.randint(1, 3)
+        k = (rng.randint(1, 5), rng.randint(1, 5))
+        s = (rng.randint(1, 3), rng.randint(1, 3))
+        p = (rng.randint(0, 3), rng.randint(0, 3))
+        d = (rng.randint(1, 2), rng.randint(1, 2))
+        h, w = rng.randint(1, 12), rng.randint(1, 12)
+        x_shape = (rng.randint(1, 3), cg * groups, h, w)
+        w_shape = (ocg * groups, cg, k[0], k[1])
+        try:
+            F.conv2d(torch.zeros(x_shape), torch.zeros(w_shape), None, s, p, d, groups)
+        except RuntimeError:
+            continue  # torch rejects it: the bad-input tests cover those
+        out.append((x_shape, w_shape, s, p, d, groups, rng.random() < 0.7))
+    return out
+
+
+CONV_CONFIGS = random_conv_configs(30, 0) + [
+    ((2, 3, 3, 3), (4, 3, 5, 5), (1, 1), (2, 2), (1, 1), 1, True),     # kernel larger than the input, padded
+    ((2, 2, 9, 9), (3, 2, 2, 2), (4, 3), (0, 1), (1, 1), 1, True),     # stride larger than the kernel
+    ((1, 3, 11, 7), (5, 3, 3, 2), (2, 1), (1, 0), (2, 1), 1, False),   # asymmetric everything, batch 1
+    ((2, 6, 7, 7), (6, 1, 3, 3), (1, 1), (1, 1), (1, 1), 6, True),     # depthwise
+    ((2, 4, 7, 7), (8, 1, 3, 3), (2, 2), (1, 1), (1, 1), 4, True),     # depthwise with multiplier 2
+    ((3, 8, 5, 6), (6, 8, 1, 1), (1, 1), (0, 0), (1, 1), 1, True),     # 1x1: the direct GEMM path
+    ((3, 8, 5, 6), (6, 4, 1, 1), (1, 1), (0, 0), (1, 1), 2, True),     # 1x1 grouped
+    ((2, 8, 9, 9), (4, 8, 1, 1), (2, 2), (0, 0), (1, 1), 1, True),     # 1x1 strided: im2col
+    ((5, 1, 28, 28), (6, 1, 5, 5), (1, 1), (0, 0), (1, 1), 1, True),   # LeNet's first layer
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,s,p,d,groups,bias", CONV_CONFIGS,
+                         ids=[str(i) for i in range(len(CONV_CONFIGS))])
+def test_conv2d_matches_torch(device, dtype, x_shape, w_shape, s, p, d, groups, bias):
+    gen = torch.Generator().manual_seed(sum(x_shape) + sum(w_shape))
+    x = torch.randn(x_shape, generator=gen, dtype=dtype).to(device)
+    fan_in = w_shape[1] * w_shape[2] * w_shape[3]
+    w = (torch.randn(w_shape, generator=gen, dtype=dtype) / fan_in ** 0.5).to(device)
+    b = torch.randn(w_shape[0], generator=gen, dtype=dtype).to(device) if bias else None
+    kw = dict(stride=s, padding=p, dilation=d, groups=groups)
+    inputs, grads = ([x, w, b], (0, 1, 2)) if bias else ([x, w], (0, 1))
+    check_fwd_bwd(lambda *a: DF.conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), inputs, grad_inputs=grads, dtype=dtype,
+                  error_vs_torch=True)
+
+
+@pytest.mark.parametrize("k,d", [((3, 3), (1, 1)), ((4, 2), (1, 1)), ((2, 5), (2, 1)), ((4, 4), (2, 1))])
+def test_padding_same_and_valid(device, k, d):
+    x = torch.randn(2, 3, 9, 8, device=device)
+    w = torch.randn(4, 3, *k, device=device)
+    b = torch.randn(4, device=device)
+    for padding in ("same", "valid"):
+        o, r = check_fwd_bwd(lambda *a: DF.conv2d(*a, padding=padding, dilation=d),
+                             lambda *a: F.conv2d(*a, padding=padding, dilation=d), [x, w, b], grad_inputs=(0, 1, 2))
+        if padding == "same":
+            assert o.shape[2:] == x.shape[2:]
+
+
+def test_unbatched_non_contiguous_channels_last(device):
+    x = torch.randn(2, 5, 12, 10, device=device)
+    w = torch.randn(3, 5, 3, 3, device=device) / 5
+    wt = torch.randn(3, 5, 3, 3, device=device).transpose(2, 3) / 5  # non-contiguous weight
+    for inp in (x[0], x[..., ::2], x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3)):
+        for weight in (w, wt):
+            o, r = check_fwd_bwd(lambda a, b: DF.conv2d(a, b, padding=1), lambda a, b: F.conv2d(a, b, padding=1),
+                                 [inp, weight], grad_inputs=(0, 1))
+            if inp.dim() == 4 and not inp.is_contiguous() and inp.is_contiguous(memory_format=torch.channels_last):
+                assert o.is_contiguous(memory_format=torch.channels_last) == r.is_contiguous(
+                    memory_format=torch.channels_last)
+
+
+def test_gradient_subsets(device):
+    """Frozen weights, frozen input, no bias: only the gradients asked for are computed, and right."""
+    x = torch.randn(2, 4, 7, 7, device=device)
+    w = torch.randn(5, 4, 3, 3, device=device)
+    b = torch.randn(5, device=device)
+    for grads in ((0,), (1,), (2,), (1, 2), (0, 2)):
+        check_fwd_bwd(lambda *a: DF.conv2d(*a, stride=2, padding=1), lambda *a: F.conv2d(*a, stride=2, padding=1),
+                      [x, w, b], grad_inputs=grads)
+
+
+# --------------------------------------------------------------------------- im2col / col2im
+
+UNFOLD_CONFIGS = [((2, 3, 9, 8), (3, 2), (2, 1), (1, 0), (2, 3)), ((1, 1, 5, 5), (5, 5), (1, 1), (0, 0), (1, 1)),
+                  ((3, 2, 6, 7), (2, 2), (1, 1), (1, 1), (1, 1)), ((2, 4, 4, 4), (1, 1), (1, 1), (0, 0), (1, 1)),
+                  ((2, 2, 3, 4), (3, 3), (1, 2), (2, 1), (3, 1)), ((1, 3, 13, 11), (4, 3), (2, 2), (3, 1), (2, 4))]
+
+
+@pytest.mark.parametrize("shape,k,d,p,s", UNFOLD_CONFIGS, ids=[str(i) for i in range(len(UNFOLD_CONFIGS))])
+def test_im2col_col2im_match_unfold_fold(device, dtype, shape, k, d, p, s):
+    x = torch.randn(shape, dtype=dtype, device=device)
+    kw = dict(kernel_size=k, dilation=d, padding=p, stride=s)
+    cols = DF.im2col(x, **kw)
+    assert torch.equal(cols, F.unfold(x, **kw))  # a copy: exact
+    check_fwd_bwd(lambda a: DF.im2col(a, **kw), lambda a: F.unfold(a, **kw), [x], dtype=dtype)
+    c = torch.randn(cols.shape, dtype=dtype, device=device)
+    check_fwd_bwd(lambda a: DF.col2im(a, shape[2:], **kw), lambda a: F.fold(a, shape[2:], **kw), [c], dtype=dtype)
+    # unbatched forms
+    torch.testing.assert_close(DF.im2col(x[0], **kw), F.unfold(x[0], **kw), rtol=0, atol=0)
+    torch.testing.assert_close(DF.col2im(c[0], shape[2:], **kw), F.fold(c[0], shape[2:], **kw))
+
+
+# ------------------------------------------------------------------ the textbook Convolution in numpy
+
+@pytest.mark.parametrize("k,stride,pad,dil", [(3, 1, 0, 1), (3, 2, 1, 1), (5, 1, 2, 1), (2, 2, 0, 1), (3, 1, 2, 2)])
+def test_numpy_textbook_convolution(device, k, stride, pad, dil):
+    rng = np.random.default_rng(k * 100 + stride * 10 + pad)
+    x_np, w_np, b_np = rng.normal(size=(2, 3, 10, 9)), rng.normal(size=(4, 3, k, k)), rng.normal(size=4)
+    layer = Convolution(w_np, b_np, stride, pad, dil)
+    y_np = layer.forward(x_np)
+    g_np = rng.normal(size=y_np.shape)
+    dx_np = layer.backward(g_np)
+    x, w, b = (torch.tensor(a, device=device, requires_grad=True) for a in (x_np, w_np, b_np))
+    y = DF.conv2d(x, w, b, stride, pad, dil)
+    y.backward(torch.tensor(g_np, device=device))
+    for ours, ref in ((y, y_np), (x.grad, dx_np), (w.grad, layer.dW), (b.grad, layer.db)):
+        np.testing.assert_allclose(ours.detach().cpu().numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------ gradcheck, opcheck, chunking
+
+def test_gradcheck(device):
+    def t(*shape):
+        return torch.randn(*shape, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: DF.conv2d(a, b, c, (2, 1), (1, 2), (1, 2)),
+                                    (t(2, 3, 7, 6), t(4, 3, 3, 2), t(4)))
+    assert torch.autograd.gradcheck(lambda a, b: DF.conv2d(a, b, None, 1, "same", 1, 2), (t(2, 4, 5, 6), t(6, 2, 4, 3)))
+    assert torch.autograd.gradcheck(lambda a, b: DF.conv2d(a, b), (t(2, 4, 3, 5), t(3, 4, 1, 1)))
+    assert torch.autograd.gradcheck(lambda a: DF.im2col(a, (3, 2), (1, 2), (1, 1), (2, 1)), (t(2, 2, 6, 7),))
+    assert torch.autograd.gradcheck(lambda a: DF.col2im(a, (6, 7), (3, 2), (1, 2), (1, 1), (2, 1)), (t(2, 12, 21),))
+
+
+def test_opcheck(device):
+    ops = torch.ops.dlkernels
+    x = torch.randn(2, 4, 9, 7, device=device, requires_grad=True)
+    w = torch.randn(6, 2, 3, 2, device=device, requires_grad=True)
+    b = torch.randn(6, device=device, requires_grad=True)
+    torch.library.opcheck(ops.conv2d_forward.default, (x, w, b, [2, 1], [1, 0], [1, 2], 2))
+    torch.library.opcheck(ops.conv2d_forward.default, (x, w, None, [1, 1], [1, 0, 2, 1], [1, 1], 2))
+    y = ops.conv2d_forward(x.detach(), w.detach(), b.detach(), [2, 1], [1, 0], [1, 2], 2)
+    for mask in ([True, True, True], [False, True, False], [True, False, False]):
+        torch.library.opcheck(ops.conv2d_backward.default,
+                              (torch.randn_like(y), x.detach(), w.detach(), [2, 1], [1, 0], [1, 2], 2, mask))
+    torch.library.opcheck(ops.im2col.default, (x, [3, 2], [1, 2], [1, 0], [2, 1]))
+    cols = ops.im2col(x.detach(), [3, 2], [1, 2], [1, 0], [2, 1])
+    torch.library.opcheck(ops.col2im.default, (cols.clone().requires_grad_(True), [9, 7], [3, 2], [1, 2], [1, 0], [2, 1]))
+
+
+@pytest.mark.parametrize("shape,w_shape,kw", [((7, 3, 10, 9), (5, 3, 3, 3), dict(padding=1)),
+                                              ((5, 4, 8, 8), (6, 2, 3, 3), dict(stride=2, groups=2)),
+                                              ((6, 8, 6, 6), (4, 8, 1, 1), {})])
+def test_chunking_with_a_tiny_workspace_gives_the_same_results(shape, w_shape, kw):
+    x = torch.randn(shape, dtype=torch.float64)
+    w = torch.randn(w_shape, dtype=torch.float64)
+    b = torch.randn(w_shape[0], dtype=torch.float64)
+    before = dlkernels.workspace_limit()
+
+    def run():
+        xx, ww, bb = (t.clone().requires_grad_(True) for t in (x, w, b))
+        y = DF.conv2d(xx, ww, bb, **kw)
+        y.backward(torch.ones_like(y) * torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape).sin())
+        return [y.detach(), xx.grad, ww.grad, bb.grad]
+
+    try:
+        whole = run()
+        dlkernels.set_workspace_limit(1)  # one image per chunk
+        chunked = run()
+        dlkernels.set_workspace_limit(3 * 8 * shape[1] * w_shape[2] * w_shape[3] * 100)  # a few images per chunk
+        some = run()
+    finally:
+        dlkernels.set_workspace_limit(before)
+    for a, b_, c in zip(whole, chunked, some):
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+    ref = F.conv2d(x, w, b, **kw)
+    torch.testing.assert_close(whole[0], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_isa_paths_match_scalar():
+    x = torch.randn(3, 5, 17, 13)
+    w = torch.randn(7, 5, 3, 3)
+    b = torch.randn(7)
+    cases = [dict(padding=1), dict(stride=2, padding=(2, 1), dilation=(1, 2))]
+    results = {}
+    for isa in dlkernels.supported_cpu_isas():
+        with dlkernels.use_cpu_isa(isa):
+            outs = []
+            for kw in cases:
+                xx, ww, bb = (t.clone().requires_grad_(True) for t in (x, w, b))
+                y = DF.conv2d(xx, ww, bb, **kw)
+                y.backward(torch.ones_like(y))
+                outs += [y.detach(), xx.grad, ww.grad, bb.grad, DF.im2col(x, 3, 2, 1, 2)]
+            results[isa] = outs
+    for isa in results:
+        for a, c in zip(results[isa], results["scalar"]):
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_across_thread_counts():
+    x = torch.randn(4, 6, 21, 19)
+    w = torch.randn(8, 3, 3, 3)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+            y = DF.conv2d(xx, ww, None, 2, 1, 1, 2)
+            y.backward(torch.ones_like(y))
+            results.append((y.detach(), xx.grad, ww.grad))
+    finally:
+        torch.set_num_threads(before)
+    # col2im and the layout kernels are deterministic by construction; the GEMM library (MKL) may block
+    # differently per thread count, so bitwise equality is required for the same thread count.
+    for a, c in zip(results[0], results[2]):
+        assert torch.equal(a, c)
+    for a, c in zip(results[0], results[1]):
+        torch.testing.assert_close(a, c)
+
+
+# ------------------------------------------------------------------------------------------- modules
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+def test_module_is_drop_in(device, padding_mode):
+    torch.manual_seed(3)
+    ref = torch.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2,
+                          padding_mode=padding_mode).to(device)
+    torch.manual_seed(3)
+    ours = dnn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 1), dilation=(1, 2), groups=2,
+                      padding_mode=padding_mode).to(device)
+    assert isinstance(ours, torch.nn.Conv2d) and repr(ours) == repr(ref)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for a, c in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(a, c)  # same initialization
+    x = torch.randn(3, 4, 9, 8, device=device)
+    check_fwd_bwd(ours, ref, [x], reference64=False)
+    ours.zero_grad()
+    ref.zero_grad()
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(dnn.Conv2d(2, 4, 3, padding="same"), torch.nn.ReLU(), dnn.Conv2d(4, 3, 2, stride=2),
+                                torch.nn.Flatten())
+    x = torch.randn(3, 2, 9, 9)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(compiled, eager)
+    compiled.sum().backward()
+    assert model[0].weight.grad is not None
+
+
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 6, 6, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    ours, ref = DF.conv2d(x, w, b, padding=1), F.conv2d(x, w, b, padding=1)
+    assert ours.shape == ref.shape
+    ours.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+def test_bad_inputs(device):
+    x = torch.randn(2, 4, 8, 8, device=device)
+    w = torch.randn(6, 4, 3, 3, device=device)
+    cases = [
+        (lambda: DF.conv2d(x, torch.randn(6, 3, 3, 3, device=device)), ValueError, "weight.size(1) * groups"),
+        (lambda: DF.conv2d(x, torch.randn(6, 4, 3, 3, device=device), groups=3), ValueError, "groups (3) must divide"),
+        (lambda: DF.conv2d(x, torch.randn(5, 2, 3, 3, device=device), groups=2), ValueError,
+         "must divide the output channels"),
+        (lambda: DF.conv2d(x, w, groups=0), ValueError, "groups must be positive"),
+        (lambda: DF.conv2d(x, torch.randn(6, 4, 9, 9, device=device)), ValueError, "larger than the padded input"),
+        (lambda: DF.conv2d(x, torch.randn(6, 4, 3, 3, device=device), dilation=5), ValueError, "larger than the padded"),
+        (lambda: DF.conv2d(x, w, stride=0), ValueError, "stride must be positive"),
+        (lambda: DF.conv2d(x, w, stride=(1, -1)), ValueError, "stride must be positive"),
+        (lambda: DF.conv2d(x, w, dilation=0), ValueError, "dilation must be positive"),
+        (lambda: DF.conv2d(x, w, padding=-1), ValueError, "padding must be non-negative"),
+        (lambda: DF.conv2d(x, w, padding="full"), ValueError, "padding must be 'valid', 'same'"),
+        (lambda: DF.conv2d(x, w, stride=2, padding="same"), ValueError, "not supported for strided"),
+        (lambda: DF.conv2d(x, w[0]), ValueError, "weight must have shape (out_channels"),
+        (lambda: DF.conv2d(x, w.unsqueeze(0)), ValueError, "weight must have shape (out_channels"),
+        (lambda: DF.conv2d(x[0, 0], w), ValueError, "input must have shape (N, C, H, W) or (C, H, W)"),
+        (lambda: DF.conv2d(x, w.double()), TypeError, "weight must have the dtype of input"),
+        (lambda: DF.conv2d(x.long(), w.long()), TypeError, "input must be float32 or float64"),
+        (lambda: DF.conv2d(x, w, torch.randn(5, device=device)), ValueError, "bias must have shape (6)"),
+        (lambda: DF.conv2d(x, w, torch.randn(6, device=device).double()), TypeError, "bias must have the dtype"),
+        (lambda: DF.conv2d(x, w, stride=2.0), TypeError, "stride must be an int or a pair"),
+        (lambda: DF.conv2d(x, w, groups=1.5), TypeError, "groups must be an int"),
+        (lambda: DF.conv2d(x, "w"), TypeError, "weight must be a torch.Tensor"),
+        (lambda: DF.conv2d(torch.randn(2, 0, 8, 8, device=device), torch.randn(6, 0, 3, 3, device=device)),
+         ValueError, "non-zero C, H and W"),
+        (lambda: DF.im2col(x, 9), ValueError, "larger than the padded input"),
+        (lambda: DF.im2col(x, 3, stride=0), ValueError, "stride must be positive"),
+        (lambda: DF.im2col(x[0, 0], 3), ValueError, "input must have shape"),
+        (lambda: DF.col2im(torch.randn(2, 10, 36, device=device), (8, 8), 3), ValueError, "multiple of kH * kW"),
+        (lambda: DF.col2im(torch.randn(2, 9, 35, device=device), (8, 8), 3), ValueError, "sliding blocks"),
+        (lambda: DF.col2im(torch.randn(2, 9, 36, device=device), (8, 8), 3, padding=-1), ValueError,
+         "padding must be non-negative"),
+        (lambda: dlkernels.set_workspace_limit(0), ValueError, "nbytes must be a positive int"),
+    ]
+    if device == "cpu":
+        cases.append((lambda: DF.conv2d(x.half(), w.half()), TypeError, "input must be float32 or float64"))
+    for i, (call, exc, fragment) in enumerate(cases):
+        with pytest.raises(exc) as info:
+            call()
+        assert fragment in str(info.value), f"case {i}: {info.value!r}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_mixed_devices():
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(RuntimeError, match="weight is on cuda"):
+        DF.conv2d(x, torch.randn(6, 4, 3, 3, device="cuda"))
+
+
+@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision(dtype):
+    x = torch.randn(2, 8, 15, 13, device="cuda", dtype=dtype)
+    w = (torch.randn(6, 4, 3, 3, device="cuda") / 6).to(dtype)
+    b = torch.randn(6, device="cuda", dtype=dtype)
+    check_fwd_bwd(lambda *a: DF.conv2d(*a, stride=2, padding=1, groups=2),
+                  lambda *a: F.conv2d(*a, stride=2, padding=1, groups=2), [x, w, b], grad_inputs=(0, 1, 2))
+    c = DF.im2col(x, 3, padding=1)
+    assert torch.equal(c, F.unfold(x, 3, padding=1))
+    torch.testing.assert_close(DF.col2im(c, (15, 13), 3, padding=1), F.fold(c, (15, 13), 3, padding=1))
+
+
+@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+def test_cuda_current_stream():
+    x = torch.randn(4, 8, 30, 30, device="cuda")
+    w = torch.randn(8, 8, 3, 3, device="cuda")
+    ref = DF.conv2d(x, w, padding=1)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        out = DF.conv2d(x, w, padding=1)
+    s.synchronize()
+    assert torch.equal(out, ref)
