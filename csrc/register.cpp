@@ -51,6 +51,23 @@ TORCH_LIBRARY(dlkernels, m) {
   m.def("im2col(Tensor input, int[2] kernel_size, int[2] dilation, int[2] padding, int[2] stride) -> Tensor");
   m.def("col2im(Tensor input, int[2] output_size, int[2] kernel_size, int[2] dilation, int[2] padding, "
         "int[2] stride) -> Tensor");
+  // Batch normalization on (N, C, ...). Saved statistics and backward sums are float64 (C). relu fuses
+  // a ReLU (its backward mask is output > 0); residual is added before it. The pieces (stats, elemt,
+  // backward_reduce, backward_elemt) are what SyncBatchNorm composes around its all-reduce.
+  m.def("batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, bool training, float momentum, float eps, Tensor? residual, bool relu) "
+        "-> (Tensor output, Tensor save_mean, Tensor save_invstd)");
+  m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? output, Tensor? weight, Tensor save_mean, "
+        "Tensor save_invstd, bool training, bool relu, bool[4] output_mask) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias, Tensor grad_residual)");
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  m.def("batch_norm_elemt(Tensor input, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, Tensor? residual, "
+        "bool relu) -> Tensor");
+  m.def("batch_norm_backward_reduce(Tensor grad_output, Tensor input, Tensor? output, Tensor mean, Tensor invstd, "
+        "bool relu) -> (Tensor sum_dz, Tensor sum_dz_xmu)");
+  m.def("batch_norm_backward_elemt(Tensor grad_output, Tensor input, Tensor? output, Tensor mean, Tensor invstd, "
+        "Tensor? weight, Tensor sum_dz, Tensor sum_dz_xmu, int count, bool relu, bool[2] output_mask) "
+        "-> (Tensor grad_input, Tensor grad_residual)");
 }
 
 namespace {
@@ -75,6 +92,12 @@ void register_impls(torch::Library& m) {
   m.impl("conv2d_backward", &dlk::ops::conv2d_backward);
   m.impl("im2col", &dlk::ops::im2col);
   m.impl("col2im", &dlk::ops::col2im);
+  m.impl("batch_norm_forward", &dlk::ops::batch_norm_forward);
+  m.impl("batch_norm_backward", &dlk::ops::batch_norm_backward);
+  m.impl("batch_norm_stats", &dlk::ops::batch_norm_stats);
+  m.impl("batch_norm_elemt", &dlk::ops::batch_norm_elemt);
+  m.impl("batch_norm_backward_reduce", &dlk::ops::batch_norm_backward_reduce);
+  m.impl("batch_norm_backward_elemt", &dlk::ops::batch_norm_backward_elemt);
 }
 
 }  // namespace

@@ -145,3 +145,56 @@ def _im2col_fake(input, kernel_size, dilation, padding, stride):
 def _col2im_fake(input, output_size, kernel_size, dilation, padding, stride):
     n, ckk, _ = input.shape
     return input.new_empty((n, ckk // (kernel_size[0] * kernel_size[1]), output_size[0], output_size[1]))
+
+
+def _bn_like(input):
+    """An empty tensor in the layout the batch-norm ops write: channels_last where the input is stored
+    that way, else contiguous (mirrors layout_of in csrc/ops/batch_norm.cpp)."""
+    fmt = torch.contiguous_format
+    if not input.is_contiguous():
+        if input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last):
+            fmt = torch.channels_last
+        elif input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d):
+            fmt = torch.channels_last_3d
+    return torch.empty_like(input, memory_format=fmt)
+
+
+def _per_channel(input, dtype=torch.float64):
+    return input.new_empty((input.shape[1],), dtype=dtype)
+
+
+@torch.library.register_fake("dlkernels::batch_norm_forward")
+def _batch_norm_forward_fake(input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu):
+    return _bn_like(input), _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("dlkernels::batch_norm_backward")
+def _batch_norm_backward_fake(grad_output, input, output, weight, save_mean, save_invstd, training, relu, output_mask):
+    param = weight.dtype if weight is not None else input.dtype
+    none = input.new_empty((0,))
+    return (_bn_like(input) if output_mask[0] else none,
+            _per_channel(input, param) if output_mask[1] else input.new_empty((0,)),
+            _per_channel(input, param) if output_mask[2] else input.new_empty((0,)),
+            _bn_like(input) if output_mask[3] else input.new_empty((0,)))
+
+
+@torch.library.register_fake("dlkernels::batch_norm_stats")
+def _batch_norm_stats_fake(input):
+    return _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("dlkernels::batch_norm_elemt")
+def _batch_norm_elemt_fake(input, mean, invstd, weight, bias, residual, relu):
+    return _bn_like(input)
+
+
+@torch.library.register_fake("dlkernels::batch_norm_backward_reduce")
+def _batch_norm_backward_reduce_fake(grad_output, input, output, mean, invstd, relu):
+    return _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("dlkernels::batch_norm_backward_elemt")
+def _batch_norm_backward_elemt_fake(grad_output, input, output, mean, invstd, weight, sum_dz, sum_dz_xmu, count, relu,
+                                    output_mask):
+    return (_bn_like(input) if output_mask[0] else input.new_empty((0,)),
+            _bn_like(input) if output_mask[1] else input.new_empty((0,)))

@@ -171,3 +171,93 @@ class Col2imFunction(torch.autograd.Function):
 
 for _name, _fn in (("conv2d_forward", Conv2dFunction), ("im2col", Im2colFunction), ("col2im", Col2imFunction)):
     torch.library.register_autograd("dlkernels::" + _name, _fn.backward, setup_context=_fn.setup_context)
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Batch normalization, optionally with a residual added and a ReLU, fused. Saves the input, the
+    float64 per-channel mean and inverse std and (for ReLU) the output, whose sign is the ReLU mask."""
+
+    @staticmethod
+    def forward(input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu):
+        return _ops.batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
+                                       residual, relu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, _, _, ctx.training, _, _, residual, ctx.relu = inputs
+        out, save_mean, save_invstd = output
+        ctx.save_for_backward(input, weight, out if ctx.relu else None, save_mean, save_invstd)
+        ctx.has_weight, ctx.has_bias, ctx.has_residual = weight is not None, bias is not None, residual is not None
+        ctx.mark_non_differentiable(save_mean, save_invstd)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output, _grad_mean, _grad_invstd):
+        input, weight, out, save_mean, save_invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        mask = [bool(need[0]), bool(ctx.has_weight and need[1]), bool(ctx.has_bias and need[2]),
+                bool(ctx.has_residual and need[8])]
+        gi, gw, gb, gr = _ops.batch_norm_backward(grad_output, input, out, weight, save_mean, save_invstd,
+                                                  ctx.training, ctx.relu, mask)
+        return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None,
+                None, gr if mask[3] else None, None)
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Batch normalization whose statistics span every rank of a torch.distributed process group: each
+    rank computes its per-channel count, mean and variance in one pass, they are all-gathered and merged
+    (Chan's formula, float64), and backward all-reduces the two per-channel sums grad_input needs.
+    grad_weight and grad_bias stay local, as in torch.nn.SyncBatchNorm (DistributedDataParallel averages
+    them)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps, process_group, world_size):
+        import torch.distributed as dist
+
+        mean, var = _ops.batch_norm_stats(input)
+        count = input.numel() // input.shape[1]
+        local = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=input.device), mean, var])
+        gathered = [torch.empty_like(local) for _ in range(world_size)]
+        dist.all_gather(gathered, local, group=process_group)
+        table = torch.stack(gathered)  # (ranks, 1 + 2C)
+        c = input.shape[1]
+        counts, means, variances = table[:, :1], table[:, 1:1 + c], table[:, 1 + c:]
+        n = counts.sum()
+        if n.item() <= 1:
+            raise ValueError(f"dlkernels.SyncBatchNorm: expected more than 1 value per channel when training, got "
+                             f"{int(n.item())} over all ranks")
+        g_mean = (counts * means).sum(0) / n
+        g_var = (counts * (variances + (means - g_mean) ** 2)).sum(0) / n
+        invstd = torch.rsqrt(g_var + eps)
+        if running_mean is not None:
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_((g_mean * momentum).to(running_mean.dtype))
+                running_var.mul_(1 - momentum).add_((g_var * (momentum * n / (n - 1))).to(running_var.dtype))
+        out = _ops.batch_norm_elemt(input, g_mean, invstd, weight, bias, None, False)
+        ctx.save_for_backward(input, weight, g_mean, invstd)
+        ctx.count = int(n.item())
+        ctx.process_group, ctx.has_weight, ctx.has_bias = process_group, weight is not None, bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        import torch.distributed as dist
+
+        input, weight, mean, invstd = ctx.saved_tensors
+        grad_output = grad_output.contiguous(memory_format=torch.channels_last) \
+            if input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(
+                memory_format=torch.channels_last) else grad_output
+        sum_dz, sum_dz_xmu = _ops.batch_norm_backward_reduce(grad_output, input, None, mean, invstd, False)
+        need = ctx.needs_input_grad
+        param_dtype = weight.dtype if weight is not None else input.dtype
+        gw = (sum_dz_xmu * invstd).to(param_dtype) if ctx.has_weight and need[1] else None
+        gb = sum_dz.to(param_dtype) if ctx.has_bias and need[2] else None
+        gi = None
+        if need[0]:
+            sums = torch.cat([sum_dz, sum_dz_xmu])
+            dist.all_reduce(sums, group=ctx.process_group)
+            c = input.shape[1]
+            gi, _ = _ops.batch_norm_backward_elemt(grad_output, input, None, mean, invstd, weight, sums[:c].contiguous(),
+                                                   sums[c:].contiguous(), ctx.count, False, [True, False])
+        return gi, gw, gb, None, None, None, None, None, None

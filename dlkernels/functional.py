@@ -4,7 +4,7 @@ import torch
 from torch.nn import _reduction as _torch_reduction
 
 from . import _C
-from .autograd import (AdaptiveAvgPool2dFunction, AvgPool2dFunction, Col2imFunction, Conv2dFunction,
+from .autograd import (AdaptiveAvgPool2dFunction, AvgPool2dFunction, BatchNormFunction, Col2imFunction, Conv2dFunction,
                        CrossEntropyFunction, Im2colFunction, MaxPool2dFunction)
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -247,3 +247,47 @@ def col2im(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
                                _pair(fn, "dilation", dilation), _pair(fn, "padding", padding),
                                _pair(fn, "stride", stride))
     return out.squeeze(0) if unbatched else out
+
+
+# --------------------------------------------------------------------------- batch normalization
+
+def _batch_norm(fn, input, residual, running_mean, running_var, weight, bias, training, momentum, eps, relu):
+    _check_tensor(fn, "input", input)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias), ("residual", residual)):
+        if t is not None:
+            _check_tensor(fn, name, t)
+    _check_device(fn, input)
+    _check_same_device(fn, input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias,
+                       residual=residual)
+    if momentum is None or isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"dlkernels.{fn}: momentum must be a float (modules turn momentum=None into a cumulative "
+                        f"average factor), got {momentum!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise TypeError(f"dlkernels.{fn}: eps must be a float, got {eps!r}")
+    out, _, _ = BatchNormFunction.apply(input, weight, bias, running_mean, running_var, bool(training),
+                                        float(momentum), float(eps), residual, relu)
+    return out
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """torch.nn.functional.batch_norm for (N, C), (N, C, L), (N, C, H, W) and (N, C, D, H, W) input:
+    per-channel statistics over every dimension but C in training (running stats updated in place with the
+    unbiased variance), the running statistics in evaluation."""
+    return _batch_norm("batch_norm", input, None, running_mean, running_var, weight, bias, training, momentum, eps,
+                       False)
+
+
+def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                    eps=1e-5):
+    """relu(batch_norm(...)) in one pass each way: the ReLU mask is read back from the output."""
+    return _batch_norm("batch_norm_relu", input, None, running_mean, running_var, weight, bias, training, momentum,
+                       eps, True)
+
+
+def batch_norm_add_relu(input, residual, running_mean, running_var, weight=None, bias=None, training=False,
+                        momentum=0.1, eps=1e-5):
+    """relu(batch_norm(input, ...) + residual), the end of a ResNet basic block, fused; residual has
+    input's shape and gets the masked gradient."""
+    return _batch_norm("batch_norm_add_relu", input, residual, running_mean, running_var, weight, bias, training,
+                       momentum, eps, True)

@@ -44,3 +44,103 @@ class Conv2d(torch.nn.Conv2d):
             padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(padded, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class _BatchNormForward:
+    """torch's _BatchNorm.forward (momentum=None: cumulative average over num_batches_tracked; eval
+    without running stats: batch statistics), computed by the fused kernel."""
+
+    _dlk_relu = False
+
+    def _dlk_forward(self, input, residual=None):
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_running = not self.training or self.track_running_stats
+        rm = self.running_mean if use_running else None
+        rv = self.running_var if use_running else None
+        if residual is not None:
+            return F.batch_norm_add_relu(input, residual, rm, rv, self.weight, self.bias, bn_training, factor,
+                                         self.eps)
+        fn = F.batch_norm_relu if self._dlk_relu else F.batch_norm
+        return fn(input, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)
+
+    def forward(self, input):
+        return self._dlk_forward(input)
+
+
+class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d computed by dlkernels' fused batch-norm kernel."""
+
+
+class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d computed by dlkernels' fused batch-norm kernel."""
+
+
+class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
+    """torch.nn.BatchNorm3d computed by dlkernels' fused batch-norm kernel."""
+
+
+class BatchNormReLU2d(_BatchNormForward, torch.nn.BatchNorm2d):
+    """BatchNorm2d followed by ReLU, fused: one pass fewer each way. Same parameters, buffers and
+    state_dict keys as BatchNorm2d, so a BatchNorm2d's state loads into it."""
+
+    _dlk_relu = True
+
+    def add_relu(self, input, residual):
+        """relu(self(input) + residual): the end of a ResNet basic block, fused."""
+        return self._dlk_forward(input, residual)
+
+
+class SyncBatchNorm(torch.nn.SyncBatchNorm):
+    """torch.nn.SyncBatchNorm: in training under torch.distributed, statistics over every rank of the
+    process group (all-gathered per-channel count, mean and variance, merged in float64); otherwise a
+    plain fused batch norm."""
+
+    def forward(self, input):
+        import torch.distributed as dist
+
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_running = not self.training or self.track_running_stats
+        rm = self.running_mean if use_running else None
+        rv = self.running_var if use_running else None
+        group = self.process_group if self.process_group is not None else (
+            dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
+        world = dist.get_world_size(group) if group is not None else 1
+        if not (bn_training and world > 1):
+            return F.batch_norm(input, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)
+        from .autograd import SyncBatchNormFunction
+        return SyncBatchNormFunction.apply(input, self.weight, self.bias, rm, rv, float(factor), float(self.eps), group,
+                                           world)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """Every BatchNorm*D in module becomes a dlkernels SyncBatchNorm with the same parameters and
+        buffers (torch.nn.SyncBatchNorm.convert_sync_batchnorm, producing ours)."""
+        out = module
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
+            out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+                      process_group)
+            if module.affine:
+                with torch.no_grad():
+                    out.weight = module.weight
+                    out.bias = module.bias
+            out.running_mean = module.running_mean
+            out.running_var = module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+            if hasattr(module, "qconfig"):
+                out.qconfig = module.qconfig
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        del module
+        return out

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 
+#include "common/batch_norm.h"
 #include "common/conv.h"
 #include "common/cross_entropy.h"
 #include "common/optim.h"
@@ -87,5 +88,24 @@ int conv_rows_to_images(DType dt, int64_t B, int64_t OC, int64_t L, const void* 
 int conv_images_to_rows(DType dt, int64_t B, int64_t OC, int64_t L, const void* images, void* rows, void* stream);
 // out[c] = sum over n, l of in[n, c, l]: one block per channel, a fixed-order tree (deterministic).
 int channel_sum(DType dt, int64_t N, int64_t C, int64_t L, const void* in, void* out, void* stream);
+
+}  // namespace dlk::cuda
+
+namespace dlk::cuda {
+
+// Batch normalization (csrc/cuda/batch_norm.cu); x, y, dy, residual, grads of type dt in the layout of g;
+// every per-channel array is float64 (C). workspace: 3 * C * 64 doubles (per-block partials).
+// Reductions: per-block partials combined per channel in a fixed order (deterministic); statistics by
+// Welford/Chan merging, accurate for N*H*W in the millions and for large means.
+int batch_norm_stats(DType dt, const BatchNormGeom& g, const void* x, double* mean, double* var, double* workspace,
+                     void* stream);
+int batch_norm_apply(DType dt, const BatchNormGeom& g, const void* x, const double* mean, const double* scale,
+                     const double* beta, const void* residual, bool relu, void* y, void* stream);
+int batch_norm_backward_reduce(DType dt, const BatchNormGeom& g, const void* dy, const void* x, const void* y,
+                               bool relu, const double* mean, double* sum_dz, double* sum_dz_xmu, double* workspace,
+                               void* stream);
+int batch_norm_backward_apply(DType dt, const BatchNormGeom& g, const void* dy, const void* x, const void* y,
+                              bool relu, const double* mean, const double* k_dz, const double* k_x, const double* k_1,
+                              void* grad_input, void* grad_residual, void* stream);
 
 }  // namespace dlk::cuda

@@ -81,3 +81,31 @@ int64_t workspace_limit();
 void set_workspace_limit(int64_t bytes);
 
 }  // namespace dlk::ops
+
+namespace dlk::ops {
+
+// ---- batch normalization (csrc/ops/batch_norm.cpp); input (N, C, ...) with 2 to 5 dims.
+// Saved statistics (mean, invstd) and the backward sums are float64 (C,). relu: fused ReLU whose
+// backward mask comes from `output`; residual: added before the ReLU (batch_norm_add_relu).
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input);
+at::Tensor batch_norm_elemt(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& invstd,
+                            const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                            const c10::optional<at::Tensor>& residual, bool relu);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
+    const at::Tensor& input, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+    const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var, bool training,
+    double momentum, double eps, const c10::optional<at::Tensor>& residual, bool relu);
+std::tuple<at::Tensor, at::Tensor> batch_norm_backward_reduce(const at::Tensor& grad_output, const at::Tensor& input,
+                                                              const c10::optional<at::Tensor>& output,
+                                                              const at::Tensor& mean, const at::Tensor& invstd,
+                                                              bool relu);
+std::tuple<at::Tensor, at::Tensor> batch_norm_backward_elemt(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& output,
+    const at::Tensor& mean, const at::Tensor& invstd, const c10::optional<at::Tensor>& weight,
+    const at::Tensor& sum_dz, const at::Tensor& sum_dz_xmu, int64_t count, bool relu, std::array<bool, 2> output_mask);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& output,
+    const c10::optional<at::Tensor>& weight, const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
+    bool relu, std::array<bool, 4> output_mask);
+
+}  // namespace dlk::ops

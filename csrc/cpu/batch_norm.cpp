@@ -1,0 +1,55 @@
+// Batch normalization: the scalar reference path (batch_norm_impl.h at the baseline ISA) and the ISA
+// dispatch.
+#include "cpu/batch_norm.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/batch_norm_impl.h"
+#include "cpu/isa.h"
+
+namespace dlk::cpu {
+
+int64_t batch_norm_workspace_size(const BatchNormGeom& g) { return 2 * bn_split(g).blocks * g.C; }
+
+DLK_BN_DEFINE(scalar, float)
+DLK_BN_DEFINE(scalar, double)
+
+#define DLK_BN_DISPATCH(NAME, PARAMS, ARGS)        \
+  template <class T> void NAME PARAMS {            \
+    switch (current_isa()) {                       \
+      case Isa::Avx512: return NAME##_avx512 ARGS; \
+      case Isa::Avx2: return NAME##_avx2 ARGS;     \
+      case Isa::Scalar: return NAME##_scalar ARGS; \
+    }                                              \
+  }
+DLK_BN_DISPATCH(batch_norm_stats, (const BatchNormGeom& g, const T* x, double* mean, double* var, double* work),
+                (g, x, mean, var, work))
+DLK_BN_DISPATCH(batch_norm_apply,
+                (const BatchNormGeom& g, const T* x, const double* mean, const double* scale, const double* beta,
+                 const T* residual, bool relu, T* y),
+                (g, x, mean, scale, beta, residual, relu, y))
+DLK_BN_DISPATCH(batch_norm_backward_reduce,
+                (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
+                 double* sum_dz, double* sum_dz_xmu, double* work),
+                (g, dy, x, y, relu, mean, sum_dz, sum_dz_xmu, work))
+DLK_BN_DISPATCH(batch_norm_backward_apply,
+                (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
+                 const double* k_dz, const double* k_x, const double* k_1, T* grad_input, T* grad_residual),
+                (g, dy, x, y, relu, mean, k_dz, k_x, k_1, grad_input, grad_residual))
+#undef DLK_BN_DISPATCH
+
+#define DLK_BN_INSTANTIATE(T)                                                                                 \
+  template void batch_norm_stats<T>(const BatchNormGeom&, const T*, double*, double*, double*);               \
+  template void batch_norm_apply<T>(const BatchNormGeom&, const T*, const double*, const double*,             \
+                                    const double*, const T*, bool, T*);                                       \
+  template void batch_norm_backward_reduce<T>(const BatchNormGeom&, const T*, const T*, const T*, bool,       \
+                                              const double*, double*, double*, double*);                      \
+  template void batch_norm_backward_apply<T>(const BatchNormGeom&, const T*, const T*, const T*, bool,        \
+                                             const double*, const double*, const double*, const double*, T*, \
+                                             T*);
+DLK_BN_INSTANTIATE(float)
+DLK_BN_INSTANTIATE(double)
+#undef DLK_BN_INSTANTIATE
+
+}  // namespace dlk::cpu

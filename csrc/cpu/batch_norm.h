@@ -1,0 +1,49 @@
+// CPU batch-normalization kernels on raw pointers (T = float or double). Per-channel arrays are double:
+// statistics are accumulated in double around a per-channel shift (the channel's first value), so an
+// input of 1000 + noise keeps its variance (no E[x^2] - E[x]^2 cancellation).
+// Work is split in a fixed way that depends only on the sizes (never on the thread count), and partial
+// sums are combined in a fixed order: results are bitwise the same for any number of threads.
+#pragma once
+#include <cstdint>
+
+#include "common/batch_norm.h"
+
+namespace dlk::cpu {
+
+// Doubles of scratch the reductions need (the ops layer allocates it).
+int64_t batch_norm_workspace_size(const BatchNormGeom& g);
+
+// mean[c] and biased var[c] over the N * L values of channel c.
+template <class T> void batch_norm_stats(const BatchNormGeom& g, const T* x, double* mean, double* var, double* work);
+// y = (x - mean[c]) * scale[c] + beta[c] (+ residual) (then max(., 0) if relu), computed in double.
+// residual may be nullptr.
+template <class T>
+void batch_norm_apply(const BatchNormGeom& g, const T* x, const double* mean, const double* scale, const double* beta,
+                      const T* residual, bool relu, T* y);
+// dz = relu ? (y > 0 ? dy : 0) : dy;  sum_dz[c] = sum dz,  sum_dz_xmu[c] = sum dz * (x - mean[c]).
+template <class T>
+void batch_norm_backward_reduce(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,
+                                const double* mean, double* sum_dz, double* sum_dz_xmu, double* work);
+// grad_input = dz * k_dz[c] + (x - mean[c]) * k_x[c] + k_1[c] (may be nullptr); grad_residual = dz (may be nullptr).
+template <class T>
+void batch_norm_backward_apply(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,
+                               const double* mean, const double* k_dz, const double* k_x, const double* k_1,
+                               T* grad_input, T* grad_residual);
+
+#define DLK_BN_DECLARE(SUFFIX, T)                                                                               \
+  void batch_norm_stats_##SUFFIX(const BatchNormGeom&, const T*, double*, double*, double*);                    \
+  void batch_norm_apply_##SUFFIX(const BatchNormGeom&, const T*, const double*, const double*, const double*,   \
+                                 const T*, bool, T*);                                                           \
+  void batch_norm_backward_reduce_##SUFFIX(const BatchNormGeom&, const T*, const T*, const T*, bool,            \
+                                           const double*, double*, double*, double*);                           \
+  void batch_norm_backward_apply_##SUFFIX(const BatchNormGeom&, const T*, const T*, const T*, bool,             \
+                                          const double*, const double*, const double*, const double*, T*, T*);
+DLK_BN_DECLARE(scalar, float)
+DLK_BN_DECLARE(scalar, double)
+DLK_BN_DECLARE(avx2, float)
+DLK_BN_DECLARE(avx2, double)
+DLK_BN_DECLARE(avx512, float)
+DLK_BN_DECLARE(avx512, double)
+#undef DLK_BN_DECLARE
+
+}  // namespace dlk::cpu

@@ -1,0 +1,16 @@
+// Batch normalization, avx2 path: the loops of batch_norm_impl.h compiled for avx2 (compiler-vectorized).
+// Standard headers before the pragma.
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/batch_norm.h"
+
+#pragma GCC target("avx2,fma")
+#include "cpu/batch_norm_impl.h"
+
+namespace dlk::cpu {
+
+DLK_BN_DEFINE(avx2, float)
+DLK_BN_DEFINE(avx2, double)
+
+}  // namespace dlk::cpu

@@ -1,0 +1,16 @@
+// Batch normalization, avx512 path: the loops of batch_norm_impl.h compiled for avx512 (compiler-vectorized).
+// Standard headers before the pragma.
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/batch_norm.h"
+
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma")
+#include "cpu/batch_norm_impl.h"
+
+namespace dlk::cpu {
+
+DLK_BN_DEFINE(avx512, float)
+DLK_BN_DEFINE(avx512, double)
+
+}  // namespace dlk::cpu

@@ -1,0 +1,395 @@
+// Batch normalization, tensor level: torch's argument checks, the layout choice (NCHW planes or
+// channels-last rows), the O(C) per-channel arithmetic (on C-element float64 tensors, with torch ops)
+// and the CPU/CUDA choice of the O(N*C*L) kernels. Fused variants: + ReLU, + residual + ReLU.
+//
+// Training forward:  (mean, var) = stats(x)              one read of x
+//                    y = (x - mean) * w / sqrt(var + eps) + b (+ r) (ReLU)   one read, one write
+// Backward:          dz = dy masked by y > 0 (ReLU)      the mask comes from the saved output
+//                    sum_dz, sum_dz_xmu = reduce(dz, x)  one read of dy, x (and y)
+//                    dx = dz * k_dz + (x - mean) * k_x + k_1   one more read, one write (dr = dz)
+// The mean and inverse std saved for backward are float64 (C values each) whatever the input dtype.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/Exception.h>
+
+#include "common/batch_norm.h"
+#include "cpu/batch_norm.h"
+#include "ops/alloc.h"
+#include "ops/ops.h"
+
+#ifdef DLKERNELS_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/launch.h"
+#include "ops/cuda_util.h"
+#endif
+
+#ifdef DLKERNELS_WITH_CUDA
+#define DLK_BN_CUDA(call) cuda::call
+#else
+#define DLK_BN_CUDA(call) ((void)dt, (void)stream, 0)
+#endif
+
+namespace dlk::ops {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+bool low_precision(const Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+
+void check_input(const char* op, const Tensor& input) {
+  TORCH_CHECK(input.is_cpu() || input.is_cuda(), "dlkernels.", op, ": input must be a CPU or CUDA tensor, got ",
+              input.device());
+  const auto s = input.scalar_type();
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (input.is_cuda() && low_precision(input)), "dlkernels.", op,
+                   ": input must be float32 or float64", input.is_cuda() ? ", float16 or bfloat16" : "", " on ",
+                   input.device().type(), ", got ", s);
+  TORCH_CHECK_VALUE(input.dim() >= 2 && input.dim() <= 5, "dlkernels.", op,
+                    ": input must have 2 to 5 dimensions (N, C, ...), got shape ", input.sizes());
+  TORCH_CHECK_VALUE(input.size(1) > 0, "dlkernels.", op, ": input must have at least one channel, got shape ",
+                    input.sizes());
+}
+
+// A per-channel tensor (weight, bias, running stats): (C,), on input's device, input's dtype (or float32
+// for float16/bfloat16 input, as torch's mixed-precision batch norm keeps them).
+void check_channel(const char* op, const char* name, const Tensor& t, const Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), "dlkernels.", op, ": ", name, " is on ", t.device(), " but input is on ",
+              input.device());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == input.size(1), "dlkernels.", op, ": ", name, " must have shape (",
+                    input.size(1), ") (one value per channel of input ", input.sizes(), "), got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type() || (low_precision(input) && t.scalar_type() == at::kFloat),
+                   "dlkernels.", op, ": ", name, " must have the dtype of input (", input.scalar_type(), "), got ",
+                   t.scalar_type());
+}
+
+void check_like(const char* op, const char* name, const Tensor& t, const Tensor& input) {
+  TORCH_CHECK(t.device() == input.device(), "dlkernels.", op, ": ", name, " is on ", t.device(), " but input is on ",
+              input.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), "dlkernels.", op, ": ", name, " must have the dtype of input (",
+                   input.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == input.sizes(), "dlkernels.", op, ": ", name, " must have the shape of input ",
+                    input.sizes(), ", got ", t.sizes());
+}
+
+void check_stats(const char* op, const char* name, const Tensor& t, const Tensor& input) {
+  TORCH_CHECK(t.device() == input.device() && t.scalar_type() == at::kDouble && t.dim() == 1 &&
+                  t.size(0) == input.size(1),
+              "dlkernels.", op, ": ", name, " must be a float64 tensor of shape (", input.size(1), ") on ",
+              input.device(), ", got ", t.scalar_type(), " of shape ", t.sizes(), " on ", t.device());
+}
+
+// The memory layout the kernels read: channels-last rows when the input is stored that way (or is
+// (N, C)), else NCHW planes (after a copy if the input is neither).
+struct Layout {
+  BatchNormGeom g;
+  c10::MemoryFormat format;
+};
+
+Layout layout_of(const Tensor& input) {
+  int64_t L = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) L *= input.size(d);
+  BatchNormGeom g{input.size(0), input.size(1), L, false};
+  c10::MemoryFormat f = c10::MemoryFormat::Contiguous;
+  if (input.dim() == 2) {
+    g.channels_last = true;
+  } else if (!input.is_contiguous()) {
+    if (input.dim() == 4 && input.is_contiguous(c10::MemoryFormat::ChannelsLast)) {
+      g.channels_last = true;
+      f = c10::MemoryFormat::ChannelsLast;
+    } else if (input.dim() == 5 && input.is_contiguous(c10::MemoryFormat::ChannelsLast3d)) {
+      g.channels_last = true;
+      f = c10::MemoryFormat::ChannelsLast3d;
+    }
+  }
+  return {g, f};
+}
+
+Tensor in_layout(const Tensor& t, const Layout& lay) { return t.contiguous(lay.format); }
+
+Tensor empty_in_layout(const Tensor& like, const Layout& lay) {
+  if (lay.format == c10::MemoryFormat::Contiguous) return empty_output(like.sizes(), like.options());
+  return at::empty(like.sizes(), like.options().memory_format(lay.format));
+}
+
+// A (C,) float64 view of an optional per-channel tensor, or `fill`.
+Tensor channel_f64(const optional<Tensor>& t, const Tensor& input, double fill) {
+  if (t.has_value() && t->defined()) return t->to(at::kDouble).contiguous();
+  return at::full({input.size(1)}, fill, input.options().dtype(at::kDouble));
+}
+
+const double* f64(const Tensor& t) { return t.data_ptr<double>(); }
+
+template <class CpuFn, class CudaFn> void run(const char* op, const Tensor& input, CpuFn cpu_fn, CudaFn cuda_fn) {
+  if (input.is_cpu()) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.batch_norm", [&] { cpu_fn(scalar_t()); });
+    return;
+  }
+#ifdef DLKERNELS_WITH_CUDA
+  c10::cuda::CUDAGuard guard(input.device());
+  const int err = cuda_fn(cuda_dtype(input.scalar_type()), static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()));
+  TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
+#else
+  (void)cuda_fn;
+  TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
+#endif
+}
+
+Tensor workspace_for(const Layout& lay, const Tensor& input) {
+  // CPU: the reductions' partial sums; CUDA: the per-block partials of the two-stage reduction.
+  const int64_t n = input.is_cpu() ? cpu::batch_norm_workspace_size(lay.g) : 3 * lay.g.C * 64;
+  return at::empty({std::max<int64_t>(n, 1)}, input.options().dtype(at::kDouble));
+}
+
+// mean and biased variance per channel, float64.
+std::tuple<Tensor, Tensor> stats_impl(const char* op, const Tensor& x, const Layout& lay) {
+  Tensor mean = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
+  Tensor var = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
+  Tensor work = workspace_for(lay, x);
+  run(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    cpu::batch_norm_stats<T>(lay.g, x.data_ptr<T>(), mean.data_ptr<double>(), var.data_ptr<double>(),
+                             work.data_ptr<double>());
+  }, [&](auto dt, void* stream) {
+    return DLK_BN_CUDA(batch_norm_stats(dt, lay.g, x.data_ptr(), mean.data_ptr<double>(), var.data_ptr<double>(),
+                                        work.data_ptr<double>(), stream));
+  });
+  return {mean, var};
+}
+
+Tensor apply_impl(const char* op, const Tensor& x, const Layout& lay, const Tensor& mean, const Tensor& scale,
+                  const Tensor& beta, const Tensor& residual, bool relu) {
+  Tensor y = empty_in_layout(x, lay);
+  run(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    cpu::batch_norm_apply<T>(lay.g, x.data_ptr<T>(), f64(mean), f64(scale), f64(beta),
+                             residual.defined() ? residual.data_ptr<T>() : nullptr, relu, y.data_ptr<T>());
+  }, [&](auto dt, void* stream) {
+    return DLK_BN_CUDA(batch_norm_apply(dt, lay.g, x.data_ptr(), f64(mean), f64(scale), f64(beta),
+                                        residual.defined() ? residual.data_ptr() : nullptr, relu, y.data_ptr(), stream));
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor> reduce_impl(const char* op, const Tensor& dy, const Tensor& x, const Tensor& y,
+                                       const Layout& lay, const Tensor& mean, bool relu) {
+  Tensor sum_dz = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
+  Tensor sum_dz_xmu = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
+  Tensor work = workspace_for(lay, x);
+  run(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    cpu::batch_norm_backward_reduce<T>(lay.g, dy.data_ptr<T>(), x.data_ptr<T>(), relu ? y.data_ptr<T>() : nullptr,
+                                       relu, f64(mean), sum_dz.data_ptr<double>(), sum_dz_xmu.data_ptr<double>(),
+                                       work.data_ptr<double>());
+  }, [&](auto dt, void* stream) {
+    return DLK_BN_CUDA(batch_norm_backward_reduce(dt, lay.g, dy.data_ptr(), x.data_ptr(), relu ? y.data_ptr() : nullptr,
+                                                  relu, f64(mean), sum_dz.data_ptr<double>(),
+                                                  sum_dz_xmu.data_ptr<double>(), work.data_ptr<double>(), stream));
+  });
+  return {sum_dz, sum_dz_xmu};
+}
+
+std::tuple<Tensor, Tensor> backward_apply_impl(const char* op, const Tensor& dy, const Tensor& x, const Tensor& y,
+                                               const Layout& lay, bool relu, const Tensor& mean, const Tensor& k_dz,
+                                               const Tensor& k_x, const Tensor& k_1, bool want_input,
+                                               bool want_residual) {
+  Tensor gi = want_input ? empty_in_layout(x, lay) : at::empty({0}, x.options());
+  Tensor gr = want_residual ? empty_in_layout(x, lay) : at::empty({0}, x.options());
+  if (!want_input && !want_residual) return {gi, gr};
+  run(op, x, [&](auto tag) {
+    using T = decltype(tag);
+    cpu::batch_norm_backward_apply<T>(lay.g, dy.data_ptr<T>(), x.data_ptr<T>(), relu ? y.data_ptr<T>() : nullptr, relu,
+                                      f64(mean), f64(k_dz), f64(k_x), f64(k_1), want_input ? gi.data_ptr<T>() : nullptr,
+                                      want_residual ? gr.data_ptr<T>() : nullptr);
+  }, [&](auto dt, void* stream) {
+    return DLK_BN_CUDA(batch_norm_backward_apply(dt, lay.g, dy.data_ptr(), x.data_ptr(), relu ? y.data_ptr() : nullptr,
+                                                 relu, f64(mean), f64(k_dz), f64(k_x), f64(k_1),
+                                                 want_input ? gi.data_ptr() : nullptr,
+                                                 want_residual ? gr.data_ptr() : nullptr, stream));
+  });
+  return {gi, gr};
+}
+
+// The output saved for the ReLU mask: needed exactly when relu is set.
+Tensor relu_output(const char* op, const optional<Tensor>& output, bool relu, const Tensor& input, const Layout& lay) {
+  if (!relu) return Tensor();
+  TORCH_CHECK_VALUE(output.has_value() && output->defined(), "dlkernels.", op,
+                    ": output (the forward result) is required when relu is set");
+  check_like(op, "output", *output, input);
+  return in_layout(*output, lay);
+}
+
+void check_grad(const char* op, const Tensor& grad_output, const Tensor& input) {
+  check_like(op, "grad_output", grad_output, input);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> batch_norm_stats(const Tensor& input) {
+  const char* op = "batch_norm_stats";
+  check_input(op, input);
+  const Layout lay = layout_of(input);
+  TORCH_CHECK_VALUE(lay.g.count() > 0, "dlkernels.batch_norm_stats: input has no values per channel, got shape ",
+                    input.sizes());
+  return stats_impl(op, in_layout(input, lay), lay);
+}
+
+Tensor batch_norm_elemt(const Tensor& input, const Tensor& mean, const Tensor& invstd, const optional<Tensor>& weight,
+                        const optional<Tensor>& bias, const optional<Tensor>& residual, bool relu) {
+  const char* op = "batch_norm_elemt";
+  check_input(op, input);
+  check_stats(op, "mean", mean, input);
+  check_stats(op, "invstd", invstd, input);
+  if (weight.has_value() && weight->defined()) check_channel(op, "weight", *weight, input);
+  if (bias.has_value() && bias->defined()) check_channel(op, "bias", *bias, input);
+  const Layout lay = layout_of(input);
+  Tensor r;
+  if (residual.has_value() && residual->defined()) {
+    check_like(op, "residual", *residual, input);
+    r = in_layout(*residual, lay);
+  }
+  const Tensor scale = channel_f64(weight, input, 1.0) * invstd;
+  return apply_impl(op, in_layout(input, lay), lay, mean.contiguous(), scale, channel_f64(bias, input, 0.0), r, relu);
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& input, const optional<Tensor>& weight,
+                                                      const optional<Tensor>& bias,
+                                                      const optional<Tensor>& running_mean,
+                                                      const optional<Tensor>& running_var, bool training,
+                                                      double momentum, double eps,
+                                                      const optional<Tensor>& residual, bool relu) {
+  const char* op = "batch_norm";
+  check_input(op, input);
+  const bool has_rm = running_mean.has_value() && running_mean->defined();
+  const bool has_rv = running_var.has_value() && running_var->defined();
+  if (weight.has_value() && weight->defined()) check_channel(op, "weight", *weight, input);
+  if (bias.has_value() && bias->defined()) check_channel(op, "bias", *bias, input);
+  if (has_rm) check_channel(op, "running_mean", *running_mean, input);
+  if (has_rv) check_channel(op, "running_var", *running_var, input);
+  TORCH_CHECK_VALUE(has_rm == has_rv, "dlkernels.batch_norm: running_mean and running_var must both be given or both "
+                    "be None");
+  TORCH_CHECK_VALUE(training || has_rm, "dlkernels.batch_norm: running_mean and running_var must be given in "
+                    "evaluation mode (training=False)");
+  TORCH_CHECK_VALUE(eps > 0, "dlkernels.batch_norm: eps must be positive, got ", eps);
+  const Layout lay = layout_of(input);
+  TORCH_CHECK_VALUE(!training || lay.g.count() != 1, "dlkernels.batch_norm: expected more than 1 value per channel "
+                    "when training, got input size ", input.sizes());
+  const Tensor x = in_layout(input, lay);
+  Tensor r;
+  if (residual.has_value() && residual->defined()) {
+    check_like(op, "residual", *residual, input);
+    r = in_layout(*residual, lay);
+  }
+  Tensor mean, invstd;
+  if (training) {
+    if (lay.g.count() == 0) {  // empty batch: empty output, running statistics untouched (as torch)
+      mean = at::zeros({lay.g.C}, x.options().dtype(at::kDouble));
+      return {empty_in_layout(x, lay), mean, mean.clone()};
+    }
+    Tensor var;
+    std::tie(mean, var) = stats_impl(op, x, lay);
+    invstd = at::rsqrt(var + eps);
+    if (has_rm) {
+      // torch: running_var tracks the unbiased variance, N/(N-1) times the one used to normalize.
+      const double n = double(lay.g.count());
+      Tensor rm = *running_mean, rv = *running_var;
+      rm.mul_(1 - momentum).add_((mean * momentum).to(rm.scalar_type()));
+      rv.mul_(1 - momentum).add_((var * (momentum * n / (n - 1))).to(rv.scalar_type()));
+    }
+  } else {
+    mean = running_mean->to(at::kDouble, /*non_blocking=*/false, /*copy=*/true).contiguous();  // a fresh output, never the buffer
+    invstd = at::rsqrt(running_var->to(at::kDouble) + eps);
+  }
+  const Tensor scale = channel_f64(weight, input, 1.0) * invstd;
+  Tensor y = apply_impl(op, x, lay, mean, scale, channel_f64(bias, input, 0.0), r, relu);
+  return {y, mean, invstd};
+}
+
+std::tuple<Tensor, Tensor> batch_norm_backward_reduce(const Tensor& grad_output, const Tensor& input,
+                                                      const optional<Tensor>& output, const Tensor& mean,
+                                                      const Tensor& invstd, bool relu) {
+  const char* op = "batch_norm_backward_reduce";
+  check_input(op, input);
+  check_grad(op, grad_output, input);
+  check_stats(op, "mean", mean, input);
+  check_stats(op, "invstd", invstd, input);
+  const Layout lay = layout_of(input);
+  const Tensor y = relu_output(op, output, relu, input, lay);
+  return reduce_impl(op, in_layout(grad_output, lay), in_layout(input, lay), y, lay, mean.contiguous(), relu);
+}
+
+std::tuple<Tensor, Tensor> batch_norm_backward_elemt(const Tensor& grad_output, const Tensor& input,
+                                                     const optional<Tensor>& output, const Tensor& mean,
+                                                     const Tensor& invstd, const optional<Tensor>& weight,
+                                                     const Tensor& sum_dz, const Tensor& sum_dz_xmu, int64_t count,
+                                                     bool relu, std::array<bool, 2> output_mask) {
+  const char* op = "batch_norm_backward_elemt";
+  check_input(op, input);
+  check_grad(op, grad_output, input);
+  check_stats(op, "mean", mean, input);
+  check_stats(op, "invstd", invstd, input);
+  check_stats(op, "sum_dz", sum_dz, input);
+  check_stats(op, "sum_dz_xmu", sum_dz_xmu, input);
+  if (weight.has_value() && weight->defined()) check_channel(op, "weight", *weight, input);
+  TORCH_CHECK_VALUE(count > 0, "dlkernels.batch_norm_backward_elemt: count must be positive, got ", count);
+  const Layout lay = layout_of(input);
+  const Tensor y = relu_output(op, output, relu, input, lay);
+  const Tensor k_dz = channel_f64(weight, input, 1.0) * invstd;
+  const Tensor k_x = -(k_dz * invstd * invstd * sum_dz_xmu / double(count));
+  const Tensor k_1 = -(k_dz * sum_dz / double(count));
+  return backward_apply_impl(op, in_layout(grad_output, lay), in_layout(input, lay), y, lay, relu, mean.contiguous(),
+                             k_dz, k_x, k_1, output_mask[0], output_mask[1]);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output, const Tensor& input,
+                                                               const optional<Tensor>& output,
+                                                               const optional<Tensor>& weight, const Tensor& save_mean,
+                                                               const Tensor& save_invstd, bool training, bool relu,
+                                                               std::array<bool, 4> output_mask) {
+  const char* op = "batch_norm_backward";
+  check_input(op, input);
+  check_grad(op, grad_output, input);
+  check_stats(op, "save_mean", save_mean, input);
+  check_stats(op, "save_invstd", save_invstd, input);
+  if (weight.has_value() && weight->defined()) check_channel(op, "weight", *weight, input);
+  const Layout lay = layout_of(input);
+  const Tensor y = relu_output(op, output, relu, input, lay);
+  const Tensor dy = in_layout(grad_output, lay), x = in_layout(input, lay), mean = save_mean.contiguous();
+  const auto empty = [&] { return at::empty({0}, input.options()); };
+  Tensor gw = empty(), gb = empty();
+  if (lay.g.count() == 0) {  // empty batch: zero parameter gradients
+    Tensor gi = output_mask[0] ? empty_in_layout(x, lay) : empty();
+    Tensor gr = output_mask[3] ? empty_in_layout(x, lay) : empty();
+    if (output_mask[1]) gw = at::zeros({lay.g.C}, weight.has_value() ? weight->options() : input.options());
+    if (output_mask[2]) gb = at::zeros({lay.g.C}, weight.has_value() ? weight->options() : input.options());
+    return {gi, gw, gb, gr};
+  }
+  const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
+  Tensor sum_dz, sum_dz_xmu;
+  if (need_sums) std::tie(sum_dz, sum_dz_xmu) = reduce_impl(op, dy, x, y, lay, mean, relu);
+  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  if (output_mask[1]) gw = (sum_dz_xmu * save_invstd).to(param_dtype);
+  if (output_mask[2]) gb = sum_dz.to(param_dtype);
+  const Tensor k_dz = channel_f64(weight, input, 1.0) * save_invstd;
+  Tensor k_x, k_1;
+  if (training && output_mask[0]) {
+    const double n = double(lay.g.count());
+    k_x = -(k_dz * save_invstd * save_invstd * sum_dz_xmu / n);
+    k_1 = -(k_dz * sum_dz / n);
+  } else {  // eval: the statistics are constants, dx = dz * w * invstd
+    k_x = at::zeros_like(k_dz);
+    k_1 = k_x;
+  }
+  Tensor gi, gr;
+  std::tie(gi, gr) = backward_apply_impl(op, dy, x, y, lay, relu, mean, k_dz, k_x, k_1, output_mask[0], output_mask[3]);
+  return {gi, gw, gb, gr};
+}
+
+}  // namespace dlk::ops
