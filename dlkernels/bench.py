@@ -259,7 +259,62 @@ def _conv_case(N, C, H, OC, K, stride=1, padding=0):
     return make
 
 
+def _batch_norm_case(kind, shape=(16, 64, 56, 56)):
+    def make(device):
+        import dlkernels.nn as dnn
+
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+        r = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+        grad = torch.randn(shape, generator=gen).to(device)
+        c = shape[1]
+        ref = torch.nn.BatchNorm2d(c).to(device)
+        ours = (dnn.BatchNormReLU2d if kind != "bn" else dnn.BatchNorm2d)(c).to(device)
+
+        def torch_fn(x, r):
+            x.grad = r.grad = None
+            y = ref(x)
+            if kind == "bn_add_relu":
+                y = y + r
+            if kind != "bn":
+                y = torch.relu(y)
+            y.backward(grad)
+
+        def ours_fn(x, r):
+            x.grad = r.grad = None
+            y = ours.add_relu(x, r) if kind == "bn_add_relu" else ours(x)
+            y.backward(grad)
+
+        x_np, g_np = x.detach().cpu().numpy(), grad.cpu().numpy()
+
+        def numpy_step():
+            # the textbook BatchNormalization forward and backward, per channel over (N, H, W)
+            mu = x_np.mean(axis=(0, 2, 3), keepdims=True)
+            xc = x_np - mu
+            var = (xc ** 2).mean(axis=(0, 2, 3), keepdims=True)
+            std = np.sqrt(var + 1e-5)
+            xn = xc / std
+            m = x_np.shape[0] * x_np.shape[2] * x_np.shape[3]
+            dxn = g_np
+            dxc = dxn / std
+            dstd = -((dxn * xc) / (std * std)).sum(axis=(0, 2, 3), keepdims=True)
+            dvar = 0.5 * dstd / std
+            dxc += (2.0 / m) * xc * dvar
+            dmu = dxc.sum(axis=(0, 2, 3), keepdims=True)
+            return xn, dxc - dmu / m
+
+        tensors = {"bn": 5, "bn_relu": 6, "bn_add_relu": 8}[kind]  # minimal reads + writes of a full tensor
+        return dict(torch=torch_fn, ours=ours_fn, numpy=numpy_step if kind == "bn" else None, inputs=[x, r],
+                    bytes=tensors * x.numel() * 4, flops=0)
+    return make
+
+
 CASES = [
+    Case("batch_norm", "BN 16x64x56x56 train", _batch_norm_case("bn"), goal="CPU: 2x torch; GPU: -"),
+    Case("batch_norm", "BN+ReLU 16x64x56x56 train", _batch_norm_case("bn_relu"),
+         goal="CPU: 2.5x torch BN then ReLU; GPU: 1.3x"),
+    Case("batch_norm", "BN+add+ReLU 16x64x56x56 train", _batch_norm_case("bn_add_relu"),
+         goal="CPU: 2.5x torch's three ops"),
     Case("conv", "LeNet 64x1x28x28 -> 6 5x5", _conv_case(64, 1, 28, 6, 5), goal="CPU: 2x torch"),
     Case("conv", "3x3 16x64x56x56 -> 64 p1", _conv_case(16, 64, 56, 64, 3, padding=1),
          goal="CPU: >= 1/1.3 of torch; GPU: >= 1/1.5 of cuDNN"),

@@ -3,7 +3,10 @@
 #include "cpu/batch_norm.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "cpu/batch_norm_impl.h"
 #include "cpu/isa.h"
@@ -11,6 +14,13 @@
 namespace dlk::cpu {
 
 int64_t batch_norm_workspace_size(const BatchNormGeom& g) { return 2 * bn_split(g).blocks * g.C; }
+
+// The channel's tensors (x, dy, y, dx) stay in the 1 MiB L2 between the two passes, and there are
+// enough channels to share among the threads. Depends on the sizes only: results never depend on threads
+// (and both paths give the same bits anyway).
+bool batch_norm_fused_fits(const BatchNormGeom& g, int64_t element_size) {
+  return !g.channels_last && g.C >= 4 && g.count() * element_size <= (int64_t(192) << 10);
+}
 
 DLK_BN_DEFINE(scalar, float)
 DLK_BN_DEFINE(scalar, double)
@@ -37,10 +47,24 @@ DLK_BN_DISPATCH(batch_norm_backward_apply,
                 (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
                  const double* k_dz, const double* k_x, const double* k_1, T* grad_input, T* grad_residual),
                 (g, dy, x, y, relu, mean, k_dz, k_x, k_1, grad_input, grad_residual))
+DLK_BN_DISPATCH(batch_norm_train_forward,
+                (const BatchNormGeom& g, const T* x, const double* weight, const double* bias, double eps,
+                 const T* residual, bool relu, T* y, double* mean, double* var, double* invstd),
+                (g, x, weight, bias, eps, residual, relu, y, mean, var, invstd))
+DLK_BN_DISPATCH(batch_norm_train_backward,
+                (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
+                 const double* invstd, const double* weight, double* sum_dz, double* sum_dz_xmu, T* grad_input,
+                 T* grad_residual),
+                (g, dy, x, y, relu, mean, invstd, weight, sum_dz, sum_dz_xmu, grad_input, grad_residual))
 #undef DLK_BN_DISPATCH
 
 #define DLK_BN_INSTANTIATE(T)                                                                                 \
   template void batch_norm_stats<T>(const BatchNormGeom&, const T*, double*, double*, double*);               \
+  template void batch_norm_train_forward<T>(const BatchNormGeom&, const T*, const double*, const double*, double, \
+                                            const T*, bool, T*, double*, double*, double*);                   \
+  template void batch_norm_train_backward<T>(const BatchNormGeom&, const T*, const T*, const T*, bool,        \
+                                             const double*, const double*, const double*, double*, double*,   \
+                                             T*, T*);                                                         \
   template void batch_norm_apply<T>(const BatchNormGeom&, const T*, const double*, const double*,             \
                                     const double*, const T*, bool, T*);                                       \
   template void batch_norm_backward_reduce<T>(const BatchNormGeom&, const T*, const T*, const T*, bool,       \

@@ -30,8 +30,24 @@ void batch_norm_backward_apply(const BatchNormGeom& g, const T* dy, const T* x, 
                                const double* mean, const double* k_dz, const double* k_x, const double* k_1,
                                T* grad_input, T* grad_residual);
 
+// Training on the planar layout, a channel at a time (statistics then normalization while the channel is
+// in cache; reduce then gradient likewise): the same results as the two-pass functions above in fewer
+// memory passes. weight/bias (double, C) may be nullptr. Use when batch_norm_fused_fits(g, sizeof(T)).
+bool batch_norm_fused_fits(const BatchNormGeom& g, int64_t element_size);
+template <class T>
+void batch_norm_train_forward(const BatchNormGeom& g, const T* x, const double* weight, const double* bias, double eps,
+                              const T* residual, bool relu, T* y, double* mean, double* var, double* invstd);
+template <class T>
+void batch_norm_train_backward(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,
+                               const double* mean, const double* invstd, const double* weight, double* sum_dz,
+                               double* sum_dz_xmu, T* grad_input, T* grad_residual);
+
 #define DLK_BN_DECLARE(SUFFIX, T)                                                                               \
   void batch_norm_stats_##SUFFIX(const BatchNormGeom&, const T*, double*, double*, double*);                    \
+  void batch_norm_train_forward_##SUFFIX(const BatchNormGeom&, const T*, const double*, const double*, double,    \
+                                         const T*, bool, T*, double*, double*, double*);                         \
+  void batch_norm_train_backward_##SUFFIX(const BatchNormGeom&, const T*, const T*, const T*, bool,             \
+                                          const double*, const double*, const double*, double*, double*, T*, T*); \
   void batch_norm_apply_##SUFFIX(const BatchNormGeom&, const T*, const double*, const double*, const double*,   \
                                  const T*, bool, T*);                                                           \
   void batch_norm_backward_reduce_##SUFFIX(const BatchNormGeom&, const T*, const T*, const T*, bool,            \

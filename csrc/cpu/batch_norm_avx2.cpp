@@ -1,7 +1,10 @@
 // Batch normalization, avx2 path: the loops of batch_norm_impl.h compiled for avx2 (compiler-vectorized).
 // Standard headers before the pragma.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "cpu/batch_norm.h"
 

@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/zeros.h>
@@ -230,6 +231,16 @@ void check_grad(const char* op, const Tensor& grad_output, const Tensor& input) 
   check_like(op, "grad_output", grad_output, input);
 }
 
+// torch: running_var tracks the unbiased variance, N/(N-1) times the one used to normalize.
+void update_running(const optional<Tensor>& running_mean, const optional<Tensor>& running_var, const Tensor& mean,
+                    const Tensor& var, double momentum, int64_t count) {
+  if (!(running_mean.has_value() && running_mean->defined())) return;
+  const double n = double(count);
+  Tensor rm = *running_mean, rv = *running_var;
+  rm.mul_(1 - momentum).add_((mean * momentum).to(rm.scalar_type()));
+  rv.mul_(1 - momentum).add_((var * (momentum * n / (n - 1))).to(rv.scalar_type()));
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> batch_norm_stats(const Tensor& input) {
@@ -294,15 +305,25 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& input, const
       return {empty_in_layout(x, lay), mean, mean.clone()};
     }
     Tensor var;
+    if (x.is_cpu() && cpu::batch_norm_fused_fits(lay.g, x.element_size())) {
+      // a channel at a time, statistics and normalization in one sweep (csrc/cpu/batch_norm.h)
+      mean = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
+      var = at::empty_like(mean);
+      invstd = at::empty_like(mean);
+      const Tensor w64 = channel_f64(weight, input, 1.0), b64 = channel_f64(bias, input, 0.0);
+      Tensor y = empty_in_layout(x, lay);
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.batch_norm", [&] {
+        cpu::batch_norm_train_forward<scalar_t>(lay.g, x.data_ptr<scalar_t>(), f64(w64), f64(b64), eps,
+                                                r.defined() ? r.data_ptr<scalar_t>() : nullptr, relu,
+                                                y.data_ptr<scalar_t>(), mean.data_ptr<double>(), var.data_ptr<double>(),
+                                                invstd.data_ptr<double>());
+      });
+      update_running(running_mean, running_var, mean, var, momentum, lay.g.count());
+      return {y, mean, invstd};
+    }
     std::tie(mean, var) = stats_impl(op, x, lay);
     invstd = at::rsqrt(var + eps);
-    if (has_rm) {
-      // torch: running_var tracks the unbiased variance, N/(N-1) times the one used to normalize.
-      const double n = double(lay.g.count());
-      Tensor rm = *running_mean, rv = *running_var;
-      rm.mul_(1 - momentum).add_((mean * momentum).to(rm.scalar_type()));
-      rv.mul_(1 - momentum).add_((var * (momentum * n / (n - 1))).to(rv.scalar_type()));
-    }
+    update_running(running_mean, running_var, mean, var, momentum, lay.g.count());
   } else {
     mean = running_mean->to(at::kDouble, /*non_blocking=*/false, /*copy=*/true).contiguous();  // a fresh output, never the buffer
     invstd = at::rsqrt(running_var->to(at::kDouble) + eps);
@@ -371,10 +392,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
     if (output_mask[2]) gb = at::zeros({lay.g.C}, weight.has_value() ? weight->options() : input.options());
     return {gi, gw, gb, gr};
   }
+  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  if (training && output_mask[0] && x.is_cpu() && cpu::batch_norm_fused_fits(lay.g, x.element_size())) {
+    // a channel at a time, the two sums and the gradient in one sweep (csrc/cpu/batch_norm.h)
+    Tensor sum_dz = at::empty({lay.g.C}, x.options().dtype(at::kDouble)), sum_dz_xmu = at::empty_like(sum_dz);
+    Tensor gi = empty_in_layout(x, lay), gr = output_mask[3] ? empty_in_layout(x, lay) : empty();
+    const Tensor w64 = channel_f64(weight, input, 1.0), invstd = save_invstd.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.batch_norm_backward", [&] {
+      cpu::batch_norm_train_backward<scalar_t>(lay.g, dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                               relu ? y.data_ptr<scalar_t>() : nullptr, relu, f64(mean), f64(invstd),
+                                               f64(w64), sum_dz.data_ptr<double>(), sum_dz_xmu.data_ptr<double>(),
+                                               gi.data_ptr<scalar_t>(),
+                                               output_mask[3] ? gr.data_ptr<scalar_t>() : nullptr);
+    });
+    if (output_mask[1]) gw = (sum_dz_xmu * save_invstd).to(param_dtype);
+    if (output_mask[2]) gb = sum_dz.to(param_dtype);
+    return {gi, gw, gb, gr};
+  }
   const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
   Tensor sum_dz, sum_dz_xmu;
   if (need_sums) std::tie(sum_dz, sum_dz_xmu) = reduce_impl(op, dy, x, y, lay, mean, relu);
-  const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
   if (output_mask[1]) gw = (sum_dz_xmu * save_invstd).to(param_dtype);
   if (output_mask[2]) gb = sum_dz.to(param_dtype);
   const Tensor k_dz = channel_f64(weight, input, 1.0) * save_invstd;
