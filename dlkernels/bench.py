@@ -285,23 +285,14 @@ def _batch_norm_case(kind, shape=(16, 64, 56, 56)):
             y = ours.add_relu(x, r) if kind == "bn_add_relu" else ours(x)
             y.backward(grad)
 
+        from dlkernels.textbook import BatchNormalization
+
+        layer = BatchNormalization(np.ones(c, np.float32), np.zeros(c, np.float32))
         x_np, g_np = x.detach().cpu().numpy(), grad.cpu().numpy()
 
         def numpy_step():
-            # the textbook BatchNormalization forward and backward, per channel over (N, H, W)
-            mu = x_np.mean(axis=(0, 2, 3), keepdims=True)
-            xc = x_np - mu
-            var = (xc ** 2).mean(axis=(0, 2, 3), keepdims=True)
-            std = np.sqrt(var + 1e-5)
-            xn = xc / std
-            m = x_np.shape[0] * x_np.shape[2] * x_np.shape[3]
-            dxn = g_np
-            dxc = dxn / std
-            dstd = -((dxn * xc) / (std * std)).sum(axis=(0, 2, 3), keepdims=True)
-            dvar = 0.5 * dstd / std
-            dxc += (2.0 / m) * xc * dvar
-            dmu = dxc.sum(axis=(0, 2, 3), keepdims=True)
-            return xn, dxc - dmu / m
+            layer.forward(x_np)
+            layer.backward(g_np)
 
         tensors = {"bn": 5, "bn_relu": 6, "bn_add_relu": 8}[kind]  # minimal reads + writes of a full tensor
         return dict(torch=torch_fn, ours=ours_fn, numpy=numpy_step if kind == "bn" else None, inputs=[x, r],

@@ -67,3 +67,52 @@ class Convolution:
         self.dW = (self.col.T @ dout).T.reshape(fn, c, kh, kw)
         dcol = dout @ self.col_W.T
         return col2im(dcol, self.x_shape, kh, kw, self.stride, self.pad, self.dilation)
+
+
+class BatchNormalization:
+    """The textbook's BatchNormalization layer under PyTorch's conventions: statistics per channel over
+    (N, H, W) (the textbook flattens 4-D input and normalizes per activation), the biased variance to
+    normalize, the unbiased one for running_var, running = (1 - momentum) * running + momentum * batch."""
+
+    def __init__(self, gamma, beta, momentum=0.1, eps=1e-5, running_mean=None, running_var=None):
+        self.gamma, self.beta, self.momentum, self.eps = gamma, beta, momentum, eps
+        self.running_mean, self.running_var = running_mean, running_var
+
+    def _axes(self, x):
+        return (0,) + tuple(range(2, x.ndim))
+
+    def _shape(self, x):
+        return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+    def forward(self, x, train=True):
+        axes, shape = self._axes(x), self._shape(x)
+        if train:
+            mu = x.mean(axis=axes)
+            xc = x - mu.reshape(shape)
+            var = (xc ** 2).mean(axis=axes)
+            m = x.size // x.shape[1]
+            if self.running_mean is not None:
+                self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * mu
+                self.running_var = (1 - self.momentum) * self.running_var + self.momentum * var * m / (m - 1)
+        else:
+            mu, var = self.running_mean, self.running_var
+            xc = x - mu.reshape(shape)
+        self.train = train
+        self.xc, self.std = xc, np.sqrt(var + self.eps).reshape(shape)
+        self.xn = xc / self.std
+        return self.gamma.reshape(shape) * self.xn + self.beta.reshape(shape)
+
+    def backward(self, dout):
+        axes, shape = self._axes(dout), self._shape(dout)
+        self.dbeta = dout.sum(axis=axes)
+        self.dgamma = (self.xn * dout).sum(axis=axes)
+        dxn = self.gamma.reshape(shape) * dout
+        dxc = dxn / self.std
+        if not self.train:
+            return dxc
+        m = dout.size // dout.shape[1]
+        dstd = -((dxn * self.xc) / (self.std * self.std)).sum(axis=axes).reshape(shape)
+        dvar = 0.5 * dstd / self.std
+        dxc = dxc + (2.0 / m) * self.xc * dvar
+        dmu = dxc.sum(axis=axes).reshape(shape)
+        return dxc - dmu / m

@@ -71,7 +71,8 @@ def test_padding_same_and_valid(device, k, d):
     b = torch.randn(4, device=device)
     for padding in ("same", "valid"):
         o, r = check_fwd_bwd(lambda *a: DF.conv2d(*a, padding=padding, dilation=d),
-                             lambda *a: F.conv2d(*a, padding=padding, dilation=d), [x, w, b], grad_inputs=(0, 1, 2))
+                             lambda *a: F.conv2d(*a, padding=padding, dilation=d), [x, w, b], grad_inputs=(0, 1, 2),
+                             error_vs_torch=True)
         if padding == "same":
             assert o.shape[2:] == x.shape[2:]
 
@@ -83,7 +84,7 @@ def test_unbatched_non_contiguous_channels_last(device):
     for inp in (x[0], x[..., ::2], x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3)):
         for weight in (w, wt):
             o, r = check_fwd_bwd(lambda a, b: DF.conv2d(a, b, padding=1), lambda a, b: F.conv2d(a, b, padding=1),
-                                 [inp, weight], grad_inputs=(0, 1))
+                                 [inp, weight], grad_inputs=(0, 1), error_vs_torch=True)
             if inp.dim() == 4 and not inp.is_contiguous() and inp.is_contiguous(memory_format=torch.channels_last):
                 assert o.is_contiguous(memory_format=torch.channels_last) == r.is_contiguous(
                     memory_format=torch.channels_last)
@@ -96,7 +97,7 @@ def test_gradient_subsets(device):
     b = torch.randn(5, device=device)
     for grads in ((0,), (1,), (2,), (1, 2), (0, 2)):
         check_fwd_bwd(lambda *a: DF.conv2d(*a, stride=2, padding=1), lambda *a: F.conv2d(*a, stride=2, padding=1),
-                      [x, w, b], grad_inputs=grads)
+                      [x, w, b], grad_inputs=grads, error_vs_torch=True)
 
 
 # --------------------------------------------------------------------------- im2col / col2im

@@ -16,8 +16,8 @@ namespace dlk::cpu {
 int64_t batch_norm_workspace_size(const BatchNormGeom& g) { return 2 * bn_split(g).blocks * g.C; }
 
 // The channel's tensors (x, dy, y, dx) stay in the 1 MiB L2 between the two passes, and there are
-// enough channels to share among the threads. Depends on the sizes only: results never depend on threads
-// (and both paths give the same bits anyway).
+// enough channels to share among the threads. Depends on the sizes only, so results never depend on the
+// thread count.
 bool batch_norm_fused_fits(const BatchNormGeom& g, int64_t element_size) {
   return !g.channels_last && g.C >= 4 && g.count() * element_size <= (int64_t(192) << 10);
 }

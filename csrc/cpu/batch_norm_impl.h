@@ -98,7 +98,8 @@ template <class T> struct BnKernels {
 
   // Training, planar layout, a channel at a time: statistics, then the normalization of the same planes
   // while they are still in cache (one read of x from memory instead of two). Same block order and
-  // arithmetic as stats() + apply(), so both paths give the same bits.
+  // arithmetic as stats() + apply(), so both paths give the same mean and variance (the inverse std is
+  // computed here, by the ops layer's torch ops in the other path: they may differ in the last bit).
   static void train_forward(const BatchNormGeom& g, const T* x, const double* weight, const double* bias, double eps,
                             const T* residual, bool relu, T* y, double* mean, double* var, double* invstd) {
     const BnSplit sp = bn_split(g);

@@ -1,0 +1,445 @@
+"""Batch normalization: parity of output, running statistics and every gradient with torch over random
+shapes (2-D to 5-D, large means, tiny batches, 1x1 planes, channels_last), training and eval, the fused
+ReLU and add+ReLU variants, the numpy textbook BatchNormalization, gradcheck, opcheck, every ISA path,
+determinism, modules (momentum=None, num_batches_tracked, state_dict), SyncBatchNorm over 2 gloo
+processes, bad inputs."""
+import os
+import socket
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkernels
+import dlkernels.functional as DF
+import dlkernels.nn as dnn
+from dlkernels.textbook import BatchNormalization
+
+from conftest import TOL, assert_lowp_close
+
+
+def run_bn(fn, x, weight, bias, rm, rv, training, momentum, residual=None, grad_seed=0):
+    """fn(x, rm, rv, w, b, training, momentum[, residual]) on clones; returns y, grads, running stats."""
+    xs = x.detach().clone().requires_grad_(True)
+    w = weight.detach().clone().requires_grad_(True) if weight is not None else None
+    b = bias.detach().clone().requires_grad_(True) if bias is not None else None
+    r = residual.detach().clone().requires_grad_(True) if residual is not None else None
+    rm_, rv_ = (rm.clone() if rm is not None else None), (rv.clone() if rv is not None else None)
+    y = fn(xs, rm_, rv_, w, b, training, momentum, r)
+    gen = torch.Generator().manual_seed(grad_seed)
+    g = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(device=y.device, dtype=y.dtype)
+    leaves = [t for t in (xs, w, b, r) if t is not None]
+    grads = torch.autograd.grad(y, leaves, g)
+    return [y.detach()] + list(grads) + [t for t in (rm_, rv_) if t is not None]
+
+
+def torch_bn(relu=False):
+    def fn(x, rm, rv, w, b, training, momentum, r):
+        y = F.batch_norm(x, rm, rv, w, b, training, momentum, 1e-5)
+        if r is not None:
+            y = y + r
+        return torch.relu(y) if relu or r is not None else y
+    return fn
+
+
+def ours_bn(relu=False):
+    def fn(x, rm, rv, w, b, training, momentum, r):
+        if r is not None:
+            return DF.batch_norm_add_relu(x, r, rm, rv, w, b, training, momentum, 1e-5)
+        return (DF.batch_norm_relu if relu else DF.batch_norm)(x, rm, rv, w, b, training, momentum, 1e-5)
+    return fn
+
+
+def compare(ours, ref, ref64, dtype):
+    assert len(ours) == len(ref)
+    for i, (a, b, c) in enumerate(zip(ours, ref, ref64)):
+        assert a.shape == b.shape and a.dtype == b.dtype, (i, a.shape, b.shape, a.dtype, b.dtype)
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, b, **TOL[dtype])
+        else:
+            # float32 (and lower): error against float64 at most 2x torch's own (DESIGN.md's rule for
+            # reductions; torch sums differently, and for inputs like 1000 + noise less accurately)
+            assert_lowp_close(a, b, c.to(torch.float64), f"tensor {i}")
+
+
+SHAPES = [(4, 3), (7, 5), (2, 6, 9), (3, 4, 5, 6), (2, 3, 7, 1), (2, 5, 1, 1), (16, 3, 1, 1), (2, 3, 2, 3, 4),
+          (1, 4, 5, 5), (5, 1001), (3, 13, 17, 19), (4, 4, 128, 100)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", ["bn", "relu", "add_relu"])
+def test_matches_torch(device, dtype, shape, training, kind):
+    gen = torch.Generator().manual_seed(sum(shape) + training)
+    c = shape[1]
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 0.5).to(device)
+    w, b = torch.randn(c, generator=gen, dtype=torch.float64).to(device), torch.randn(c, generator=gen, dtype=torch.float64).to(device)
+    rm, rv = torch.randn(c, generator=gen, dtype=torch.float64).to(device), (torch.rand(c, generator=gen, dtype=torch.float64) + 0.5).to(device)
+    r = torch.randn(shape, generator=gen, dtype=torch.float64).to(device) if kind == "add_relu" else None
+    args64 = (x, w, b, rm, rv, training, 0.1, r)
+    args = tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in args64)
+    relu = kind != "bn"
+    ours = run_bn(ours_bn(relu), *args)
+    ref = run_bn(torch_bn(relu), *args)
+    ref64 = run_bn(torch_bn(relu), *args64)
+    compare(ours, ref, ref64, dtype)
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 5, 5), (6, 4), (3, 2, 4, 4, 3)])
+def test_large_mean_no_cancellation(device, dtype, shape):
+    """input + 1000: a naive E[x^2] - E[x]^2 in float32 loses the variance entirely."""
+    x64 = torch.randn(shape, dtype=torch.float64, device=device) + 1000
+    rm, rv = torch.zeros(shape[1], dtype=torch.float64, device=device), torch.ones(shape[1], dtype=torch.float64, device=device)
+    args64 = (x64, None, None, rm, rv, True, 0.3, None)
+    args = tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in args64)
+    ours = run_bn(ours_bn(), *args)
+    ref64 = run_bn(torch_bn(), *args64)
+    compare(ours, run_bn(torch_bn(), *args), ref64, dtype)
+    # and against float64 directly: the normalized output keeps float32 accuracy
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ours[0].double(), ref64[0], **tol)
+
+
+def test_no_affine_no_running_stats_and_momentum(device):
+    x = torch.randn(6, 4, 5, 3, device=device)
+    for momentum in (0.0, 0.25, 1.0):
+        ours = run_bn(ours_bn(), x, None, None, None, None, True, momentum)
+        ref = run_bn(torch_bn(), x, None, None, None, None, True, momentum)
+        compare(ours, ref, run_bn(torch_bn(), x.double(), None, None, None, None, True, momentum), torch.float32)
+        rm, rv = torch.randn(4, device=device), torch.rand(4, device=device) + 1
+        ours = run_bn(ours_bn(), x, None, None, rm, rv, True, momentum)
+        ref = run_bn(torch_bn(), x, None, None, rm, rv, True, momentum)
+        torch.testing.assert_close(ours[-2:], ref[-2:])
+
+
+def test_channels_last_and_non_contiguous(device):
+    x = torch.randn(4, 6, 7, 5, device=device)
+    w, b = torch.randn(6, device=device), torch.randn(6, device=device)
+    for inp in (x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3), x[:, ::2]):
+        c = inp.shape[1]
+        for kind in ("bn", "relu"):
+            args = (inp, w[:c], b[:c], torch.zeros(c, device=device), torch.ones(c, device=device), True, 0.1)
+            ours = run_bn(ours_bn(kind == "relu"), *args)
+            ref = run_bn(torch_bn(kind == "relu"), *args)
+            ref64 = run_bn(torch_bn(kind == "relu"), *(t.double() if isinstance(t, torch.Tensor) else t for t in args))
+            compare(ours, ref, ref64, torch.float32)
+        y = DF.batch_norm(inp, None, None, training=True)
+        assert y.is_contiguous(memory_format=torch.channels_last) == F.batch_norm(
+            inp, None, None, training=True).is_contiguous(memory_format=torch.channels_last)
+    x5 = torch.randn(2, 3, 4, 5, 6, device=device).contiguous(memory_format=torch.channels_last_3d)
+    args = (x5, None, None, None, None, True, 0.1)
+    compare(run_bn(ours_bn(), *args), run_bn(torch_bn(), *args),
+            run_bn(torch_bn(), *(t.double() if isinstance(t, torch.Tensor) else t for t in args)), torch.float32)
+
+
+def test_residual_gets_the_masked_gradient(device):
+    x, r = torch.randn(3, 4, 6, 6, device=device), torch.randn(3, 4, 6, 6, device=device)
+    ours = run_bn(ours_bn(), x, None, None, None, None, True, 0.1, residual=r)
+    ref = run_bn(torch_bn(), x, None, None, None, None, True, 0.1, residual=r)
+    torch.testing.assert_close(ours[2], ref[2], rtol=0, atol=0)  # grad of residual: dy where y > 0, exactly
+    torch.testing.assert_close(ours[1], ref[1])
+
+
+# --------------------------------------------------------------------- the textbook layer in numpy
+
+@pytest.mark.parametrize("shape,train", [((4, 3, 5, 6), True), ((6, 5), True), ((3, 2, 4), True), ((4, 3, 5, 6), False)])
+def test_numpy_textbook_batch_normalization(device, shape, train):
+    rng = np.random.default_rng(len(shape) + train)
+    x_np = rng.normal(size=shape) * 2 + 3
+    c = shape[1]
+    gamma, beta = rng.normal(size=c), rng.normal(size=c)
+    rm, rv = rng.normal(size=c), rng.uniform(0.5, 2, size=c)
+    layer = BatchNormalization(gamma, beta, 0.1, 1e-5, rm.copy(), rv.copy())
+    y_np = layer.forward(x_np, train)
+    g_np = rng.normal(size=shape)
+    dx_np = layer.backward(g_np)
+    x, w, b = (torch.tensor(a, device=device, requires_grad=True) for a in (x_np, gamma, beta))
+    rm_t, rv_t = torch.tensor(rm, device=device), torch.tensor(rv, device=device)
+    y = DF.batch_norm(x, rm_t, rv_t, w, b, train, 0.1, 1e-5)
+    y.backward(torch.tensor(g_np, device=device))
+    for ours, ref in ((y, y_np), (x.grad, dx_np), (w.grad, layer.dgamma), (b.grad, layer.dbeta),
+                      (rm_t, layer.running_mean), (rv_t, layer.running_var)):
+        np.testing.assert_allclose(ours.detach().cpu().numpy(), ref, rtol=1e-9, atol=1e-10)
+
+
+# ------------------------------------------------------------------------ gradcheck, opcheck, ISA
+
+def test_gradcheck(device):
+    def t(*shape, scale=1.0):
+        return (torch.randn(*shape, dtype=torch.float64, device=device) * scale).requires_grad_(True)
+    x, w, b, r = t(3, 2, 4, 3), t(2), t(2), t(3, 2, 4, 3)
+    rm, rv = torch.zeros(2, dtype=torch.float64, device=device), torch.ones(2, dtype=torch.float64, device=device) * 2
+    assert torch.autograd.gradcheck(lambda a, c, d: DF.batch_norm(a, None, None, c, d, True), (x, w, b))
+    assert torch.autograd.gradcheck(lambda a, c, d: DF.batch_norm(a, rm, rv, c, d, False), (x, w, b))
+    assert torch.autograd.gradcheck(lambda a, c, d: DF.batch_norm_relu(a, None, None, c, d, True), (x, w, b))
+    assert torch.autograd.gradcheck(lambda a, c, d, e: DF.batch_norm_add_relu(a, e, None, None, c, d, True),
+                                    (x, w, b, r))
+    assert torch.autograd.gradcheck(lambda a: DF.batch_norm(a, None, None, None, None, True), (t(5, 3),))
+
+
+def test_opcheck(device):
+    ops = torch.ops.dlkernels
+    x = torch.randn(3, 4, 5, 2, device=device)
+    w, b = torch.randn(4, device=device), torch.randn(4, device=device)
+    r = torch.randn_like(x)
+    for relu, res in ((False, None), (True, None), (True, r)):
+        torch.library.opcheck(ops.batch_norm_forward.default, (x, w, b, torch.zeros(4, device=device),
+                                                               torch.ones(4, device=device), True, 0.1, 1e-5, res, relu))
+        y, m, i = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, res, relu)
+        for mask in ([True, True, True, res is not None], [False, True, False, False], [True, False, False, False]):
+            torch.library.opcheck(ops.batch_norm_backward.default,
+                                  (torch.randn_like(x), x, y if relu else None, w, m, i, True, relu, mask))
+    torch.library.opcheck(ops.batch_norm_stats.default, (x,))
+    m, v = ops.batch_norm_stats(x)
+    i = torch.rsqrt(v + 1e-5)
+    torch.library.opcheck(ops.batch_norm_elemt.default, (x, m, i, w, b, None, False))
+    torch.library.opcheck(ops.batch_norm_backward_reduce.default, (torch.randn_like(x), x, None, m, i, False))
+    s1, s2 = ops.batch_norm_backward_reduce(torch.randn_like(x), x, None, m, i, False)
+    torch.library.opcheck(ops.batch_norm_backward_elemt.default,
+                          (torch.randn_like(x), x, None, m, i, w, s1, s2, 30, False, [True, False]))
+
+
+def test_isa_paths_match_scalar():
+    shapes = [(4, 6, 9, 7), (300, 6, 20, 20), (9, 1001)]  # planar fused, planar two-pass, channels-last rows
+    results = {}
+    for isa in dlkernels.supported_cpu_isas():
+        with dlkernels.use_cpu_isa(isa):
+            outs = []
+            for shape in shapes:
+                x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+                outs += run_bn(ours_bn(True), x, None, None, None, None, True, 0.1)
+            results[isa] = outs
+    for isa in results:
+        for a, c in zip(results[isa], results["scalar"]):
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_deterministic_across_thread_counts():
+    before = torch.get_num_threads()
+    try:
+        for shape in [(4, 6, 9, 7), (300, 6, 20, 20), (9, 1001), (4, 5, 6, 7)]:
+            x = torch.randn(shape)
+            if len(shape) == 4 and shape[0] == 4 and shape[1] == 5:
+                x = x.contiguous(memory_format=torch.channels_last)
+            results = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append(run_bn(ours_bn(True), x, torch.randn(shape[1], generator=torch.Generator().manual_seed(0)),
+                                      None, torch.zeros(shape[1]), torch.ones(shape[1]), True, 0.1))
+            for a, c in zip(*results):
+                assert torch.equal(a, c), shape
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------- modules
+
+@pytest.mark.parametrize("cls,shape", [("BatchNorm1d", (5, 4)), ("BatchNorm1d", (5, 4, 7)), ("BatchNorm2d", (3, 4, 5, 6)),
+                                       ("BatchNorm3d", (2, 4, 3, 4, 5))])
+@pytest.mark.parametrize("kwargs", [{}, dict(momentum=None), dict(affine=False), dict(track_running_stats=False),
+                                    dict(eps=1e-3, momentum=0.3)], ids=["default", "cumulative", "no-affine",
+                                                                        "no-running", "eps-momentum"])
+def test_modules_are_drop_in(device, cls, shape, kwargs):
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cls)(4, **kwargs).to(device)
+    ours = getattr(dnn, cls)(4, **kwargs).to(device)
+    if ref.affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-1, 1)
+    ours.load_state_dict(ref.state_dict())
+    assert isinstance(ours, type(ref)) and list(ours.state_dict()) == list(ref.state_dict())
+    for step in range(3):  # running statistics and num_batches_tracked evolve identically
+        x = (torch.randn(shape, device=device) * 2 + step).requires_grad_(True)
+        for m in (ours, ref):
+            m.train()
+        yo, yr = ours(x), ref(x)
+        torch.testing.assert_close(yo, yr, rtol=1e-5, atol=1e-5)
+        yo.square().sum().backward()
+        yr.square().sum().backward()
+    for (k, a), (_, c) in zip(ours.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6, msg=k)
+    if ref.affine:
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
+    ours.eval()
+    ref.eval()
+    x = torch.randn(shape, device=device)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_relu_module_loads_batch_norm_state(device):
+    bn = torch.nn.BatchNorm2d(5).to(device)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    fused = dnn.BatchNormReLU2d(5).to(device)
+    fused.load_state_dict(bn.state_dict())
+    x, r = torch.randn(3, 5, 4, 4, device=device), torch.randn(3, 5, 4, 4, device=device)
+    torch.testing.assert_close(fused(x), torch.relu(bn(x)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.add_relu(x, r), torch.relu(bn(x) + r), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.running_mean, bn.running_mean)
+
+
+def test_compile_fullgraph():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), dnn.BatchNormReLU2d(4), dnn.BatchNorm2d(4))
+    x = torch.randn(3, 2, 9, 9)
+    ref = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.BatchNorm2d(4))
+    ref[0].load_state_dict(model[0].state_dict())
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    torch.testing.assert_close(model[1].running_mean, ref[1].running_mean)  # the in-place update survived tracing
+
+
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 4, 4, device=device, requires_grad=True)
+    w = torch.ones(3, device=device, requires_grad=True)
+    rm = torch.zeros(3, device=device)
+    y = DF.batch_norm(x, rm, torch.ones(3, device=device), w, None, True)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert torch.equal(rm, torch.zeros(3, device=device)) and torch.equal(w.grad, torch.zeros(3, device=device))
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+def test_bad_inputs(device):
+    x = torch.randn(4, 3, 5, 5, device=device)
+    c3 = torch.ones(3, device=device)
+    cases = [
+        (lambda: DF.batch_norm(x, c3, c3, torch.ones(4, device=device)), ValueError, "weight must have shape (3)"),
+        (lambda: DF.batch_norm(x, torch.zeros(2, device=device), c3), ValueError, "running_mean must have shape (3)"),
+        (lambda: DF.batch_norm(x, c3, torch.ones(5, device=device)), ValueError, "running_var must have shape (3)"),
+        (lambda: DF.batch_norm(x, c3, c3, None, torch.ones(3, 1, device=device)), ValueError, "bias must have shape"),
+        (lambda: DF.batch_norm(x, None, None, training=False), ValueError, "must be given in evaluation mode"),
+        (lambda: DF.batch_norm(x, c3, None, training=True), ValueError, "both be given or both be None"),
+        (lambda: DF.batch_norm(torch.randn(1, 3, device=device), None, None, training=True), ValueError,
+         "expected more than 1 value per channel"),
+        (lambda: DF.batch_norm(torch.randn(1, 3, 1, 1, device=device), None, None, training=True), ValueError,
+         "expected more than 1 value per channel"),
+        (lambda: DF.batch_norm(x.long(), None, None, training=True), TypeError, "input must be float32 or float64"),
+        (lambda: DF.batch_norm(x, c3.double(), c3.double()), TypeError, "running_mean must have the dtype of input"),
+        (lambda: DF.batch_norm(x, c3, c3, c3.double()), TypeError, "weight must have the dtype of input"),
+        (lambda: DF.batch_norm(x[0, 0, 0], None, None, training=True), ValueError, "2 to 5 dimensions"),
+        (lambda: DF.batch_norm(torch.randn(2, 3, 2, 2, 2, 2, device=device), None, None, training=True), ValueError,
+         "2 to 5 dimensions"),
+        (lambda: DF.batch_norm(x, None, None, training=True, momentum=None), TypeError, "momentum must be a float"),
+        (lambda: DF.batch_norm(x, None, None, training=True, eps=0.0), ValueError, "eps must be positive"),
+        (lambda: DF.batch_norm(x, "rm", None), TypeError, "running_mean must be a torch.Tensor"),
+        (lambda: DF.batch_norm_add_relu(x, torch.randn(4, 3, 5, 4, device=device), None, None, training=True),
+         ValueError, "residual must have the shape of input"),
+        (lambda: DF.batch_norm_add_relu(x, x.double(), None, None, training=True), TypeError,
+         "residual must have the dtype of input"),
+        (lambda: dnn.BatchNorm2d(3)(torch.randn(4, 3, device=device)), ValueError, "expected 4D input"),
+        (lambda: dnn.BatchNorm2d(3).to(device)(torch.randn(2, 4, 3, 3, device=device)), ValueError,
+         "weight must have shape (4)"),
+    ]
+    for i, (call, exc, fragment) in enumerate(cases):
+        with pytest.raises(exc) as info:
+            call()
+        assert fragment in str(info.value), f"case {i}: {info.value!r}"
+
+
+# ------------------------------------------------------------------------- SyncBatchNorm, 2 processes
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sync_worker(rank, world, port, path):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        full = torch.randn(8, 3, 5, 4, dtype=torch.float64) * 2 + 5
+        grad = torch.randn(8, 3, 5, 4, dtype=torch.float64)
+        bn = dnn.SyncBatchNorm(3, momentum=0.2).double()
+        with torch.no_grad():
+            bn.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
+            bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        part = full[rank * 4:(rank + 1) * 4].clone().requires_grad_(True)
+        y = bn(part)
+        y.backward(grad[rank * 4:(rank + 1) * 4])
+        gw, gb = bn.weight.grad.clone(), bn.bias.grad.clone()
+        dist.all_reduce(gw)
+        dist.all_reduce(gb)
+        torch.save(dict(y=y.detach(), dx=part.grad, gw=gw, gb=gb, rm=bn.running_mean, rv=bn.running_var),
+                   os.path.join(path, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_batch_norm_two_processes_match_one_process_on_the_whole_batch():
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as path:
+        mp.spawn(_sync_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+        parts = [torch.load(os.path.join(path, f"rank{r}.pt")) for r in range(2)]
+    torch.manual_seed(0)
+    full = torch.randn(8, 3, 5, 4, dtype=torch.float64) * 2 + 5
+    grad = torch.randn(8, 3, 5, 4, dtype=torch.float64)
+    ref = torch.nn.BatchNorm2d(3, momentum=0.2).double()
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
+        ref.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    x = full.clone().requires_grad_(True)
+    y = ref(x)
+    y.backward(grad)
+    tol = dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(torch.cat([p["y"] for p in parts]), y.detach(), **tol)
+    torch.testing.assert_close(torch.cat([p["dx"] for p in parts]), x.grad, **tol)
+    for p in parts:
+        torch.testing.assert_close(p["gw"], ref.weight.grad, **tol)  # local grads, summed over ranks
+        torch.testing.assert_close(p["gb"], ref.bias.grad, **tol)
+        torch.testing.assert_close(p["rm"], ref.running_mean, **tol)
+        torch.testing.assert_close(p["rv"], ref.running_var, **tol)
+
+
+def test_convert_sync_batchnorm_keeps_parameters_and_buffers():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3), torch.nn.Sequential(torch.nn.BatchNorm1d(4)))
+    model[1].running_mean.fill_(0.5)
+    converted = dnn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(converted[1], dnn.SyncBatchNorm) and isinstance(converted[2][0], dnn.SyncBatchNorm)
+    assert converted[1].running_mean.eq(0.5).all()
+    x = torch.randn(4, 2, 6, 6)
+    converted.eval()
+    ref = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3)).eval()
+    ref.load_state_dict({k: v for k, v in converted.state_dict().items() if not k.startswith("2.")})
+    torch.testing.assert_close(converted[1](converted[0](x)), ref(x))
+    # without a process group, training falls back to plain batch norm
+    converted.train()
+    y = converted[1](converted[0](x))
+    torch.testing.assert_close(y, F.batch_norm(converted[0](x), None, None, converted[1].weight, converted[1].bias, True),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision(dtype):
+    x64 = torch.randn(4, 6, 9, 7, device="cuda", dtype=torch.float64) * 2 + 3
+    w = torch.rand(6, device="cuda") + 0.5
+    b = torch.randn(6, device="cuda")
+    rm, rv = torch.zeros(6, device="cuda"), torch.ones(6, device="cuda")
+    for relu in (False, True):
+        ours = run_bn(ours_bn(relu), x64.to(dtype), w, b, rm, rv, True, 0.1)
+        ref = run_bn(torch_bn(relu), x64.to(dtype), w, b, rm, rv, True, 0.1)
+        ref64 = run_bn(torch_bn(relu), x64, w.double(), b.double(), rm.double(), rv.double(), True, 0.1)
+        for i, (a, c, r) in enumerate(zip(ours, ref, ref64)):
+            assert_lowp_close(a, c, r, f"tensor {i}")
+
+
+@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+def test_cuda_large_reduction_is_accurate():
+    x = torch.randn(4, 2, 1024, 1024, device="cuda") + 1000  # 4M values per channel
+    y = DF.batch_norm(x, None, None, training=True)
+    ref = F.batch_norm(x.double(), None, None, training=True)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-3, atol=1e-3)
