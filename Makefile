@@ -4,7 +4,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 # torch==2.13.0 is the CPU build on disk; a CUDA torch already in the venv is kept as it is.
 TORCH_PIN := torch==2.13.0
-DEPS    := numpy pytest hypothesis pytest-benchmark ninja setuptools wheel
+DEPS    := numpy pytest hypothesis pytest-benchmark ninja setuptools wheel scikit-learn tqdm matplotlib
 STAMP   := $(VENV)/.deps-stamp
 
 .PHONY: venv deps build test demo bench info test-sanitize clean
@@ -31,7 +31,7 @@ test: build
 	$(VPY) -m pytest -q tests
 
 demo: build
-	$(VPY) -m dlkernels.bench --op cross_entropy
+	$(VPY) -m dlkernels.demo --plot demo_loss.png
 
 bench: build
 	$(VPY) -m dlkernels.bench --all --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md

@@ -10,6 +10,7 @@ import torch
 from . import _C  # noqa: F401  (loads the kernels and registers torch.ops.dlkernels)
 from . import _ops  # noqa: F401  (fake kernels for torch.compile / meta tensors)
 from . import functional, nn, optim  # noqa: F401
+from .convert import convert  # noqa: F401
 
 __version__ = "0.1.0"
 

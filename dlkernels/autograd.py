@@ -211,7 +211,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
     them)."""
 
     @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps, process_group, world_size):
+    def forward(ctx, input, weight, bias, running_mean, running_var, momentum, eps, process_group, world_size,
+                relu=False):
         import torch.distributed as dist
 
         mean, var = _ops.batch_norm_stats(input)
@@ -233,8 +234,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
             with torch.no_grad():
                 running_mean.mul_(1 - momentum).add_((g_mean * momentum).to(running_mean.dtype))
                 running_var.mul_(1 - momentum).add_((g_var * (momentum * n / (n - 1))).to(running_var.dtype))
-        out = _ops.batch_norm_elemt(input, g_mean, invstd, weight, bias, None, False)
-        ctx.save_for_backward(input, weight, g_mean, invstd)
+        out = _ops.batch_norm_elemt(input, g_mean, invstd, weight, bias, None, relu)
+        ctx.save_for_backward(input, weight, g_mean, invstd, out if relu else None)
+        ctx.relu = relu
         ctx.count = int(n.item())
         ctx.process_group, ctx.has_weight, ctx.has_bias = process_group, weight is not None, bias is not None
         return out
@@ -244,11 +246,11 @@ class SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         import torch.distributed as dist
 
-        input, weight, mean, invstd = ctx.saved_tensors
+        input, weight, mean, invstd, out = ctx.saved_tensors
         grad_output = grad_output.contiguous(memory_format=torch.channels_last) \
             if input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(
                 memory_format=torch.channels_last) else grad_output
-        sum_dz, sum_dz_xmu = _ops.batch_norm_backward_reduce(grad_output, input, None, mean, invstd, False)
+        sum_dz, sum_dz_xmu = _ops.batch_norm_backward_reduce(grad_output, input, out, mean, invstd, ctx.relu)
         need = ctx.needs_input_grad
         param_dtype = weight.dtype if weight is not None else input.dtype
         gw = (sum_dz_xmu * invstd).to(param_dtype) if ctx.has_weight and need[1] else None
@@ -258,6 +260,6 @@ class SyncBatchNormFunction(torch.autograd.Function):
             sums = torch.cat([sum_dz, sum_dz_xmu])
             dist.all_reduce(sums, group=ctx.process_group)
             c = input.shape[1]
-            gi, _ = _ops.batch_norm_backward_elemt(grad_output, input, None, mean, invstd, weight, sums[:c].contiguous(),
-                                                   sums[c:].contiguous(), ctx.count, False, [True, False])
-        return gi, gw, gb, None, None, None, None, None, None
+            gi, _ = _ops.batch_norm_backward_elemt(grad_output, input, out, mean, invstd, weight, sums[:c].contiguous(),
+                                                   sums[c:].contiguous(), ctx.count, ctx.relu, [True, False])
+        return gi, gw, gb, None, None, None, None, None, None, None

@@ -95,10 +95,28 @@ class BatchNormReLU2d(_BatchNormForward, torch.nn.BatchNorm2d):
         return self._dlk_forward(input, residual)
 
 
-class SyncBatchNorm(torch.nn.SyncBatchNorm):
+class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    # set on the instances convert_sync_batchnorm makes from a BatchNormReLU2d: the ReLU stays fused
+    _dlk_relu = False
+
     """torch.nn.SyncBatchNorm: in training under torch.distributed, statistics over every rank of the
     process group (all-gathered per-channel count, mean and variance, merged in float64); otherwise a
-    plain fused batch norm."""
+    plain fused batch norm. Same constructor, parameters, buffers and state_dict keys as
+    torch.nn.SyncBatchNorm; it derives from their common base rather than from torch.nn.SyncBatchNorm,
+    whose DistributedDataParallel check rejects CPU modules, so that it also runs on CPU (gloo)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def _check_non_zero_input_channels(self, input):
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
     def forward(self, input):
         import torch.distributed as dist
@@ -116,11 +134,13 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
         group = self.process_group if self.process_group is not None else (
             dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
         world = dist.get_world_size(group) if group is not None else 1
+        relu = getattr(self, "_dlk_relu", False)
         if not (bn_training and world > 1):
-            return F.batch_norm(input, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)
+            fn = F.batch_norm_relu if relu else F.batch_norm
+            return fn(input, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)
         from .autograd import SyncBatchNormFunction
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, rm, rv, float(factor), float(self.eps), group,
-                                           world)
+                                           world, relu)
 
     @classmethod
     def convert_sync_batchnorm(cls, module, process_group=None):
@@ -138,6 +158,8 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
             out.running_var = module.running_var
             out.num_batches_tracked = module.num_batches_tracked
             out.training = module.training
+            if isinstance(module, BatchNormReLU2d):
+                out._dlk_relu = True  # keep the fused ReLU (its nn.ReLU slot is an Identity now)
             if hasattr(module, "qconfig"):
                 out.qconfig = module.qconfig
         for name, child in module.named_children():

@@ -198,3 +198,22 @@ class RMSprop(torch.optim.RMSprop):
                               _to_float("lr", group["lr"]), float(group["alpha"]), float(group["eps"]),
                               float(group["weight_decay"]), momentum, centered, group["maximize"])
         return loss
+
+
+def from_torch(optimizer):
+    """Our fused optimizer for a torch.optim one (Adam, AdamW, SGD, Adagrad, RMSprop): the same parameter
+    groups and options, and a copy of its state (so training continues on the same trajectory)."""
+    classes = {torch.optim.Adam: Adam, torch.optim.AdamW: AdamW, torch.optim.SGD: SGD, torch.optim.Adagrad: Adagrad,
+               torch.optim.RMSprop: RMSprop}
+    if isinstance(optimizer, tuple(classes.values())):
+        return optimizer
+    cls = classes.get(type(optimizer))
+    if cls is None:
+        raise NotImplementedError(f"dlkernels.optim.from_torch: no fused version of {type(optimizer).__name__}; "
+                                  f"supported: {', '.join(c.__name__ for c in classes)}")
+    groups = [dict(g) for g in optimizer.param_groups]
+    for g in groups:
+        g["params"] = list(g["params"])
+    ours = cls(groups)
+    ours.load_state_dict(optimizer.state_dict())
+    return ours
