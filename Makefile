@@ -34,7 +34,7 @@ demo: build
 	$(VPY) -m dlkernels.demo --plot demo_loss.png
 
 bench: build
-	$(VPY) -m dlkernels.bench --all --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md
+	$(VPY) -m dlkernels.bench --all --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md --plot bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").png
 
 info: build
 	$(VPY) -m dlkernels.info

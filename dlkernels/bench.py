@@ -350,6 +350,22 @@ def cases_for(op=None, device="cpu"):
 
 # ----------------------------------------------------------------------------------- running
 
+def run_with_pytest_benchmark(benchmark, case, impl, device="cpu"):
+    """The pytest-benchmark view of one case (bench/bench_<family>.py): impl is "torch" or "ours"."""
+    spec = case.make(device)
+    nbytes = sum(x.numel() * x.element_size() for x in spec["inputs"] if isinstance(x, torch.Tensor))
+    copies = _fresh_copies(spec["inputs"], nbytes)
+    state = {"i": 0}
+
+    def run():
+        args = copies[state["i"] % len(copies)]
+        state["i"] += 1
+        spec[impl](*args)
+        _sync(device)
+
+    benchmark.pedantic(run, rounds=20, warmup_rounds=3)
+
+
 def run_case(case, device, with_numpy=True):
     spec = case.make(device)
     nbytes = sum(x.numel() * x.element_size() for x in spec["inputs"] if isinstance(x, torch.Tensor))
@@ -413,6 +429,30 @@ def format_table(rows, device):
     return "\n".join(lines)
 
 
+def plot_speedups(rows, path, title):
+    """Horizontal bars: torch time / dlkernels time per case (right of 1: dlkernels is faster)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['op']}: {r['case']}" for r in rows]
+    speed = [r["speedup"] for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.2))
+    ax.barh(range(len(rows)), speed, color=["tab:green" if v >= 1 else "tab:red" for v in speed])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("speedup over torch (torch ms / dlkernels ms), log scale")
+    ax.set_title(f"dlkernels vs torch: {title}", fontsize=9)
+    for i, v in enumerate(speed):
+        ax.text(v, i, f" {v:.2f}x", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op", default=None, help="one op family (e.g. cross_entropy); default all")
@@ -421,6 +461,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--no-numpy", action="store_true", help="skip the numpy from-scratch column")
+    p.add_argument("--plot", default=None, help="draw the speedup chart (dlkernels vs torch) into this PNG file")
     args = p.parse_args(argv)
     if args.device == "cuda" and not dlkernels.cuda_available():
         p.error("--device cuda: no GPU, or this dlkernels build is CPU-only")
@@ -436,6 +477,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device_name(args.device), limits=machine_limits(args.device), rows=rows), f, indent=2)
+    if args.plot:
+        plot_speedups(rows, args.plot, device_name(args.device))
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(f"# dlkernels benchmark: {device_name(args.device)}\n\n")
