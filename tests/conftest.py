@@ -28,6 +28,13 @@ def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False, help="run the long property tests too")
 
 
+def pytest_configure(config):
+    # test_properties.py reads this when it is imported (after configuration): --slow runs 10x the examples
+    if config.getoption("--slow"):
+        import os
+        os.environ["DLKERNELS_SLOW"] = "1"
+
+
 @pytest.fixture(params=DEVICE_ISAS, ids=lambda p: p[0] if p[1] is None else f"{p[0]}-{p[1]}")
 def device(request):
     """The device to test on; for CPU, with one ISA path forced for the whole test."""

@@ -26,6 +26,7 @@
 #include "common/conv.h"
 #include "cpu/conv.h"
 #include "ops/alloc.h"
+#include "ops/checks.h"
 #include "ops/ops.h"
 
 #ifdef DLKERNELS_WITH_CUDA
@@ -77,15 +78,6 @@ void check_same(const char* op, const char* name, const Tensor& t, const Tensor&
                    input.scalar_type(), "), got ", t.scalar_type());
 }
 
-void check_pair(const char* op, const char* name, IntArrayRef v, bool positive) {
-  TORCH_CHECK_VALUE(v.size() == 2, "dlkernels.", op, ": ", name, " must have 2 values, got ", v);
-  if (positive) {
-    TORCH_CHECK_VALUE(v[0] > 0 && v[1] > 0, "dlkernels.", op, ": ", name, " must be positive, got ", v);
-  } else {
-    TORCH_CHECK_VALUE(v[0] >= 0 && v[1] >= 0, "dlkernels.", op, ": ", name, " must be non-negative, got ", v);
-  }
-}
-
 // padding: (PH, PW) on both sides, or (top, left, bottom, right) for padding='same' with an even kernel.
 void padding4(const char* op, IntArrayRef padding, int64_t p[4]) {
   TORCH_CHECK_VALUE(padding.size() == 2 || padding.size() == 4, "dlkernels.", op,
@@ -93,6 +85,10 @@ void padding4(const char* op, IntArrayRef padding, int64_t p[4]) {
   for (size_t i = 0; i < 4; ++i) p[i] = padding[i % padding.size()];
   TORCH_CHECK_VALUE(p[0] >= 0 && p[1] >= 0 && p[2] >= 0 && p[3] >= 0, "dlkernels.", op,
                     ": padding must be non-negative, got ", padding);
+  for (int i = 0; i < 4; ++i) {
+    TORCH_CHECK_VALUE(p[i] <= kMaxGeometryValue, "dlkernels.", op, ": padding must be at most ", kMaxGeometryValue,
+                      ", got ", padding);
+  }
 }
 
 void check_input(const char* op, const Tensor& input) {

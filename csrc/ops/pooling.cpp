@@ -8,6 +8,7 @@
 #include "common/pooling.h"
 #include "cpu/pooling.h"
 #include "ops/alloc.h"
+#include "ops/checks.h"
 #include "ops/ops.h"
 
 #ifdef DLKERNELS_WITH_CUDA
@@ -42,15 +43,6 @@ void check_input(const char* op, const Tensor& input) {
                     input.sizes());
   TORCH_CHECK_VALUE(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0, "dlkernels.", op,
                     ": input must have non-zero C, H and W (only the batch may be empty), got ", input.sizes());
-}
-
-void check_pair(const char* op, const char* name, IntArrayRef v, bool positive) {
-  TORCH_CHECK_VALUE(v.size() == 2, "dlkernels.", op, ": ", name, " must have 2 values, got ", v);
-  if (positive) {
-    TORCH_CHECK_VALUE(v[0] > 0 && v[1] > 0, "dlkernels.", op, ": ", name, " must be positive, got ", v);
-  } else {
-    TORCH_CHECK_VALUE(v[0] >= 0 && v[1] >= 0, "dlkernels.", op, ": ", name, " must be non-negative, got ", v);
-  }
 }
 
 Pool2dGeom make_geom(const char* op, const Tensor& input, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
