@@ -36,6 +36,18 @@ demo: build
 bench: build
 	$(VPY) -m dlkernels.bench --all --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md --plot bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").png
 
+# ASan + UBSan build of the CPU extension in .sanitize/ (a copy of the tracked files, so the normal build
+# stays), then the test suite under it, less the slow multi-process and property tests.
+SANITIZE ?= address,undefined
+SANITIZE_TESTS ?= -k "not two_processes and not distributed and not demo and not property and not 2_31"
+test-sanitize: deps
+	rm -rf .sanitize && mkdir -p .sanitize
+	git ls-files | tar -cf - -T - | tar -xf - -C .sanitize
+	cd .sanitize && DLKERNELS_SANITIZE=$(SANITIZE) DLKERNELS_CUDA=0 ../$(VPY) setup.py -q build_ext --inplace
+	cd .sanitize && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=. \
+		../$(VPY) -m pytest -q -p no:cacheprovider -p no:logging tests $(SANITIZE_TESTS)
+
 info: build
 	$(VPY) -m dlkernels.info
 

@@ -52,16 +52,21 @@ class _BatchNormForward:
 
     _dlk_relu = False
 
-    def _dlk_forward(self, input, residual=None):
-        self._check_input_dim(input)
+    def _dlk_step(self):
+        """torch's bookkeeping before a batch-norm call: (momentum factor, training?, running_mean,
+        running_var), counting num_batches_tracked in training."""
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_running = not self.training or self.track_running_stats
-        rm = self.running_mean if use_running else None
-        rv = self.running_var if use_running else None
+        return (factor, bn_training, self.running_mean if use_running else None,
+                self.running_var if use_running else None)
+
+    def _dlk_forward(self, input, residual=None):
+        self._check_input_dim(input)
+        factor, bn_training, rm, rv = self._dlk_step()
         if residual is not None:
             return F.batch_norm_add_relu(input, residual, rm, rv, self.weight, self.bias, bn_training, factor,
                                          self.eps)
@@ -123,14 +128,7 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
-        use_running = not self.training or self.track_running_stats
-        rm = self.running_mean if use_running else None
-        rv = self.running_var if use_running else None
+        factor, bn_training, rm, rv = _BatchNormForward._dlk_step(self)
         group = self.process_group if self.process_group is not None else (
             dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
         world = dist.get_world_size(group) if group is not None else 1

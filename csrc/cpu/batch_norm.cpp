@@ -25,38 +25,29 @@ bool batch_norm_fused_fits(const BatchNormGeom& g, int64_t element_size) {
 DLK_BN_DEFINE(scalar, float)
 DLK_BN_DEFINE(scalar, double)
 
-#define DLK_BN_DISPATCH(NAME, PARAMS, ARGS)        \
-  template <class T> void NAME PARAMS {            \
-    switch (current_isa()) {                       \
-      case Isa::Avx512: return NAME##_avx512 ARGS; \
-      case Isa::Avx2: return NAME##_avx2 ARGS;     \
-      case Isa::Scalar: return NAME##_scalar ARGS; \
-    }                                              \
-  }
-DLK_BN_DISPATCH(batch_norm_stats, (const BatchNormGeom& g, const T* x, double* mean, double* var, double* work),
+DLK_ISA_DISPATCH(batch_norm_stats, (const BatchNormGeom& g, const T* x, double* mean, double* var, double* work),
                 (g, x, mean, var, work))
-DLK_BN_DISPATCH(batch_norm_apply,
+DLK_ISA_DISPATCH(batch_norm_apply,
                 (const BatchNormGeom& g, const T* x, const double* mean, const double* scale, const double* beta,
                  const T* residual, bool relu, T* y),
                 (g, x, mean, scale, beta, residual, relu, y))
-DLK_BN_DISPATCH(batch_norm_backward_reduce,
+DLK_ISA_DISPATCH(batch_norm_backward_reduce,
                 (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
                  double* sum_dz, double* sum_dz_xmu, double* work),
                 (g, dy, x, y, relu, mean, sum_dz, sum_dz_xmu, work))
-DLK_BN_DISPATCH(batch_norm_backward_apply,
+DLK_ISA_DISPATCH(batch_norm_backward_apply,
                 (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
                  const double* k_dz, const double* k_x, const double* k_1, T* grad_input, T* grad_residual),
                 (g, dy, x, y, relu, mean, k_dz, k_x, k_1, grad_input, grad_residual))
-DLK_BN_DISPATCH(batch_norm_train_forward,
+DLK_ISA_DISPATCH(batch_norm_train_forward,
                 (const BatchNormGeom& g, const T* x, const double* weight, const double* bias, double eps,
                  const T* residual, bool relu, T* y, double* mean, double* var, double* invstd),
                 (g, x, weight, bias, eps, residual, relu, y, mean, var, invstd))
-DLK_BN_DISPATCH(batch_norm_train_backward,
+DLK_ISA_DISPATCH(batch_norm_train_backward,
                 (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
                  const double* invstd, const double* weight, double* sum_dz, double* sum_dz_xmu, T* grad_input,
                  T* grad_residual),
                 (g, dy, x, y, relu, mean, invstd, weight, sum_dz, sum_dz_xmu, grad_input, grad_residual))
-#undef DLK_BN_DISPATCH
 
 #define DLK_BN_INSTANTIATE(T)                                                                                 \
   template void batch_norm_stats<T>(const BatchNormGeom&, const T*, double*, double*, double*);               \

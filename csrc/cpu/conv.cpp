@@ -13,22 +13,13 @@ namespace dlk::cpu {
 DLK_CONV_DEFINE(scalar, float)
 DLK_CONV_DEFINE(scalar, double)
 
-#define DLK_CONV_DISPATCH(NAME, PARAMS, ARGS)      \
-  template <class T> void NAME PARAMS {            \
-    switch (current_isa()) {                       \
-      case Isa::Avx512: return NAME##_avx512 ARGS; \
-      case Isa::Avx2: return NAME##_avx2 ARGS;     \
-      case Isa::Scalar: return NAME##_scalar ARGS; \
-    }                                              \
-  }
-DLK_CONV_DISPATCH(im2col, (const Im2colGeom& g, const T* in, T* col), (g, in, col))
-DLK_CONV_DISPATCH(col2im, (const Im2colGeom& g, const T* col, T* out), (g, col, out))
-DLK_CONV_DISPATCH(conv_rows_to_images, (int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out),
+DLK_ISA_DISPATCH(im2col, (const Im2colGeom& g, const T* in, T* col), (g, in, col))
+DLK_ISA_DISPATCH(col2im, (const Im2colGeom& g, const T* col, T* out), (g, col, out))
+DLK_ISA_DISPATCH(conv_rows_to_images, (int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out),
                   (B, OC, L, rows, bias, out))
-DLK_CONV_DISPATCH(conv_images_to_rows, (int64_t B, int64_t OC, int64_t L, const T* images, T* rows),
+DLK_ISA_DISPATCH(conv_images_to_rows, (int64_t B, int64_t OC, int64_t L, const T* images, T* rows),
                   (B, OC, L, images, rows))
-DLK_CONV_DISPATCH(channel_sum, (int64_t N, int64_t C, int64_t L, const T* in, T* out), (N, C, L, in, out))
-#undef DLK_CONV_DISPATCH
+DLK_ISA_DISPATCH(channel_sum, (int64_t N, int64_t C, int64_t L, const T* in, T* out), (N, C, L, in, out))
 
 #define DLK_CONV_INSTANTIATE(T)                                                                  \
   template void im2col<T>(const Im2colGeom&, const T*, T*);                                      \

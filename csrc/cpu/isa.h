@@ -24,3 +24,14 @@ std::string set_isa(Isa isa);
 std::string isa_env_error();
 
 }  // namespace dlk::cpu
+
+// Defines template <class T> void NAME PARAMS, which calls NAME_avx512, NAME_avx2 or NAME_scalar with
+// ARGS according to current_isa(): the one dispatch table every family's kernels go through.
+#define DLK_ISA_DISPATCH(NAME, PARAMS, ARGS)       \
+  template <class T> void NAME PARAMS {            \
+    switch (::dlk::cpu::current_isa()) {           \
+      case ::dlk::cpu::Isa::Avx512: return NAME##_avx512 ARGS; \
+      case ::dlk::cpu::Isa::Avx2: return NAME##_avx2 ARGS;     \
+      case ::dlk::cpu::Isa::Scalar: return NAME##_scalar ARGS; \
+    }                                              \
+  }

@@ -15,23 +15,14 @@ namespace dlk::cpu {
 DLK_POOL_DEFINE(scalar, float)
 DLK_POOL_DEFINE(scalar, double)
 
-#define DLK_POOL_DISPATCH(NAME, PARAMS, ARGS)                            \
-  template <class T> void NAME PARAMS {                                  \
-    switch (current_isa()) {                                             \
-      case Isa::Avx512: return NAME##_avx512 ARGS;                       \
-      case Isa::Avx2: return NAME##_avx2 ARGS;                           \
-      case Isa::Scalar: return NAME##_scalar ARGS;                       \
-    }                                                                    \
-  }
-DLK_POOL_DISPATCH(max_pool2d_forward, (const Pool2dGeom& g, const T* in, T* out, int64_t* idx), (g, in, out, idx))
-DLK_POOL_DISPATCH(max_pool2d_backward, (const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi), (g, go, idx, gi))
-DLK_POOL_DISPATCH(avg_pool2d_forward, (const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out),
+DLK_ISA_DISPATCH(max_pool2d_forward, (const Pool2dGeom& g, const T* in, T* out, int64_t* idx), (g, in, out, idx))
+DLK_ISA_DISPATCH(max_pool2d_backward, (const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi), (g, go, idx, gi))
+DLK_ISA_DISPATCH(avg_pool2d_forward, (const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out),
                   (g, o, in, out))
-DLK_POOL_DISPATCH(avg_pool2d_backward, (const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi),
+DLK_ISA_DISPATCH(avg_pool2d_backward, (const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi),
                   (g, o, go, gi))
-DLK_POOL_DISPATCH(adaptive_avg_pool2d_forward, (const Pool2dGeom& g, const T* in, T* out), (g, in, out))
-DLK_POOL_DISPATCH(adaptive_avg_pool2d_backward, (const Pool2dGeom& g, const T* go, T* gi), (g, go, gi))
-#undef DLK_POOL_DISPATCH
+DLK_ISA_DISPATCH(adaptive_avg_pool2d_forward, (const Pool2dGeom& g, const T* in, T* out), (g, in, out))
+DLK_ISA_DISPATCH(adaptive_avg_pool2d_backward, (const Pool2dGeom& g, const T* go, T* gi), (g, go, gi))
 
 #define DLK_POOL_INSTANTIATE(T)                                                                         \
   template void max_pool2d_forward<T>(const Pool2dGeom&, const T*, T*, int64_t*);                       \

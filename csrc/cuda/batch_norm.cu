@@ -17,21 +17,13 @@
 namespace dlk::cuda {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = kBlockThreads;
 constexpr int kMaxBlocksPerChannel = 64;  // the workspace holds 3 * C * 64 doubles
-
-int blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return int(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));
-}
 
 int blocks_per_channel(const BatchNormGeom& g) {
   const int64_t want = (g.count() + kThreads * 16 - 1) / (kThreads * 16);
   return int(want < 1 ? 1 : (want > kMaxBlocksPerChannel ? kMaxBlocksPerChannel : want));
 }
-
-#define DLK_GRID_LOOP(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 // Offset of the j-th value (j = n * L + l) of channel c.
 __device__ __forceinline__ int64_t offset(const BatchNormGeom& g, int64_t c, int64_t j) {

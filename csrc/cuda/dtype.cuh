@@ -5,6 +5,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "cuda/launch.h"
 
 namespace dlk::cuda {
@@ -22,6 +24,17 @@ template <class T> __device__ __forceinline__ T from_acc(float v) { return T(v);
 template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <class T> __device__ __forceinline__ T from_acc(double v) { return T(v); }
+
+// Elementwise kernels: blocks of kBlockThreads threads, a grid capped so that grid-stride loops
+// (DLK_GRID_LOOP, 64-bit indices) cover any n.
+constexpr int kBlockThreads = 256;
+inline int blocks_for(int64_t n) {
+  const int64_t b = (n + kBlockThreads - 1) / kBlockThreads;
+  return int(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));
+}
+
+#define DLK_GRID_LOOP(i, n) \
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
 // Calls f with a value of the C++ type of dt.
 template <class F> cudaError_t dispatch_dtype(DType dt, F&& f) {

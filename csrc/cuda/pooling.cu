@@ -15,14 +15,6 @@
 namespace dlk::cuda {
 namespace {
 
-int blocks_for(int64_t n) {
-  const int64_t b = (n + 255) / 256;
-  return int(b < 1 ? 1 : (b > 65535 * 32 ? 65535 * 32 : b));
-}
-
-#define DLK_GRID_LOOP(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
-
 template <class T> __global__ void max_forward_kernel(Pool2dGeom g, const T* in, T* out, int64_t* indices) {
   using A = typename AccOf<T>::type;
   DLK_GRID_LOOP(i, g.planes() * g.OH * g.OW) {

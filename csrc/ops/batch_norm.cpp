@@ -22,21 +22,9 @@
 #include "common/batch_norm.h"
 #include "cpu/batch_norm.h"
 #include "ops/alloc.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
-#ifdef DLKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
-#include "cuda/launch.h"
-#include "ops/cuda_util.h"
-#endif
-
-#ifdef DLKERNELS_WITH_CUDA
-#define DLK_BN_CUDA(call) cuda::call
-#else
-#define DLK_BN_CUDA(call) ((void)dt, (void)stream, 0)
-#endif
 
 namespace dlk::ops {
 namespace {
@@ -128,21 +116,6 @@ Tensor channel_f64(const optional<Tensor>& t, const Tensor& input, double fill) 
 
 const double* f64(const Tensor& t) { return t.data_ptr<double>(); }
 
-template <class CpuFn, class CudaFn> void run(const char* op, const Tensor& input, CpuFn cpu_fn, CudaFn cuda_fn) {
-  if (input.is_cpu()) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.batch_norm", [&] { cpu_fn(scalar_t()); });
-    return;
-  }
-#ifdef DLKERNELS_WITH_CUDA
-  c10::cuda::CUDAGuard guard(input.device());
-  const int err = cuda_fn(cuda_dtype(input.scalar_type()), static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()));
-  TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
-#else
-  (void)cuda_fn;
-  TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
-#endif
-}
-
 Tensor workspace_for(const Layout& lay, const Tensor& input) {
   // CPU: the reductions' partial sums; CUDA: the per-block partials of the two-stage reduction.
   const int64_t n = input.is_cpu() ? cpu::batch_norm_workspace_size(lay.g) : 3 * lay.g.C * 64;
@@ -154,12 +127,12 @@ std::tuple<Tensor, Tensor> stats_impl(const char* op, const Tensor& x, const Lay
   Tensor mean = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
   Tensor var = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
   Tensor work = workspace_for(lay, x);
-  run(op, x, [&](auto tag) {
+  run_on_device(op, x, [&](auto tag) {
     using T = decltype(tag);
     cpu::batch_norm_stats<T>(lay.g, x.data_ptr<T>(), mean.data_ptr<double>(), var.data_ptr<double>(),
                              work.data_ptr<double>());
   }, [&](auto dt, void* stream) {
-    return DLK_BN_CUDA(batch_norm_stats(dt, lay.g, x.data_ptr(), mean.data_ptr<double>(), var.data_ptr<double>(),
+    return DLK_CUDA_CALL(batch_norm_stats(dt, lay.g, x.data_ptr(), mean.data_ptr<double>(), var.data_ptr<double>(),
                                         work.data_ptr<double>(), stream));
   });
   return {mean, var};
@@ -168,12 +141,12 @@ std::tuple<Tensor, Tensor> stats_impl(const char* op, const Tensor& x, const Lay
 Tensor apply_impl(const char* op, const Tensor& x, const Layout& lay, const Tensor& mean, const Tensor& scale,
                   const Tensor& beta, const Tensor& residual, bool relu) {
   Tensor y = empty_in_layout(x, lay);
-  run(op, x, [&](auto tag) {
+  run_on_device(op, x, [&](auto tag) {
     using T = decltype(tag);
     cpu::batch_norm_apply<T>(lay.g, x.data_ptr<T>(), f64(mean), f64(scale), f64(beta),
                              residual.defined() ? residual.data_ptr<T>() : nullptr, relu, y.data_ptr<T>());
   }, [&](auto dt, void* stream) {
-    return DLK_BN_CUDA(batch_norm_apply(dt, lay.g, x.data_ptr(), f64(mean), f64(scale), f64(beta),
+    return DLK_CUDA_CALL(batch_norm_apply(dt, lay.g, x.data_ptr(), f64(mean), f64(scale), f64(beta),
                                         residual.defined() ? residual.data_ptr() : nullptr, relu, y.data_ptr(), stream));
   });
   return y;
@@ -184,13 +157,13 @@ std::tuple<Tensor, Tensor> reduce_impl(const char* op, const Tensor& dy, const T
   Tensor sum_dz = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
   Tensor sum_dz_xmu = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
   Tensor work = workspace_for(lay, x);
-  run(op, x, [&](auto tag) {
+  run_on_device(op, x, [&](auto tag) {
     using T = decltype(tag);
     cpu::batch_norm_backward_reduce<T>(lay.g, dy.data_ptr<T>(), x.data_ptr<T>(), relu ? y.data_ptr<T>() : nullptr,
                                        relu, f64(mean), sum_dz.data_ptr<double>(), sum_dz_xmu.data_ptr<double>(),
                                        work.data_ptr<double>());
   }, [&](auto dt, void* stream) {
-    return DLK_BN_CUDA(batch_norm_backward_reduce(dt, lay.g, dy.data_ptr(), x.data_ptr(), relu ? y.data_ptr() : nullptr,
+    return DLK_CUDA_CALL(batch_norm_backward_reduce(dt, lay.g, dy.data_ptr(), x.data_ptr(), relu ? y.data_ptr() : nullptr,
                                                   relu, f64(mean), sum_dz.data_ptr<double>(),
                                                   sum_dz_xmu.data_ptr<double>(), work.data_ptr<double>(), stream));
   });
@@ -204,13 +177,13 @@ std::tuple<Tensor, Tensor> backward_apply_impl(const char* op, const Tensor& dy,
   Tensor gi = want_input ? empty_in_layout(x, lay) : at::empty({0}, x.options());
   Tensor gr = want_residual ? empty_in_layout(x, lay) : at::empty({0}, x.options());
   if (!want_input && !want_residual) return {gi, gr};
-  run(op, x, [&](auto tag) {
+  run_on_device(op, x, [&](auto tag) {
     using T = decltype(tag);
     cpu::batch_norm_backward_apply<T>(lay.g, dy.data_ptr<T>(), x.data_ptr<T>(), relu ? y.data_ptr<T>() : nullptr, relu,
                                       f64(mean), f64(k_dz), f64(k_x), f64(k_1), want_input ? gi.data_ptr<T>() : nullptr,
                                       want_residual ? gr.data_ptr<T>() : nullptr);
   }, [&](auto dt, void* stream) {
-    return DLK_BN_CUDA(batch_norm_backward_apply(dt, lay.g, dy.data_ptr(), x.data_ptr(), relu ? y.data_ptr() : nullptr,
+    return DLK_CUDA_CALL(batch_norm_backward_apply(dt, lay.g, dy.data_ptr(), x.data_ptr(), relu ? y.data_ptr() : nullptr,
                                                  relu, f64(mean), f64(k_dz), f64(k_x), f64(k_1),
                                                  want_input ? gi.data_ptr() : nullptr,
                                                  want_residual ? gr.data_ptr() : nullptr, stream));

@@ -27,22 +27,9 @@
 #include "cpu/conv.h"
 #include "ops/alloc.h"
 #include "ops/checks.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
-#ifdef DLKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
-#include "cuda/launch.h"
-#include "ops/cuda_util.h"
-#endif
-
-// In a CPU-only build the CUDA lambdas are never called and name no launcher.
-#ifdef DLKERNELS_WITH_CUDA
-#define DLK_CONV_CUDA(call) cuda::call
-#else
-#define DLK_CONV_CUDA(call) ((void)dt, (void)stream, 0)
-#endif
 
 namespace dlk::ops {
 namespace {
@@ -180,7 +167,7 @@ struct Kernels {
       return;
     }
     cuda_call("im2col", [&](auto dt, void* stream, int64_t es) {
-      return DLK_CONV_CUDA(im2col(dt, g, static_cast<const char*>(in.data_ptr()) + in_offset * es, col.data_ptr(), stream));
+      return DLK_CUDA_CALL(im2col(dt, g, static_cast<const char*>(in.data_ptr()) + in_offset * es, col.data_ptr(), stream));
     });
   }
   void col2im(const Im2colGeom& g, const Tensor& col, const Tensor& out, int64_t out_offset) const {
@@ -191,7 +178,7 @@ struct Kernels {
       return;
     }
     cuda_call("col2im", [&](auto dt, void* stream, int64_t es) {
-      return DLK_CONV_CUDA(col2im(dt, g, col.data_ptr(), static_cast<char*>(out.data_ptr()) + out_offset * es, stream));
+      return DLK_CUDA_CALL(col2im(dt, g, col.data_ptr(), static_cast<char*>(out.data_ptr()) + out_offset * es, stream));
     });
   }
   void rows_to_images(int64_t B, int64_t OC, int64_t L, const Tensor& rows, const Tensor* bias, const Tensor& out,
@@ -204,7 +191,7 @@ struct Kernels {
       return;
     }
     cuda_call("conv2d", [&](auto dt, void* stream, int64_t es) {
-      return DLK_CONV_CUDA(conv_rows_to_images(dt, B, OC, L, rows.data_ptr(), bias ? bias->data_ptr() : nullptr,
+      return DLK_CUDA_CALL(conv_rows_to_images(dt, B, OC, L, rows.data_ptr(), bias ? bias->data_ptr() : nullptr,
                                                static_cast<char*>(out.data_ptr()) + out_offset * es, stream));
     });
   }
@@ -216,7 +203,7 @@ struct Kernels {
       return;
     }
     cuda_call("conv2d_backward", [&](auto dt, void* stream, int64_t es) {
-      return DLK_CONV_CUDA(conv_images_to_rows(dt, B, OC, L, static_cast<const char*>(images.data_ptr()) + in_offset * es,
+      return DLK_CUDA_CALL(conv_images_to_rows(dt, B, OC, L, static_cast<const char*>(images.data_ptr()) + in_offset * es,
                                                rows.data_ptr(), stream));
     });
   }
@@ -228,7 +215,7 @@ struct Kernels {
       return;
     }
     cuda_call("conv2d_backward", [&](auto dt, void* stream, int64_t) {
-      return DLK_CONV_CUDA(channel_sum(dt, N, C, L, in.data_ptr(), out.data_ptr(), stream));
+      return DLK_CUDA_CALL(channel_sum(dt, N, C, L, in.data_ptr(), out.data_ptr(), stream));
     });
   }
 

@@ -9,22 +9,9 @@
 #include "cpu/pooling.h"
 #include "ops/alloc.h"
 #include "ops/checks.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
-#ifdef DLKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
-#include "cuda/launch.h"
-#include "ops/cuda_util.h"
-#endif
-
-// In a CPU-only build the CUDA lambdas are never called and name no launcher.
-#ifdef DLKERNELS_WITH_CUDA
-#define DLK_CUDA_CALL(call) cuda::call
-#else
-#define DLK_CUDA_CALL(call) ((void)dt, (void)stream, 0)
-#endif
 
 namespace dlk::ops {
 namespace {
@@ -83,23 +70,6 @@ AvgPoolOptions avg_options(const char* op, bool count_include_pad, c10::optional
     TORCH_CHECK_VALUE(*divisor_override != 0, "dlkernels.", op, ": divisor_override must be non-zero");
   }
   return AvgPoolOptions{count_include_pad, divisor_override.value_or(0)};
-}
-
-// Runs the CPU kernel body, or on CUDA the launcher (on the current stream, under the input's device).
-template <class CpuFn, class CudaFn>
-void run_on_device(const char* op, const Tensor& input, CpuFn cpu_fn, CudaFn cuda_fn) {
-  if (input.is_cpu()) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.pooling", [&] { cpu_fn(scalar_t()); });
-    return;
-  }
-#ifdef DLKERNELS_WITH_CUDA
-  c10::cuda::CUDAGuard guard(input.device());
-  const int err = cuda_fn(cuda_dtype(input.scalar_type()), static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()));
-  TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
-#else
-  (void)cuda_fn;
-  TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
-#endif
 }
 
 }  // namespace
