@@ -171,8 +171,7 @@ def _batch_norm_forward_fake(input, weight, bias, running_mean, running_var, tra
 @torch.library.register_fake("dlkernels::batch_norm_backward")
 def _batch_norm_backward_fake(grad_output, input, output, weight, save_mean, save_invstd, training, relu, output_mask):
     param = weight.dtype if weight is not None else input.dtype
-    none = input.new_empty((0,))
-    return (_bn_like(input) if output_mask[0] else none,
+    return (_bn_like(input) if output_mask[0] else input.new_empty((0,)),
             _per_channel(input, param) if output_mask[1] else input.new_empty((0,)),
             _per_channel(input, param) if output_mask[2] else input.new_empty((0,)),
             _bn_like(input) if output_mask[3] else input.new_empty((0,)))

@@ -247,9 +247,6 @@ class SyncBatchNormFunction(torch.autograd.Function):
         import torch.distributed as dist
 
         input, weight, mean, invstd, out = ctx.saved_tensors
-        grad_output = grad_output.contiguous(memory_format=torch.channels_last) \
-            if input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(
-                memory_format=torch.channels_last) else grad_output
         sum_dz, sum_dz_xmu = _ops.batch_norm_backward_reduce(grad_output, input, out, mean, invstd, ctx.relu)
         need = ctx.needs_input_grad
         param_dtype = weight.dtype if weight is not None else input.dtype

@@ -100,10 +100,7 @@ class BatchNormReLU2d(_BatchNormForward, torch.nn.BatchNorm2d):
         return self._dlk_forward(input, residual)
 
 
-class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
-    # set on the instances convert_sync_batchnorm makes from a BatchNormReLU2d: the ReLU stays fused
-    _dlk_relu = False
-
+class SyncBatchNorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
     """torch.nn.SyncBatchNorm: in training under torch.distributed, statistics over every rank of the
     process group (all-gathered per-channel count, mean and variance, merged in float64); otherwise a
     plain fused batch norm. Same constructor, parameters, buffers and state_dict keys as
@@ -128,11 +125,11 @@ class SyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-        factor, bn_training, rm, rv = _BatchNormForward._dlk_step(self)
+        factor, bn_training, rm, rv = self._dlk_step()
         group = self.process_group if self.process_group is not None else (
             dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
         world = dist.get_world_size(group) if group is not None else 1
-        relu = getattr(self, "_dlk_relu", False)
+        relu = self._dlk_relu  # True on instances convert_sync_batchnorm made from a BatchNormReLU2d
         if not (bn_training and world > 1):
             fn = F.batch_norm_relu if relu else F.batch_norm
             return fn(input, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)

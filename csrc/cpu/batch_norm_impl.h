@@ -114,9 +114,7 @@ template <class T> struct BnKernels {
         a += pa;
         b += pb;
       }
-      const double m = a * inv_count;
-      var[c] = std::max(0.0, b * inv_count - m * m);
-      mean[c] = s + m;
+      moments(a, b, inv_count, s, mean[c], var[c]);
       invstd[c] = 1.0 / std::sqrt(var[c] + eps);
       const double scale = (weight ? weight[c] : 1.0) * invstd[c], beta = bias ? bias[c] : 0.0;
       for (int64_t n = 0; n < g.N; ++n) {
@@ -183,9 +181,45 @@ template <class T> struct BnKernels {
     if (gr)
       for (int64_t l = 0; l < L; ++l) gr[l] = T(dz_of<relu>(pd[l], py[l]));
   }
+  // Mean and biased variance from the sums a = sum (x - s), b = sum (x - s)^2 of count values around s.
+  static void moments(double a, double b, double inv_count, double s, double& mean, double& var) {
+    const double m = a * inv_count;
+    var = std::max(0.0, b * inv_count - m * m);
+    mean = s + m;
+  }
+
+  // Channels-last layout: for each fixed block of rows, partial sums a[c] and b[c] (work holds, per block,
+  // a row of C a's then a row of C b's), accumulated by term(row, a, b), which loops over the channels.
+  template <class Term> static void row_blocks(const BatchNormGeom& g, const BnSplit& sp, double* work, Term term) {
+    const int64_t C = g.C, rows = g.N * g.L;
+#pragma omp parallel for schedule(static) if (rows * C > kBnChunk)
+    for (int64_t blk = 0; blk < sp.blocks; ++blk) {
+      double* a = work + 2 * blk * C;
+      double* b = a + C;
+      std::fill(a, a + 2 * C, 0.0);
+      const int64_t m1 = std::min(rows, (blk + 1) * sp.per_block);
+      for (int64_t i = blk * sp.per_block; i < m1; ++i) term(i, a, b);
+    }
+  }
+
+  // Each channel's partial sums combined in block order (a fixed order: no dependence on threads), handed
+  // to done(c, a, b). Planar work holds an (a, b) pair per (channel, block); channels-last as row_blocks.
+  template <class Done>
+  static void combine_blocks(const BatchNormGeom& g, int64_t blocks, const double* work, Done done) {
+    for (int64_t c = 0; c < g.C; ++c) {
+      double a = 0, b = 0;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t i = g.channels_last ? 2 * blk * g.C + c : 2 * (c * blocks + blk);
+        a += work[i];
+        b += work[g.channels_last ? i + g.C : i + 1];
+      }
+      done(c, a, b);
+    }
+  }
+
   static void stats(const BatchNormGeom& g, const T* x, double* mean, double* var, double* work) {
     const BnSplit sp = bn_split(g);
-    const int64_t C = g.C, L = g.L, rows = g.N * g.L;
+    const int64_t C = g.C, L = g.L;
     // The shift: each channel's first value (held in mean[] until the end).
     for (int64_t c = 0; c < C; ++c) mean[c] = double(g.channels_last ? x[c] : x[c * L]);
     if (!g.channels_last) {
@@ -194,44 +228,19 @@ template <class T> struct BnKernels {
         const int64_t c = t / sp.blocks, blk = t % sp.blocks;
         stats_block(g, sp, x, c, blk, mean[c], work[2 * t], work[2 * t + 1]);
       }
-      finish_stats(g, sp.blocks, work, [](int64_t c, int64_t blk, int64_t blocks) { return 2 * (c * blocks + blk); },
-                   mean, var);
-      return;
-    }
-#pragma omp parallel for schedule(static) if (rows * C > kBnChunk)
-    for (int64_t blk = 0; blk < sp.blocks; ++blk) {
-      double* a = work + 2 * blk * C;
-      double* b = a + C;
-      std::fill(a, a + 2 * C, 0.0);
-      const int64_t m1 = std::min(rows, (blk + 1) * sp.per_block);
-      for (int64_t m = blk * sp.per_block; m < m1; ++m) {
-        const T* p = x + m * C;
+    } else {
+      row_blocks(g, sp, work, [&](int64_t i, double* a, double* b) {
+        const T* p = x + i * C;
         for (int64_t c = 0; c < C; ++c) {
           const double d = double(p[c]) - mean[c];
           a[c] += d;
           b[c] += d * d;
         }
-      }
+      });
     }
-    finish_stats(g, sp.blocks, work, [C](int64_t c, int64_t blk, int64_t) { return 2 * blk * C + c; }, mean, var, C);
-  }
-
-  // Combines the partial sums of each channel in block order; stride_b: distance of the b sums from a's.
-  template <class Index>
-  static void finish_stats(const BatchNormGeom& g, int64_t blocks, const double* work, Index index, double* mean,
-                           double* var, int64_t stride_b = 1) {
     const double inv_count = 1.0 / double(g.count());
-    for (int64_t c = 0; c < g.C; ++c) {
-      double a = 0, b = 0;
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t i = index(c, blk, blocks);
-        a += work[i];
-        b += work[i + stride_b];
-      }
-      const double m = a * inv_count;
-      var[c] = std::max(0.0, b * inv_count - m * m);
-      mean[c] += m;
-    }
+    combine_blocks(g, sp.blocks, work,
+                   [&](int64_t c, double a, double b) { moments(a, b, inv_count, mean[c], mean[c], var[c]); });
   }
 
   static void apply(const BatchNormGeom& g, const T* x, const double* mean, const double* scale, const double* beta,
@@ -273,48 +282,27 @@ template <class T> struct BnKernels {
   static void backward_reduce_impl(const BatchNormGeom& g, const T* dy, const T* x, const T* y, const double* mean,
                                    double* sum_dz, double* sum_dz_xmu, double* work) {
     const BnSplit sp = bn_split(g);
-    const int64_t C = g.C, L = g.L, rows = g.N * g.L;
+    const int64_t C = g.C, L = g.L;
     if (!g.channels_last) {
 #pragma omp parallel for schedule(static) if (g.N * C * L > kBnChunk)
       for (int64_t t = 0; t < C * sp.blocks; ++t) {
         const int64_t c = t / sp.blocks, blk = t % sp.blocks;
         reduce_block<relu>(g, sp, dy, x, y, c, blk, mean[c], work[2 * t], work[2 * t + 1]);
       }
-      for (int64_t c = 0; c < C; ++c) {
-        double a = 0, b = 0;
-        for (int64_t blk = 0; blk < sp.blocks; ++blk) {
-          a += work[2 * (c * sp.blocks + blk)];
-          b += work[2 * (c * sp.blocks + blk) + 1];
-        }
-        sum_dz[c] = a;
-        sum_dz_xmu[c] = b;
-      }
-      return;
-    }
-#pragma omp parallel for schedule(static) if (rows * C > kBnChunk)
-    for (int64_t blk = 0; blk < sp.blocks; ++blk) {
-      double* a = work + 2 * blk * C;
-      double* b = a + C;
-      std::fill(a, a + 2 * C, 0.0);
-      const int64_t m1 = std::min(rows, (blk + 1) * sp.per_block);
-      for (int64_t i = blk * sp.per_block; i < m1; ++i) {
+    } else {
+      row_blocks(g, sp, work, [&](int64_t i, double* a, double* b) {
         const T *pd = dy + i * C, *px = x + i * C, *py = y + i * C;
         for (int64_t c = 0; c < C; ++c) {
           const double dz = dz_of<relu>(pd[c], py[c]);
           a[c] += dz;
           b[c] += dz * (double(px[c]) - mean[c]);
         }
-      }
+      });
     }
-    for (int64_t c = 0; c < C; ++c) {
-      double a = 0, b = 0;
-      for (int64_t blk = 0; blk < sp.blocks; ++blk) {
-        a += work[2 * blk * C + c];
-        b += work[2 * blk * C + C + c];
-      }
+    combine_blocks(g, sp.blocks, work, [&](int64_t c, double a, double b) {
       sum_dz[c] = a;
       sum_dz_xmu[c] = b;
-    }
+    });
   }
 
   static void backward_apply(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,

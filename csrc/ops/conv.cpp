@@ -155,82 +155,68 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
   }
 }
 
-// The kernels, on the input's device.
+// Element `offset` of a contiguous tensor, untyped (the CUDA launchers take void pointers).
+[[maybe_unused]] char* element_ptr(const Tensor& t, int64_t offset) {
+  return static_cast<char*>(t.data_ptr()) + offset * int64_t(t.element_size());
+}
+
+// The kernels, on the device of `like` (run_on_device: CPU dtype dispatch, or CUDA on the current stream).
 struct Kernels {
   const Tensor& like;
 
   void im2col(const Im2colGeom& g, const Tensor& in, int64_t in_offset, const Tensor& col) const {
-    if (like.is_cpu()) {
-      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.im2col", [&] {
-        cpu::im2col<scalar_t>(g, in.data_ptr<scalar_t>() + in_offset, col.data_ptr<scalar_t>());
-      });
-      return;
-    }
-    cuda_call("im2col", [&](auto dt, void* stream, int64_t es) {
-      return DLK_CUDA_CALL(im2col(dt, g, static_cast<const char*>(in.data_ptr()) + in_offset * es, col.data_ptr(), stream));
+    run_on_device("im2col", like, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::im2col<T>(g, in.data_ptr<T>() + in_offset, col.data_ptr<T>());
+    }, [&](auto dt, void* stream) {
+      return DLK_CUDA_CALL(im2col(dt, g, element_ptr(in, in_offset), col.data_ptr(), stream));
     });
   }
   void col2im(const Im2colGeom& g, const Tensor& col, const Tensor& out, int64_t out_offset) const {
-    if (like.is_cpu()) {
-      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.col2im", [&] {
-        cpu::col2im<scalar_t>(g, col.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + out_offset);
-      });
-      return;
-    }
-    cuda_call("col2im", [&](auto dt, void* stream, int64_t es) {
-      return DLK_CUDA_CALL(col2im(dt, g, col.data_ptr(), static_cast<char*>(out.data_ptr()) + out_offset * es, stream));
+    run_on_device("col2im", like, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::col2im<T>(g, col.data_ptr<T>(), out.data_ptr<T>() + out_offset);
+    }, [&](auto dt, void* stream) {
+      return DLK_CUDA_CALL(col2im(dt, g, col.data_ptr(), element_ptr(out, out_offset), stream));
     });
   }
   void rows_to_images(int64_t B, int64_t OC, int64_t L, const Tensor& rows, const Tensor* bias, const Tensor& out,
                       int64_t out_offset) const {
-    if (like.is_cpu()) {
-      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.conv2d", [&] {
-        cpu::conv_rows_to_images<scalar_t>(B, OC, L, rows.data_ptr<scalar_t>(), bias ? bias->data_ptr<scalar_t>() : nullptr,
-                                           out.data_ptr<scalar_t>() + out_offset);
-      });
-      return;
-    }
-    cuda_call("conv2d", [&](auto dt, void* stream, int64_t es) {
+    run_on_device("conv2d", like, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::conv_rows_to_images<T>(B, OC, L, rows.data_ptr<T>(), bias ? bias->data_ptr<T>() : nullptr,
+                                  out.data_ptr<T>() + out_offset);
+    }, [&](auto dt, void* stream) {
       return DLK_CUDA_CALL(conv_rows_to_images(dt, B, OC, L, rows.data_ptr(), bias ? bias->data_ptr() : nullptr,
-                                               static_cast<char*>(out.data_ptr()) + out_offset * es, stream));
+                                               element_ptr(out, out_offset), stream));
     });
   }
   void images_to_rows(int64_t B, int64_t OC, int64_t L, const Tensor& images, int64_t in_offset, const Tensor& rows) const {
-    if (like.is_cpu()) {
-      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.conv2d_backward", [&] {
-        cpu::conv_images_to_rows<scalar_t>(B, OC, L, images.data_ptr<scalar_t>() + in_offset, rows.data_ptr<scalar_t>());
-      });
-      return;
-    }
-    cuda_call("conv2d_backward", [&](auto dt, void* stream, int64_t es) {
-      return DLK_CUDA_CALL(conv_images_to_rows(dt, B, OC, L, static_cast<const char*>(images.data_ptr()) + in_offset * es,
-                                               rows.data_ptr(), stream));
+    run_on_device("conv2d_backward", like, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::conv_images_to_rows<T>(B, OC, L, images.data_ptr<T>() + in_offset, rows.data_ptr<T>());
+    }, [&](auto dt, void* stream) {
+      return DLK_CUDA_CALL(conv_images_to_rows(dt, B, OC, L, element_ptr(images, in_offset), rows.data_ptr(), stream));
     });
   }
   void channel_sum(int64_t N, int64_t C, int64_t L, const Tensor& in, const Tensor& out) const {
-    if (like.is_cpu()) {
-      AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "dlkernels.conv2d_backward", [&] {
-        cpu::channel_sum<scalar_t>(N, C, L, in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
-      });
-      return;
-    }
-    cuda_call("conv2d_backward", [&](auto dt, void* stream, int64_t) {
+    run_on_device("conv2d_backward", like, [&](auto tag) {
+      using T = decltype(tag);
+      cpu::channel_sum<T>(N, C, L, in.data_ptr<T>(), out.data_ptr<T>());
+    }, [&](auto dt, void* stream) {
       return DLK_CUDA_CALL(channel_sum(dt, N, C, L, in.data_ptr(), out.data_ptr(), stream));
     });
   }
-
-  template <class F> void cuda_call(const char* op, F&& f) const {
-#ifdef DLKERNELS_WITH_CUDA
-    c10::cuda::CUDAGuard guard(like.device());
-    const int err = f(cuda_dtype(like.scalar_type()), static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()),
-                      int64_t(like.element_size()));
-    TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
-#else
-    (void)f;
-    TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
-#endif
-  }
 };
+
+// The geometry of a chunk of B images in the (rows, B * L) layout one GEMM per group consumes.
+Im2colGeom chunk_geom(const ConvGeom& c, int64_t B) {
+  Im2colGeom g = c.g;
+  g.images = B;
+  g.row_stride = B * c.g.positions();
+  g.image_stride = c.g.positions();
+  return g;
+}
 
 }  // namespace
 
@@ -262,10 +248,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   Tensor y_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
   for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
     const int64_t B = std::min(B_max, c.N - n0);
-    Im2colGeom g = c.g;
-    g.images = B;
-    g.row_stride = B * L;
-    g.image_stride = L;
+    const Im2colGeom g = chunk_geom(c, B);
     Tensor col;
     if (c.direct) {
       col = x[n0].view({rows, L});
@@ -318,10 +301,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   Tensor gy_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
   for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
     const int64_t B = std::min(B_max, c.N - n0);
-    Im2colGeom g = c.g;
-    g.images = B;
-    g.row_stride = B * L;
-    g.image_stride = L;
+    const Im2colGeom g = chunk_geom(c, B);
     Tensor gy;
     if (B == 1) {
       gy = go[n0].view({c.G, OCg, L});
