@@ -101,10 +101,15 @@ def machine_limits(device):
 
 
 def _fresh_copies(inputs, nbytes):
+    """The inputs and enough copies of them to overflow the cache. Each copy is a leaf of its own: a
+    plain clone of a tensor that requires grad would route every backward through CloneBackward into
+    the original's .grad, adding an accumulation of the whole gradient (a read and a write of it) to
+    every timed run after the first."""
     copies = max(1, math.ceil(CACHE_FLUSH_BYTES / max(nbytes, 1)))
     out = [inputs]
     for _ in range(copies - 1):
-        out.append([x.clone() if isinstance(x, torch.Tensor) else x for x in inputs])
+        out.append([x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
+                    for x in inputs])
     return out
 
 

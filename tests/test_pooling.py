@@ -105,23 +105,59 @@ def test_unbatched_non_contiguous_channels_last(device):
                     memory_format=torch.channels_last)
 
 
-def test_isa_paths_match_scalar():
-    x = torch.randn(3, 7, 23, 19)
-    cases = [lambda a: DF.max_pool2d(a, 3, 2, 1, ceil_mode=True), lambda a: DF.avg_pool2d(a, 3, 2, 1),
-             lambda a: DF.adaptive_avg_pool2d(a, (5, 4))]
+ISA_CASES = [
+    lambda a: DF.max_pool2d(a, 3, 2, 1, ceil_mode=True), lambda a: DF.max_pool2d(a, 2),
+    lambda a: DF.max_pool2d(a, 3, 1, 1), lambda a: DF.max_pool2d(a, (2, 4), (1, 2), (1, 2), dilation=(1, 2)),
+    lambda a: DF.max_pool2d(a, (3, 3), 2, 1, dilation=2), lambda a: DF.max_pool2d(a, 3, 3, 1),
+    lambda a: DF.avg_pool2d(a, 3, 2, 1), lambda a: DF.avg_pool2d(a, 2), lambda a: DF.avg_pool2d(a, 3, 1, 1),
+    lambda a: DF.avg_pool2d(a, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    lambda a: DF.avg_pool2d(a, (2, 4), (2, 1), (1, 2), divisor_override=3), lambda a: DF.avg_pool2d(a, 3, 3, 1),
+    lambda a: DF.adaptive_avg_pool2d(a, (5, 4)),
+]
+
+
+@pytest.mark.parametrize("width", [5, 19, 40])
+def test_isa_paths_match_scalar(width):
+    """The AVX paths (hand-written lanes for float32 at column stride 1 or 2, the generic loops otherwise)
+    visit each window's taps in the scalar path's order: outputs, indices and gradients are the same bits,
+    NaN and -inf windows included."""
+    x = torch.randn(3, 7, 23, width)
+    x[0, 0, 3:9, :] = float("-inf")
+    x[1, 2, 5, 1] = float("nan")
+    x[2, 3].random_(0, 3)  # ties
     results = {}
     for isa in dlkernels.supported_cpu_isas():
         with dlkernels.use_cpu_isa(isa):
             outs = []
-            for fn in cases:
+            for fn in ISA_CASES:
                 xx = x.clone().requires_grad_(True)
                 y = fn(xx)
-                y.backward(torch.ones_like(y))
+                y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
                 outs += [y.detach(), xx.grad]
-            results[isa] = outs
+            _, idx = DF.max_pool2d(x, 3, 2, 1, return_indices=True)
+            results[isa] = outs + [idx]
     for isa in results:
         for a, b in zip(results[isa], results["scalar"]):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            assert torch.equal(a.nan_to_num(), b.nan_to_num()), isa
+            assert torch.equal(a.isnan(), b.isnan()), isa
+
+
+def test_outputs_above_the_cache_are_streamed():
+    """Outputs and gradients above 32 MiB leave the AVX kernels through non-temporal stores with a
+    scalar head up to the first aligned address and a scalar tail: odd sizes put both at every plane."""
+    x = torch.randn(3, 37, 229, 231, requires_grad=True)  # 94 MiB
+    for ours, ref in ((lambda a: DF.max_pool2d(a, 2, 1, return_indices=True), lambda a: F.max_pool2d(a, 2, 1, return_indices=True)),
+                      (lambda a: DF.avg_pool2d(a, 3, 1, 1), lambda a: F.avg_pool2d(a, 3, 1, 1))):
+        o = ours(x)
+        r = ref(x)
+        o, r = (o, r) if isinstance(o, tuple) else ((o,), (r,))
+        g = torch.randn_like(r[0])
+        (go,) = torch.autograd.grad(o[0], x, g)
+        (gr,) = torch.autograd.grad(r[0], x, g)
+        torch.testing.assert_close(o[0], r[0])
+        for a, b in zip(o[1:], r[1:]):
+            assert torch.equal(a, b)
+        torch.testing.assert_close(go, gr)
 
 
 # ------------------------------------------------------------- the textbook's im2col pooling in numpy

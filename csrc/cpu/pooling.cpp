@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -12,8 +13,8 @@
 
 namespace dlk::cpu {
 
-DLK_POOL_DEFINE(scalar, float)
-DLK_POOL_DEFINE(scalar, double)
+DLK_POOL_DEFINE(scalar, float, void)
+DLK_POOL_DEFINE(scalar, double, void)
 
 DLK_ISA_DISPATCH(max_pool2d_forward, (const Pool2dGeom& g, const T* in, T* out, int64_t* idx), (g, in, out, idx))
 DLK_ISA_DISPATCH(max_pool2d_backward, (const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi), (g, go, idx, gi))

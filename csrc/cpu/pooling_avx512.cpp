@@ -1,19 +1,21 @@
-// Pooling, avx512 path: the loops of pooling_impl.h compiled for avx512 (compiler-vectorized; no
-// hand-written intrinsics yet). Standard headers before the pragma.
+// Pooling, avx512 path: the loops of pooling_impl.h compiled for avx512, with the hand-written
+// float32 lanes of pooling_lanes_avx2.h (256-bit: see there why). Standard headers before the pragma.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/pooling.h"
 
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma")
+#include "cpu/pooling_lanes_avx2.h"
 #include "cpu/pooling_impl.h"
 
 namespace dlk::cpu {
 
-DLK_POOL_DEFINE(avx512, float)
-DLK_POOL_DEFINE(avx512, double)
+DLK_POOL_DEFINE(avx512, float, avx2::PoolLanes)
+DLK_POOL_DEFINE(avx512, double, avx2::PoolLanes)
 
 }  // namespace dlk::cpu

@@ -1,6 +1,10 @@
 // Pooling loops, written once; included by pooling.cpp (the scalar reference path, baseline ISA) and
-// by pooling_avx2.cpp / pooling_avx512.cpp after their target pragma, where the compiler vectorizes the
-// same loops for that ISA. Internal linkage, so the ISA copies never meet at link time.
+// by pooling_avx2.cpp / pooling_avx512.cpp after their target pragma. The generic loops are compiled
+// for every ISA and are the whole scalar path. On the AVX paths, float32 pooling at column stride 1
+// or 2 goes through PoolLanes instead (L, hand-written: pooling_lanes_avx2.h): each plane is first
+// copied into a scratch plane padded left and right (-inf for max, 0 for average), so that every
+// block of outputs reads whole vectors with no edge cases, and the taps are visited in the generic
+// loops' order, so the results are the same bits. Internal linkage: the ISA copies never meet at link time.
 // Semantics are torch's: max keeps the first maximum and lets NaN win (the last NaN's index); avg
 // divides by the window clipped to the padded input (count_include_pad) or to the input, or by
 // divisor_override; a window that covers no input gives 0.
@@ -10,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/pooling.h"
@@ -18,8 +23,18 @@ namespace dlk::cpu {
 namespace {
 
 constexpr int64_t kPoolParallelGrain = 1 << 14;
+// Outputs above the last-level cache (32 MiB on the CI machine) go out with streaming stores, as in
+// cross-entropy: smaller ones are better left in the cache for the next layer.
+constexpr int64_t kStreamBytes = int64_t(32) << 20;
 
-template <class T> struct PoolKernels {
+// Calls f with the column stride as a compile-time constant when the lanes take it (1 or 2).
+template <class F> bool with_lane_stride(int64_t stride, F&& f) {
+  if (stride == 1) return f(std::integral_constant<int64_t, 1>{}), true;
+  if (stride == 2) return f(std::integral_constant<int64_t, 2>{}), true;
+  return false;
+}
+
+template <class T, class L> struct PoolKernels {
   static int64_t first_tap(int64_t start, int64_t d) {
     while (start < 0) start += d;  // the first dilated tap inside the input
     return start;
@@ -51,10 +66,14 @@ template <class T> struct PoolKernels {
   // (a strided load, a compare, two blends); visiting windows one by one did not, and cost 35 ms of
   // the 3x3/s2 case's 39 ms.
   static void max_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
-    const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
-    // 32-bit positions in the hot loop keep index and value lanes the same width for the vectorizer;
+    const int64_t plane_in = g.H * g.W;
+    // 32-bit positions in the hot loop keep index and value lanes the same width;
     // planes of 2^31 elements or more take the 64-bit loop.
     if (plane_in >= (int64_t(1) << 31)) return max_forward_rows<int64_t>(g, in, out, indices);
+    if constexpr (Lanes<L>::kOn) {
+      if (with_lane_stride(g.SW, [&](auto s) { Lanes<L>::template max_forward<s.value>(g, in, out, indices); }))
+        return;
+    }
     max_forward_rows<int32_t>(g, in, out, indices);
   }
 
@@ -93,6 +112,7 @@ template <class T> struct PoolKernels {
   }
 
   static void max_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in) {
+    if constexpr (Lanes<L>::kOn) return Lanes<L>::max_backward(g, grad_out, indices, grad_in);
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes() * (plane_in + plane_out) > kPoolParallelGrain)
     for (int64_t pl = 0; pl < g.planes(); ++pl) {
@@ -125,6 +145,9 @@ template <class T> struct PoolKernels {
 
   // Row at a time, as max_forward: sums in torch's tap order, then one division per output.
   static void avg_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {
+    if constexpr (Lanes<L>::kOn) {
+      if (with_lane_stride(g.SW, [&](auto s) { Lanes<L>::template avg_forward<s.value>(g, o, in, out); })) return;
+    }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
     for (int64_t pl = 0; pl < g.planes(); ++pl) {
@@ -148,6 +171,10 @@ template <class T> struct PoolKernels {
   // Row at a time, as the forward: each output row's shares (gradient / divisor) are spread tap by
   // tap; for one tap the outputs of a row write distinct inputs, so the loop over them vectorizes.
   static void avg_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in) {
+    if constexpr (Lanes<L>::kOn) {
+      if (with_lane_stride(g.SW, [&](auto s) { Lanes<L>::template avg_backward<s.value>(g, o, grad_out, grad_in); }))
+        return;
+    }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
     {
@@ -171,6 +198,212 @@ template <class T> struct PoolKernels {
       }
     }
   }
+
+  // The AVX float32 paths at column stride S (1 or 2). Off (kOn false) for doubles and the scalar path.
+  template <class Ln, class = void> struct Lanes {
+    static constexpr bool kOn = false;
+  };
+  template <class Ln> struct Lanes<Ln, std::enable_if_t<!std::is_void_v<Ln> && std::is_same_v<T, float>>> {
+    static constexpr bool kOn = true;
+    static constexpr int64_t kW = Ln::W;
+
+    // Scratch plane geometry: OWr outputs per row rounded up to whole blocks; a block at ow reads
+    // padded columns ow * S + kw * DW .. + S * kW - 1, so Wp columns cover every block's reads and
+    // the input's PW + W.
+    struct Pad {
+      int64_t OWr, Wp;
+      template <int64_t S> static Pad of(const Pool2dGeom& g, int64_t DW) {
+        const int64_t OWr = (g.OW + kW - 1) / kW * kW;
+        return Pad{OWr, std::max(OWr * S + (g.KW - 1) * DW, g.PW + g.W)};
+      }
+    };
+
+    // xp = the plane with PW columns of fill on the left and the rest of each Wp-wide row filled.
+    static void pad_plane(const Pool2dGeom& g, const Pad& p, const T* x, T* xp, T fill) {
+      for (int64_t h = 0; h < g.H; ++h) {
+        T* r = xp + h * p.Wp;
+        for (int64_t w = 0; w < g.PW; ++w) r[w] = fill;
+        for (int64_t w = 0; w < g.W; ++w) r[g.PW + w] = x[h * g.W + w];
+        for (int64_t w = g.PW + g.W; w < p.Wp; ++w) r[w] = fill;
+      }
+    }
+
+    // Each block's best value and position stay in registers across its taps (torch's order:
+    // input row outer, kernel column inner); positions are those of the unpadded plane. A padding
+    // column holds -inf, which never replaces anything (strictly greater is needed), so a window of
+    // -inf inputs keeps torch's first-tap position, as in the generic loop.
+    // The common kernel widths 2 and 3 at dilation 1 are compiled with the width known (KWc), so the
+    // tap loop unrolls; KWc = 0 takes g.KW and g.DW at run time.
+    template <int64_t S> static void max_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
+      if (g.DW == 1 && g.KW == 2) return max_forward_k<S, 2>(g, in, out, indices);
+      if (g.DW == 1 && g.KW == 3) return max_forward_k<S, 3>(g, in, out, indices);
+      max_forward_k<S, 0>(g, in, out, indices);
+    }
+
+    template <int64_t S, int64_t KWc>
+    static void max_forward_k(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
+      const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+      const Pad p = Pad::template of<S>(g, g.DW);
+      const bool stream = plane_out * g.planes() * int64_t(sizeof(T) + sizeof(int64_t)) > kStreamBytes;
+#pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
+      {
+        // Output plane scratch: each row's blocks are stored at its start, the last block spilling
+        // into the next row, which is written after it (so OW + 2 kW extra is enough).
+        std::vector<T> xp(g.H * p.Wp), yp(plane_out + 2 * kW);
+        std::vector<int32_t> rp(plane_out + 2 * kW), first_col(p.OWr + kW);
+        for (int64_t ow = 0; ow < p.OWr; ++ow) first_col[ow] = int32_t(first_tap(ow * S - g.PW, g.DW));
+#pragma omp for schedule(static)
+        for (int64_t pl = 0; pl < g.planes(); ++pl) {
+          pad_plane(g, p, in + pl * plane_in, xp.data(), -std::numeric_limits<T>::infinity());
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            T* y = yp.data() + oh * g.OW;
+            int32_t* r = rp.data() + oh * g.OW;
+            int64_t ow = 0;
+            for (; ow + 2 * kW <= p.OWr; ow += 2 * kW) max_blocks<S, KWc, 2>(g, p, xp.data(), first_col.data(), oh, ow, y, r);
+            if (ow < p.OWr) max_blocks<S, KWc, 1>(g, p, xp.data(), first_col.data(), oh, ow, y, r);
+          }
+          Ln::copy(out + pl * plane_out, yp.data(), plane_out, stream);
+          Ln::copy(indices + pl * plane_out, rp.data(), plane_out, stream);
+        }
+        Ln::done(stream);
+      }
+    }
+
+    // B blocks of kW outputs from ow on (two at once keep two independent compare-blend chains in
+    // flight). Each block's best value and position stay in registers across its taps (torch's order:
+    // input row outer, kernel column inner); positions are those of the unpadded plane. A padding
+    // column holds -inf, which never replaces anything (strictly greater is needed), so a window of
+    // -inf inputs keeps torch's first-tap position, as in the generic loop.
+    template <int64_t S, int64_t KWc, int B>
+    static void max_blocks(const Pool2dGeom& g, const Pad& p, const T* xp, const int32_t* first_col, int64_t oh,
+                           int64_t ow, T* y, int32_t* r) {
+      const int64_t KW = KWc ? KWc : g.KW, DW = KWc ? 1 : g.DW;
+      const int64_t h_lo = oh * g.SH - g.PH;
+      const int64_t h_hi = std::min(h_lo + (g.KH - 1) * g.DH + 1, g.H);
+      const int64_t h0 = first_tap(h_lo, g.DH);
+      const auto steps = Ln::lane_steps(int32_t(S));
+      typename Ln::R best[B];
+      typename Ln::I pos[B];
+      for (int b = 0; b < B; ++b) {
+        best[b] = Ln::set1(-std::numeric_limits<T>::infinity());
+        pos[b] = Ln::add_i(Ln::set1_i(int32_t(h0 * g.W)), Ln::load_i(first_col + ow + b * kW));
+      }
+      for (int64_t h = h0; h < h_hi; h += g.DH) {
+        const T* row = xp + h * p.Wp + ow * S;             // padded column of block 0, lane 0, kw 0
+        const auto at = Ln::add_i(Ln::set1_i(int32_t(h * g.W + ow * S - g.PW)), steps);  // its position
+        for (int64_t kw = 0; kw < KW; ++kw)
+          for (int b = 0; b < B; ++b) {
+            const int64_t d = b * kW * S + kw * DW;
+            const auto v = Ln::template load<S>(row + d);
+            const auto take = Ln::take(v, best[b]);
+            best[b] = Ln::select(take, v, best[b]);
+            pos[b] = Ln::select_i(take, Ln::add_i(at, Ln::set1_i(int32_t(d))), pos[b]);
+          }
+      }
+      for (int b = 0; b < B; ++b) {
+        Ln::store(y + ow + b * kW, best[b]);
+        Ln::store_i(r + ow + b * kW, pos[b]);
+      }
+    }
+
+    // Divisors of one output plane (rows OWr wide), NaN for a window that covers no input.
+    static std::vector<T> divisors(const Pool2dGeom& g, const AvgPoolOptions& o, const Pad& p) {
+      std::vector<T> d(g.OH * p.OWr, T(1));
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          int64_t h0, h1, w0, w1;
+          const T div = avg_window(g, o, oh, ow, h0, h1, w0, w1);
+          d[oh * p.OWr + ow] = (h0 >= h1 || w0 >= w1) ? std::numeric_limits<T>::quiet_NaN() : div;
+        }
+      return d;
+    }
+
+    // Sums in the generic loop's tap order; the padding's zeros add nothing (the sum starts at +0,
+    // so it is never -0, and x + 0 is x for every other x).
+    template <int64_t S>
+    static void avg_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {
+      const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+      const Pad p = Pad::template of<S>(g, 1);
+      const bool stream = plane_out * g.planes() * int64_t(sizeof(T)) > kStreamBytes;
+#pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
+      {
+        std::vector<T> xp(g.H * p.Wp), yp(plane_out + kW);  // as max_forward's
+        const std::vector<T> div = divisors(g, o, p);
+#pragma omp for schedule(static)
+        for (int64_t pl = 0; pl < g.planes(); ++pl) {
+          pad_plane(g, p, in + pl * plane_in, xp.data(), T(0));
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const int64_t h_lo = oh * g.SH - g.PH;
+            const int64_t h_hi = std::min(h_lo + g.KH, g.H);
+            for (int64_t ow = 0; ow < p.OWr; ow += kW) {
+              auto acc = Ln::set1(T(0));
+              for (int64_t h = std::max<int64_t>(h_lo, 0); h < h_hi; ++h)
+                for (int64_t kw = 0; kw < g.KW; ++kw)
+                  acc = Ln::add(acc, Ln::template load<S>(xp.data() + h * p.Wp + ow * S + kw));
+              const auto d = Ln::template load<1>(div.data() + oh * p.OWr + ow);
+              Ln::store(yp.data() + oh * g.OW + ow, Ln::select(Ln::nan_mask(d), Ln::set1(T(0)), Ln::div(acc, d)));
+            }
+          }
+          Ln::copy(out + pl * plane_out, yp.data(), plane_out, stream);
+        }
+        Ln::done(stream);
+      }
+    }
+
+    // Shares spread into a zeroed padded plane in the generic loop's order, then its inner columns
+    // copied out. Lanes past the row's end carry share 0; an empty window's taps (NaN share) all land
+    // in padding (no input row or no input column in it), which is dropped.
+    template <int64_t S>
+    static void avg_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in) {
+      const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+      const Pad p = Pad::template of<S>(g, 1);
+      const bool stream = plane_in * g.planes() * int64_t(sizeof(T)) > kStreamBytes;
+#pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
+      {
+        std::vector<T> gp(g.H * p.Wp), share(p.OWr, T(0));
+        const std::vector<T> div = divisors(g, o, p);
+#pragma omp for schedule(static)
+        for (int64_t pl = 0; pl < g.planes(); ++pl) {
+          std::fill(gp.begin(), gp.end(), T(0));
+          const T* go = grad_out + pl * plane_out;
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            for (int64_t ow = 0; ow < g.OW; ++ow) share[ow] = go[oh * g.OW + ow] / div[oh * p.OWr + ow];
+            const int64_t h_lo = oh * g.SH - g.PH;
+            const int64_t h_hi = std::min(h_lo + g.KH, g.H);
+            for (int64_t h = std::max<int64_t>(h_lo, 0); h < h_hi; ++h)
+              for (int64_t kw = 0; kw < g.KW; ++kw)
+                for (int64_t ow = 0; ow < p.OWr; ow += kW)
+                  Ln::template add_to<S>(gp.data() + h * p.Wp + ow * S + kw, Ln::template load<1>(share.data() + ow));
+          }
+          for (int64_t h = 0; h < g.H; ++h)
+            Ln::copy(grad_in + pl * plane_in + h * g.W, gp.data() + h * p.Wp + g.PW, g.W, stream);
+        }
+        Ln::done(stream);
+      }
+    }
+
+    // The generic scatter into a cached scratch plane, then one copy out (streamed when large).
+    static void max_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in) {
+      const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+      const bool stream = plane_in * g.planes() * int64_t(sizeof(T)) > kStreamBytes;
+#pragma omp parallel if (g.planes() * (plane_in + plane_out) > kPoolParallelGrain)
+      {
+        std::vector<T> gp(plane_in);
+#pragma omp for schedule(static)
+        for (int64_t pl = 0; pl < g.planes(); ++pl) {
+          std::fill(gp.begin(), gp.end(), T(0));
+          const T* go = grad_out + pl * plane_out;
+          const int64_t* idx = indices + pl * plane_out;
+          for (int64_t o = 0; o < plane_out; ++o) {
+            const int64_t i = idx[o];
+            if (i >= 0 && i < plane_in) gp[i] += go[o];  // an empty window's index may point nowhere
+          }
+          Ln::copy(grad_in + pl * plane_in, gp.data(), plane_in, stream);
+        }
+        Ln::done(stream);
+      }
+    }
+  };
 
   static void adaptive_forward(const Pool2dGeom& g, const T* in, T* out) {
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
@@ -232,22 +465,22 @@ template <class T> struct PoolKernels {
 }  // namespace
 }  // namespace dlk::cpu
 
-#define DLK_POOL_DEFINE(SUFFIX, T)                                                                             \
+#define DLK_POOL_DEFINE(SUFFIX, T, LANES)                                                                             \
   void max_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, int64_t* idx) {                   \
-    PoolKernels<T>::max_forward(g, in, out, idx);                                                              \
+    PoolKernels<T, LANES>::max_forward(g, in, out, idx);                                                              \
   }                                                                                                            \
   void max_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi) {             \
-    PoolKernels<T>::max_backward(g, go, idx, gi);                                                              \
+    PoolKernels<T, LANES>::max_backward(g, go, idx, gi);                                                              \
   }                                                                                                            \
   void avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {        \
-    PoolKernels<T>::avg_forward(g, o, in, out);                                                                \
+    PoolKernels<T, LANES>::avg_forward(g, o, in, out);                                                                \
   }                                                                                                            \
   void avg_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi) {        \
-    PoolKernels<T>::avg_backward(g, o, go, gi);                                                                \
+    PoolKernels<T, LANES>::avg_backward(g, o, go, gi);                                                                \
   }                                                                                                            \
   void adaptive_avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out) {                        \
-    PoolKernels<T>::adaptive_forward(g, in, out);                                                              \
+    PoolKernels<T, LANES>::adaptive_forward(g, in, out);                                                              \
   }                                                                                                            \
   void adaptive_avg_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, T* gi) {                        \
-    PoolKernels<T>::adaptive_backward(g, go, gi);                                                              \
+    PoolKernels<T, LANES>::adaptive_backward(g, go, gi);                                                              \
   }

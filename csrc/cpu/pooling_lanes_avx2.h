@@ -1,0 +1,98 @@
+// The pooling kernels' float32 lanes on 256-bit registers: loads at column stride 1 or 2, the max
+// pooling take test, blends of values and 32-bit indices, and a stride-2 accumulate. Include only
+// after a target pragma that enables AVX2 (pooling_avx2.cpp, and pooling_avx512.cpp, which uses the
+// same 256-bit lanes: no AVX-512 machine was available to test 512-bit ones, and the kernels are
+// bound by memory traffic once vectorized).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace dlk::cpu::avx2 {
+
+struct PoolLanes {
+  using R = __m256;   // 8 floats
+  using I = __m256i;  // 8 int32 positions
+  static constexpr int W = 8;
+
+  static R set1(float v) { return _mm256_set1_ps(v); }
+  static I set1_i(int32_t v) { return _mm256_set1_epi32(v); }
+  // Lane j holds j * s.
+  static I lane_steps(int32_t s) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(s));
+  }
+  static I add_i(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I load_i(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+  // p[j * S] for j < 8: S = 1 is one load; S = 2 loads p[0..15] and keeps the even columns
+  // (the shuffle gives 0 2 8 10 | 4 6 12 14 per 128-bit half, the 64-bit permute puts them in order).
+  template <int64_t S> static R load(const float* p) {
+    static_assert(S == 1 || S == 2, "strides 1 and 2 only");
+    if constexpr (S == 1) {
+      return _mm256_loadu_ps(p);
+    } else {
+      const R a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+      const R even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+      return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+  }
+
+  // torch's max pooling test: a later tap replaces the best so far when strictly greater, or NaN.
+  static R take(R v, R best) { return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); }
+  static R nan_mask(R v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+  static R select(R m, R a, R b) { return _mm256_blendv_ps(b, a, m); }  // m ? a : b
+  static I select_i(R m, I a, I b) {
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(a), m));
+  }
+
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static void store_i(int32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+
+  // dst[i] = src[i] (widened to int64 in the second form) for i < n. With stream, the whole 32-byte
+  // aligned vectors of dst go out as non-temporal stores (no read-for-ownership of the destination,
+  // no cache pollution), for outputs too big to stay in the cache; the caller fences with done().
+  static void copy(float* dst, const float* src, int64_t n, bool stream) {
+    int64_t i = 0;
+    if (stream) {
+      for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
+      for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+    }
+    for (; i < n; ++i) dst[i] = src[i];
+  }
+  static void copy(int64_t* dst, const int32_t* src, int64_t n, bool stream) {
+    int64_t i = 0;
+    if (stream) {
+      for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
+      for (; i + 8 <= n; i += 8) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)));
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + i + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+      }
+    }
+    for (; i < n; ++i) dst[i] = src[i];
+  }
+  // Orders this thread's streaming stores before whatever it does next (e.g. the end of the parallel region).
+  static void done(bool stream) {
+    if (stream) _mm_sfence();
+  }
+
+  // p[j * S] += v[j] for j < 8. For S = 2 the odd columns p[1], p[3], ... are read and written back
+  // unchanged: v is spread to the even lanes with -0.0 between (x + -0.0 is x for every x, -0.0 and
+  // NaN included), so the caller must own the whole span p[0..15] (one plane, one thread).
+  template <int64_t S> static void add_to(float* p, R v) {
+    static_assert(S == 1 || S == 2, "strides 1 and 2 only");
+    if constexpr (S == 1) {
+      _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), v));
+    } else {
+      // v0 v1 v4 v5 | v2 v3 v6 v7, then unpack with -0.0: v0 . v1 . v2 . v3 . and v4 . v5 . v6 . v7 .
+      const R t = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+      const R z = _mm256_set1_ps(-0.0f);
+      _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_unpacklo_ps(t, z)));
+      _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), _mm256_unpackhi_ps(t, z)));
+    }
+  }
+};
+
+}  // namespace dlk::cpu::avx2
