@@ -1,11 +1,35 @@
 """torch.autograd.Function glue: each forward op paired with its backward op.
 
 Functions use the forward/setup_context split so that torch.compile and torch.func can trace them.
+Two things keep the Python cost per call near torch's own (a few microseconds, where it had been about
+75 us per forward): `apply` skips autograd.Function.apply's per-call inspect.signature binding, and each
+forward calls its op through `below_autograd`, past the op's own (Python) autograd kernel.
 """
 import torch
 from torch.autograd.function import once_differentiable
 
 _ops = torch.ops.dlkernels
+_unwrap_dead_wrappers = torch._functorch.utils.unwrap_dead_wrappers
+
+
+def apply(fn, *args):
+    """fn.apply(*args) for a Function whose arguments are all given, positionally. Function.apply binds
+    them to forward's signature with inspect on every call (about 60 us) only to fill in defaults; with
+    nothing to fill in, what it then calls (the C++ apply underneath) is called directly. While
+    torch.compile traces, and under torch.func transforms, the full Function.apply runs."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return fn.apply(*args)
+    return super(torch.autograd.Function, fn).apply(*_unwrap_dead_wrappers(args))
+
+
+def below_autograd(op, *args):
+    """op(*args) from a Function's forward, dispatched past the autograd key: the op's register_autograd
+    kernel (Python) would otherwise run first, only to find grad mode off (about 25 us a call). While
+    torch.compile traces, the op is called plainly (the guard is not traceable, and costs nothing there)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -14,7 +38,7 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, target, weight, reduction, ignore_index, label_smoothing):
-        return _ops.cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing)
+        return below_autograd(_ops.cross_entropy_forward, input, target, weight, reduction, ignore_index, label_smoothing)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -51,7 +75,7 @@ class MaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
-        return _ops.max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+        return below_autograd(_ops.max_pool2d_forward, input, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -73,7 +97,7 @@ class AvgPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-        return _ops.avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+        return below_autograd(_ops.avg_pool2d_forward, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                        divisor_override)
 
     @staticmethod
@@ -91,7 +115,7 @@ class AvgPool2dFunction(torch.autograd.Function):
 class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, output_size):
-        return _ops.adaptive_avg_pool2d_forward(input, output_size)
+        return below_autograd(_ops.adaptive_avg_pool2d_forward, input, output_size)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -101,7 +125,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        return _ops.adaptive_avg_pool2d_backward(grad_output, input), None
+        return below_autograd(_ops.adaptive_avg_pool2d_backward, grad_output, input), None
 
 
 for _name, _fn in (("max_pool2d_forward", MaxPool2dFunction), ("avg_pool2d_forward", AvgPool2dFunction),
@@ -115,7 +139,7 @@ class Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
-        return _ops.conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+        return below_autograd(_ops.conv2d_forward, input, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -139,7 +163,7 @@ class Im2colFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, kernel_size, dilation, padding, stride):
-        return _ops.im2col(input, kernel_size, dilation, padding, stride)
+        return below_autograd(_ops.im2col, input, kernel_size, dilation, padding, stride)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -148,7 +172,7 @@ class Im2colFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return (Col2imFunction.apply(grad_output, ctx.output_size, ctx.kernel_size, ctx.dilation, ctx.padding,
+        return (apply(Col2imFunction, grad_output, ctx.output_size, ctx.kernel_size, ctx.dilation, ctx.padding,
                                      ctx.stride), None, None, None, None)
 
 
@@ -157,7 +181,7 @@ class Col2imFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, output_size, kernel_size, dilation, padding, stride):
-        return _ops.col2im(input, output_size, kernel_size, dilation, padding, stride)
+        return below_autograd(_ops.col2im, input, output_size, kernel_size, dilation, padding, stride)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -165,7 +189,7 @@ class Col2imFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return (Im2colFunction.apply(grad_output, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride),
+        return (apply(Im2colFunction, grad_output, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride),
                 None, None, None, None, None)
 
 
@@ -179,7 +203,7 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu):
-        return _ops.batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps,
+        return below_autograd(_ops.batch_norm_forward, input, weight, bias, running_mean, running_var, training, momentum, eps,
                                        residual, relu)
 
     @staticmethod

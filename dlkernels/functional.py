@@ -6,6 +6,7 @@ from torch.nn import _reduction as _torch_reduction
 from . import _C
 from .autograd import (AdaptiveAvgPool2dFunction, AvgPool2dFunction, BatchNormFunction, Col2imFunction, Conv2dFunction,
                        CrossEntropyFunction, Im2colFunction, MaxPool2dFunction)
+from .autograd import apply as _autograd_apply
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
@@ -91,7 +92,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     unbatched = input.dim() == 1
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
-    loss, _, _ = CrossEntropyFunction.apply(input, target, weight, red, ignore_index, float(label_smoothing))
+    loss, _, _ = _autograd_apply(CrossEntropyFunction, input, target, weight, red, ignore_index, float(label_smoothing))
     if unbatched and red == 0:
         loss = loss.squeeze(0)
     return loss
@@ -138,7 +139,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched, cl = _pool_input(fn, input)
     k = _pair(fn, "kernel_size", kernel_size)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _pair(fn, "stride", stride)
-    out, indices = MaxPool2dFunction.apply(x, k, s, _pair(fn, "padding", padding), _pair(fn, "dilation", dilation),
+    out, indices = _autograd_apply(MaxPool2dFunction, x, k, s, _pair(fn, "padding", padding), _pair(fn, "dilation", dilation),
                                            bool(ceil_mode))
     out = _pool_output(out, unbatched, cl)
     return (out, _pool_output(indices, unbatched, cl)) if return_indices else out
@@ -153,7 +154,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _pair(fn, "stride", stride)
     if divisor_override is not None and (not isinstance(divisor_override, int) or divisor_override == 0):
         raise ValueError(f"dlkernels.{fn}: divisor_override must be a non-zero int, got {divisor_override!r}")
-    out = AvgPool2dFunction.apply(x, k, s, _pair(fn, "padding", padding), bool(ceil_mode), bool(count_include_pad),
+    out = _autograd_apply(AvgPool2dFunction, x, k, s, _pair(fn, "padding", padding), bool(ceil_mode), bool(count_include_pad),
                                   divisor_override)
     return _pool_output(out, unbatched, cl)
 
@@ -169,7 +170,7 @@ def adaptive_avg_pool2d(input, output_size):
     size = tuple(x.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
     if not all(isinstance(v, int) and v > 0 for v in size):
         raise ValueError(f"dlkernels.{fn}: output_size must be positive, got {output_size!r}")
-    return _pool_output(AdaptiveAvgPool2dFunction.apply(x, size), unbatched, cl)
+    return _pool_output(_autograd_apply(AdaptiveAvgPool2dFunction, x, size), unbatched, cl)
 
 
 # --------------------------------------------------------------------------- im2col convolution
@@ -213,7 +214,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     channels_last = not unbatched and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    out = Conv2dFunction.apply(x, weight, bias, s, p, d, groups)
+    out = _autograd_apply(Conv2dFunction, x, weight, bias, s, p, d, groups)
     return _pool_output(out, unbatched, channels_last)
 
 
@@ -227,7 +228,7 @@ def im2col(input, kernel_size, dilation=1, padding=0, stride=1):
         raise ValueError(f"dlkernels.{fn}: input must have shape (N, C, H, W) or (C, H, W), got {tuple(input.shape)}")
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    out = Im2colFunction.apply(x, _pair(fn, "kernel_size", kernel_size), _pair(fn, "dilation", dilation),
+    out = _autograd_apply(Im2colFunction, x, _pair(fn, "kernel_size", kernel_size), _pair(fn, "dilation", dilation),
                                _pair(fn, "padding", padding), _pair(fn, "stride", stride))
     return out.squeeze(0) if unbatched else out
 
@@ -243,7 +244,7 @@ def col2im(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
                          f"got {tuple(input.shape)}")
     unbatched = input.dim() == 2
     x = input.unsqueeze(0) if unbatched else input
-    out = Col2imFunction.apply(x, _pair(fn, "output_size", output_size), _pair(fn, "kernel_size", kernel_size),
+    out = _autograd_apply(Col2imFunction, x, _pair(fn, "output_size", output_size), _pair(fn, "kernel_size", kernel_size),
                                _pair(fn, "dilation", dilation), _pair(fn, "padding", padding),
                                _pair(fn, "stride", stride))
     return out.squeeze(0) if unbatched else out
@@ -265,7 +266,7 @@ def _batch_norm(fn, input, residual, running_mean, running_var, weight, bias, tr
                         f"average factor), got {momentum!r}")
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
         raise TypeError(f"dlkernels.{fn}: eps must be a float, got {eps!r}")
-    out, _, _ = BatchNormFunction.apply(input, weight, bias, running_mean, running_var, bool(training),
+    out, _, _ = _autograd_apply(BatchNormFunction, input, weight, bias, running_mean, running_var, bool(training),
                                         float(momentum), float(eps), residual, relu)
     return out
 

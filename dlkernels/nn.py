@@ -133,8 +133,8 @@ class SyncBatchNorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
         if not (bn_training and world > 1):
             fn = F.batch_norm_relu if relu else F.batch_norm
             return fn(input, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)
-        from .autograd import SyncBatchNormFunction
-        return SyncBatchNormFunction.apply(input, self.weight, self.bias, rm, rv, float(factor), float(self.eps), group,
+        from .autograd import SyncBatchNormFunction, apply as _autograd_apply
+        return _autograd_apply(SyncBatchNormFunction, input, self.weight, self.bias, rm, rv, float(factor), float(self.eps), group,
                                            world, relu)
 
     @classmethod

@@ -116,3 +116,26 @@ def test_im2col_buffer_past_2_31_elements_is_chunked():
     y = DF.conv2d(x, w, padding=3)
     ref = F.conv2d(x, w, padding=3)
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_func_transforms_take_the_full_apply():
+    """dlkernels.autograd.apply bypasses Function.apply's argument binding, except under torch.func
+    transforms, where the full apply must run: torch.func.grad through every functional family equals
+    torch's, in float64."""
+    import dlkernels.functional as DF
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=gen)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=gen)
+    logits = torch.randn(5, 4, dtype=torch.float64, generator=gen)
+    target = torch.randint(0, 4, (5,), generator=gen)
+    pairs = [
+        (lambda a: DF.max_pool2d(a, 3, 2, 1).pow(2).sum(), lambda a: F.max_pool2d(a, 3, 2, 1).pow(2).sum(), x),
+        (lambda a: DF.avg_pool2d(a, 2).pow(2).sum(), lambda a: F.avg_pool2d(a, 2).pow(2).sum(), x),
+        (lambda a: DF.conv2d(a, w, padding=1).pow(2).sum(), lambda a: F.conv2d(a, w, padding=1).pow(2).sum(), x),
+        (lambda a: DF.batch_norm(a, None, None, training=True).pow(3).sum(),
+         lambda a: F.batch_norm(a, None, None, training=True).pow(3).sum(), x),
+        (lambda a: DF.cross_entropy(a, target), lambda a: F.cross_entropy(a, target), logits),
+    ]
+    for ours, ref, inp in pairs:
+        torch.testing.assert_close(torch.func.grad(ours)(inp), torch.func.grad(ref)(inp))
