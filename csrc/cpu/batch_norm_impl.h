@@ -160,26 +160,42 @@ template <class T> struct BnKernels {
     train_backward_impl<false>(g, dy, x, dy, mean, invstd, weight, sum_dz, sum_dz_xmu, grad_input, grad_residual);
   }
 
-  static void apply_plane(const T* p, double m, double s, double b, const T* r, bool relu, T* q, int64_t L) {
+  // The elementwise passes work in T (float32 for float32 tensors, as torch's kernels do): only the
+  // per-channel constants come from the float64 statistics. Done in double, the two conversions per
+  // element were most of the training time (the statistics stay in double).
+  static T relu_t(T v) { return T(0.5) * (v + std::fabs(v)); }
+  template <bool relu> static T dz_t(T dy, T y) {
+    if (!relu) return dy;
+    Bits b;
+    std::memcpy(&b, &dy, sizeof(T));
+    b &= Bits(0) - Bits(y > T(0));
+    T masked;
+    std::memcpy(&masked, &b, sizeof(T));
+    return masked;
+  }
+
+  static void apply_plane(const T* p, double m_, double s_, double b_, const T* r, bool relu, T* q, int64_t L) {
+    const T m = T(m_), s = T(s_), b = T(b_);
     // Four loop versions so that each inner loop is branch-free.
     if (r && relu) {
-      for (int64_t l = 0; l < L; ++l) q[l] = T(relu_of((double(p[l]) - m) * s + b + double(r[l])));
+      for (int64_t l = 0; l < L; ++l) q[l] = relu_t((p[l] - m) * s + b + r[l]);
     } else if (r) {
-      for (int64_t l = 0; l < L; ++l) q[l] = T((double(p[l]) - m) * s + b + double(r[l]));
+      for (int64_t l = 0; l < L; ++l) q[l] = (p[l] - m) * s + b + r[l];
     } else if (relu) {
-      for (int64_t l = 0; l < L; ++l) q[l] = T(relu_of((double(p[l]) - m) * s + b));
+      for (int64_t l = 0; l < L; ++l) q[l] = relu_t((p[l] - m) * s + b);
     } else {
-      for (int64_t l = 0; l < L; ++l) q[l] = T((double(p[l]) - m) * s + b);
+      for (int64_t l = 0; l < L; ++l) q[l] = (p[l] - m) * s + b;
     }
   }
 
   template <bool relu>
-  static void backward_plane(const T* pd, const T* px, const T* py, double m, double a, double b, double k, T* gi,
+  static void backward_plane(const T* pd, const T* px, const T* py, double m_, double a_, double b_, double k_, T* gi,
                              T* gr, int64_t L) {
+    const T m = T(m_), a = T(a_), b = T(b_), k = T(k_);
     if (gi)
-      for (int64_t l = 0; l < L; ++l) gi[l] = T(dz_of<relu>(pd[l], py[l]) * a + (double(px[l]) - m) * b + k);
+      for (int64_t l = 0; l < L; ++l) gi[l] = dz_t<relu>(pd[l], py[l]) * a + (px[l] - m) * b + k;
     if (gr)
-      for (int64_t l = 0; l < L; ++l) gr[l] = T(dz_of<relu>(pd[l], py[l]));
+      for (int64_t l = 0; l < L; ++l) gr[l] = dz_t<relu>(pd[l], py[l]);
   }
   // Mean and biased variance from the sums a = sum (x - s), b = sum (x - s)^2 of count values around s.
   static void moments(double a, double b, double inv_count, double s, double& mean, double& var) {
