@@ -9,6 +9,9 @@
 #include <cstdint>
 
 namespace dlk::cpu::avx2 {
+// Internal linkage: pooling_avx512.cpp compiles these same functions for AVX-512, and a shared
+// (weak) out-of-line copy could then reach the AVX2 path (tools/check_isa_isolation.sh).
+namespace {
 
 struct PoolLanes {
   using R = __m256;   // 8 floats
@@ -95,4 +98,5 @@ struct PoolLanes {
   }
 };
 
+}  // namespace
 }  // namespace dlk::cpu::avx2
