@@ -160,6 +160,22 @@ def test_outputs_above_the_cache_are_streamed():
         torch.testing.assert_close(go, gr)
 
 
+@pytest.mark.parametrize("hw", [(2040, 2040), (2100, 2050)], ids=["lanes", "generic"])
+def test_planes_on_both_sides_of_the_lane_scratch_bound(hw):
+    """Planes whose padded scratch copy would pass 2^22 elements take the generic loops on the AVX
+    paths (no per-thread copy of a huge plane): both sides of the bound match torch."""
+    x = torch.randn(1, 2, *hw, requires_grad=True)
+    for kw in (dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=2)):
+        o, oi = DF.max_pool2d(x, return_indices=True, **kw)
+        r, ri = F.max_pool2d(x, return_indices=True, **kw)
+        assert torch.equal(o, r) and torch.equal(oi, ri)
+        g = torch.randn_like(r)
+        assert torch.equal(torch.autograd.grad(o, x, g)[0], torch.autograd.grad(r, x, g)[0])
+        o, r = DF.avg_pool2d(x, **kw), F.avg_pool2d(x, **kw)
+        torch.testing.assert_close(o, r)
+        torch.testing.assert_close(torch.autograd.grad(o, x, g)[0], torch.autograd.grad(r, x, g)[0])
+
+
 # ------------------------------------------------------------- the textbook's im2col pooling in numpy
 
 def im2col_pool_reference(x, kh, kw, stride, pad, op):

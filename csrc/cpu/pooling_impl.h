@@ -27,12 +27,17 @@ constexpr int64_t kPoolParallelGrain = 1 << 14;
 // cross-entropy: smaller ones are better left in the cache for the next layer.
 constexpr int64_t kStreamBytes = int64_t(32) << 20;
 
-// Calls f with the column stride as a compile-time constant when the lanes take it (1 or 2).
+// f(stride as a compile-time constant) for the strides the lanes take (1 or 2); f returns whether it
+// ran. False for other strides.
 template <class F> bool with_lane_stride(int64_t stride, F&& f) {
-  if (stride == 1) return f(std::integral_constant<int64_t, 1>{}), true;
-  if (stride == 2) return f(std::integral_constant<int64_t, 2>{}), true;
+  if (stride == 1) return f(std::integral_constant<int64_t, 1>{});
+  if (stride == 2) return f(std::integral_constant<int64_t, 2>{});
   return false;
 }
+
+// Largest per-thread scratch plane (elements) the lanes use; larger planes take the generic loops,
+// which need none (a padded copy of a huge plane per thread could exhaust memory).
+constexpr int64_t kLaneScratch = int64_t(1) << 22;
 
 template <class T, class L> struct PoolKernels {
   static int64_t first_tap(int64_t start, int64_t d) {
@@ -71,7 +76,11 @@ template <class T, class L> struct PoolKernels {
     // planes of 2^31 elements or more take the 64-bit loop.
     if (plane_in >= (int64_t(1) << 31)) return max_forward_rows<int64_t>(g, in, out, indices);
     if constexpr (Lanes<L>::kOn) {
-      if (with_lane_stride(g.SW, [&](auto s) { Lanes<L>::template max_forward<s.value>(g, in, out, indices); }))
+      if (with_lane_stride(g.SW, [&](auto s) {
+            if (!Lanes<L>::template fits<s.value>(g, g.DW)) return false;
+            Lanes<L>::template max_forward<s.value>(g, in, out, indices);
+            return true;
+          }))
         return;
     }
     max_forward_rows<int32_t>(g, in, out, indices);
@@ -112,7 +121,9 @@ template <class T, class L> struct PoolKernels {
   }
 
   static void max_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in) {
-    if constexpr (Lanes<L>::kOn) return Lanes<L>::max_backward(g, grad_out, indices, grad_in);
+    if constexpr (Lanes<L>::kOn) {
+      if (g.H * g.W <= kLaneScratch) return Lanes<L>::max_backward(g, grad_out, indices, grad_in);
+    }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes() * (plane_in + plane_out) > kPoolParallelGrain)
     for (int64_t pl = 0; pl < g.planes(); ++pl) {
@@ -146,7 +157,12 @@ template <class T, class L> struct PoolKernels {
   // Row at a time, as max_forward: sums in torch's tap order, then one division per output.
   static void avg_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {
     if constexpr (Lanes<L>::kOn) {
-      if (with_lane_stride(g.SW, [&](auto s) { Lanes<L>::template avg_forward<s.value>(g, o, in, out); })) return;
+      if (with_lane_stride(g.SW, [&](auto s) {
+            if (!Lanes<L>::template fits<s.value>(g, 1)) return false;
+            Lanes<L>::template avg_forward<s.value>(g, o, in, out);
+            return true;
+          }))
+        return;
     }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
@@ -172,7 +188,11 @@ template <class T, class L> struct PoolKernels {
   // tap; for one tap the outputs of a row write distinct inputs, so the loop over them vectorizes.
   static void avg_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in) {
     if constexpr (Lanes<L>::kOn) {
-      if (with_lane_stride(g.SW, [&](auto s) { Lanes<L>::template avg_backward<s.value>(g, o, grad_out, grad_in); }))
+      if (with_lane_stride(g.SW, [&](auto s) {
+            if (!Lanes<L>::template fits<s.value>(g, 1)) return false;
+            Lanes<L>::template avg_backward<s.value>(g, o, grad_out, grad_in);
+            return true;
+          }))
         return;
     }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
@@ -217,6 +237,14 @@ template <class T, class L> struct PoolKernels {
         return Pad{OWr, std::max(OWr * S + (g.KW - 1) * DW, g.PW + g.W)};
       }
     };
+
+    // Whether the scratch planes (padded input or gradient, H x Wp; outputs and divisors, OH x OWr)
+    // stay within kLaneScratch elements.
+    template <int64_t S> static bool fits(const Pool2dGeom& g, int64_t DW) {
+      const Pad p = Pad::template of<S>(g, DW);
+      return p.Wp <= kLaneScratch && g.H <= kLaneScratch / p.Wp && p.OWr <= kLaneScratch &&
+             g.OH <= kLaneScratch / p.OWr;  // (divisions: the products could overflow)
+    }
 
     // xp = the plane with PW columns of fill on the left and the rest of each Wp-wide row filled.
     static void pad_plane(const Pool2dGeom& g, const Pad& p, const T* x, T* xp, T fill) {
