@@ -64,6 +64,27 @@ def test_conv2d_matches_torch(device, dtype, x_shape, w_shape, s, p, d, groups, 
                   error_vs_torch=True)
 
 
+# Layers with at most 8 filters per group and at most 64 column rows take the hand-written GEMMs on the
+# CPU, the others at::mm: both sides of each bound, grouped and direct (1x1) too, over a batch whose
+# column count (N * positions) is no multiple of the kernels' 64-column blocks.
+SMALL_GEMM_CONFIGS = [((3, 4, 13, 11), (8, 4, 4, 4), 1, 1), ((3, 4, 13, 11), (9, 4, 4, 4), 1, 1),
+                      ((3, 7, 13, 11), (5, 7, 3, 3), 1, 1), ((3, 8, 13, 11), (5, 8, 3, 3), 1, 1),
+                      ((3, 6, 13, 11), (6, 3, 5, 5), 2, 2), ((5, 3, 9, 7), (6, 3, 1, 1), 1, 0),
+                      ((64, 1, 28, 28), (6, 1, 5, 5), 1, 0)]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,groups,p", SMALL_GEMM_CONFIGS,
+                         ids=[str(i) for i in range(len(SMALL_GEMM_CONFIGS))])
+def test_small_filter_gemms_on_both_sides_of_the_bound(device, dtype, x_shape, w_shape, groups, p):
+    gen = torch.Generator().manual_seed(sum(x_shape) + sum(w_shape))
+    x = torch.randn(x_shape, generator=gen, dtype=dtype).to(device)
+    w = (torch.randn(w_shape, generator=gen, dtype=dtype) / (w_shape[1] * w_shape[2] * w_shape[3]) ** 0.5).to(device)
+    b = torch.randn(w_shape[0], generator=gen, dtype=dtype).to(device)
+    kw = dict(padding=p, groups=groups)
+    check_fwd_bwd(lambda *a: DF.conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), [x, w, b], grad_inputs=(0, 1, 2),
+                  dtype=dtype, error_vs_torch=True)
+
+
 @pytest.mark.parametrize("k,d", [((3, 3), (1, 1)), ((4, 2), (1, 1)), ((2, 5), (2, 1)), ((4, 4), (2, 1))])
 def test_padding_same_and_valid(device, k, d):
     x = torch.randn(2, 3, 9, 8, device=device)

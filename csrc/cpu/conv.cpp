@@ -20,13 +20,26 @@ DLK_ISA_DISPATCH(conv_rows_to_images, (int64_t B, int64_t OC, int64_t L, const T
 DLK_ISA_DISPATCH(conv_images_to_rows, (int64_t B, int64_t OC, int64_t L, const T* images, T* rows),
                   (B, OC, L, images, rows))
 DLK_ISA_DISPATCH(channel_sum, (int64_t N, int64_t C, int64_t L, const T* in, T* out), (N, C, L, in, out))
+DLK_ISA_DISPATCH(conv_gemm_wide,
+                 (int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C),
+                 (M, K, N, A, sam, sak, B, C))
+DLK_ISA_DISPATCH(conv_gemm_dots, (int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* work),
+                 (M, K, N, A, B, C, work))
+
+int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N) {
+  return M * K * ((N + ConvKernels<float>::kDot - 1) / ConvKernels<float>::kDot);
+}
+
+bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64; }
 
 #define DLK_CONV_INSTANTIATE(T)                                                                  \
   template void im2col<T>(const Im2colGeom&, const T*, T*);                                      \
   template void col2im<T>(const Im2colGeom&, const T*, T*);                                      \
   template void conv_rows_to_images<T>(int64_t, int64_t, int64_t, const T*, const T*, T*);       \
   template void conv_images_to_rows<T>(int64_t, int64_t, int64_t, const T*, T*);                 \
-  template void channel_sum<T>(int64_t, int64_t, int64_t, const T*, T*);
+  template void channel_sum<T>(int64_t, int64_t, int64_t, const T*, T*);                        \
+  template void conv_gemm_wide<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*); \
+  template void conv_gemm_dots<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);
 DLK_CONV_INSTANTIATE(float)
 DLK_CONV_INSTANTIATE(double)
 #undef DLK_CONV_INSTANTIATE

@@ -101,6 +101,96 @@ template <class T> struct ConvKernels {
     }
   }
 
+  // C (M x N) = A (M x K) @ B (K x N), B and C row-major with rows N long, A's element (m, k) at
+  // A[m * sam + k * sak] (so A may be a transposed view). For the GEMMs of a layer with few filters
+  // (M or K below ~16, N = batch * positions large), where MKL spends more time packing than
+  // multiplying. A task is a block of kNB output columns: its B block (K x kNB) stays in L1 and each
+  // output row's kNB accumulators stay in registers over the K products (in k order: each element is
+  // one fixed sum, whatever the thread count).
+  static constexpr int64_t kNB = 64 / sizeof(T) * 4;  // four 64-byte lines of output per row
+  static void gemm_wide(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C) {
+    const int64_t tasks = (N + kNB - 1) / kNB;
+#pragma omp parallel for schedule(static) if (M * K * N > kConvParallelGrain)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n0 = t * kNB;
+      if (n0 + kNB <= N) {
+        for (int64_t m = 0; m < M; ++m) {
+          T acc[kNB];  // set by the first product (K >= 1): a zeroing memset here cost a third of the time
+          const T a0 = A[m * sam];
+          for (int64_t j = 0; j < kNB; ++j) acc[j] = a0 * B[n0 + j];
+          for (int64_t k = 1; k < K; ++k) {
+            const T a = A[m * sam + k * sak];
+            const T* b = B + k * N + n0;
+            for (int64_t j = 0; j < kNB; ++j) acc[j] += a * b[j];
+          }
+          T* c = C + m * N + n0;
+          for (int64_t j = 0; j < kNB; ++j) c[j] = acc[j];
+        }
+      } else {
+        const int64_t nb = N - n0;
+        for (int64_t m = 0; m < M; ++m) {
+          T acc[kNB];
+          for (int64_t j = 0; j < nb; ++j) acc[j] = T(0);
+          for (int64_t k = 0; k < K; ++k) {
+            const T a = A[m * sam + k * sak];
+            const T* b = B + k * N + n0;
+            for (int64_t j = 0; j < nb; ++j) acc[j] += a * b[j];
+          }
+          T* c = C + m * N + n0;
+          for (int64_t j = 0; j < nb; ++j) c[j] = acc[j];
+        }
+      }
+    }
+  }
+
+  // C (M x K, row-major) += A (M x N) @ B (K x N)^T, A and B row-major with rows N long: M * K dot
+  // products over long rows (the weight gradient). Fixed blocks of kDot columns, each block's dots
+  // summed in T's vector lanes (omp simd), the blocks then added in double in block order: no
+  // dependence on the thread count.
+  static constexpr int64_t kDot = 2048;
+  static void gemm_dots(int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* work) {
+    const int64_t blocks = (N + kDot - 1) / kDot;
+#pragma omp parallel for schedule(static) if (M * K * N > kConvParallelGrain)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t n0 = blk * kDot, n1 = std::min(N, n0 + kDot);
+      for (int64_t m = 0; m < M; ++m) {
+        const T* a = A + m * N;
+        double* w = work + (blk * M + m) * K;
+        int64_t k = 0;
+        // Four dots at once: four independent accumulator chains (one chain waited on the FMA
+        // latency) sharing each load of a.
+        for (; k + 4 <= K; k += 4) {
+          const T *b0 = B + k * N, *b1 = b0 + N, *b2 = b1 + N, *b3 = b2 + N;
+          T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+          for (int64_t n = n0; n < n1; ++n) {
+            s0 += a[n] * b0[n];
+            s1 += a[n] * b1[n];
+            s2 += a[n] * b2[n];
+            s3 += a[n] * b3[n];
+          }
+          w[k] = double(s0);
+          w[k + 1] = double(s1);
+          w[k + 2] = double(s2);
+          w[k + 3] = double(s3);
+        }
+        for (; k < K; ++k) {
+          const T* b = B + k * N;
+          T s = 0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t n = n0; n < n1; ++n) s += a[n] * b[n];
+          w[k] = double(s);
+        }
+      }
+    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) {
+        double total = 0;
+        for (int64_t blk = 0; blk < blocks; ++blk) total += work[(blk * M + m) * K + k];
+        C[m * K + k] = T(double(C[m * K + k]) + total);
+      }
+  }
+
   static void channel_sum(int64_t N, int64_t C, int64_t L, const T* in, T* out) {
 #pragma omp parallel for schedule(static) if (N * C * L > kConvParallelGrain)
     for (int64_t c = 0; c < C; ++c) {
@@ -134,4 +224,11 @@ template <class T> struct ConvKernels {
   }                                                                                                       \
   void channel_sum_##SUFFIX(int64_t N, int64_t C, int64_t L, const T* in, T* out) {                       \
     ConvKernels<T>::channel_sum(N, C, L, in, out);                                                        \
+  }                                                                                                       \
+  void conv_gemm_wide_##SUFFIX(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak,     \
+                               const T* B, T* C) {                                                        \
+    ConvKernels<T>::gemm_wide(M, K, N, A, sam, sak, B, C);                                                \
+  }                                                                                                       \
+  void conv_gemm_dots_##SUFFIX(int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* w) { \
+    ConvKernels<T>::gemm_dots(M, K, N, A, B, C, w);                                                       \
   }
