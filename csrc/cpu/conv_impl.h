@@ -114,32 +114,30 @@ template <class T> struct ConvKernels {
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t n0 = t * kNB;
       if (n0 + kNB <= N) {
-        for (int64_t m = 0; m < M; ++m) {
-          T acc[kNB];  // set by the first product (K >= 1): a zeroing memset here cost a third of the time
-          const T a0 = A[m * sam];
-          for (int64_t j = 0; j < kNB; ++j) acc[j] = a0 * B[n0 + j];
-          for (int64_t k = 1; k < K; ++k) {
-            const T a = A[m * sam + k * sak];
-            const T* b = B + k * N + n0;
-            for (int64_t j = 0; j < kNB; ++j) acc[j] += a * b[j];
-          }
-          T* c = C + m * N + n0;
-          for (int64_t j = 0; j < kNB; ++j) c[j] = acc[j];
-        }
+        wide_block<true>(M, K, N, A, sam, sak, B, C, n0, kNB);
       } else {
-        const int64_t nb = N - n0;
-        for (int64_t m = 0; m < M; ++m) {
-          T acc[kNB];
-          for (int64_t j = 0; j < nb; ++j) acc[j] = T(0);
-          for (int64_t k = 0; k < K; ++k) {
-            const T a = A[m * sam + k * sak];
-            const T* b = B + k * N + n0;
-            for (int64_t j = 0; j < nb; ++j) acc[j] += a * b[j];
-          }
-          T* c = C + m * N + n0;
-          for (int64_t j = 0; j < nb; ++j) c[j] = acc[j];
-        }
+        wide_block<false>(M, K, N, A, sam, sak, B, C, n0, N - n0);
       }
+    }
+  }
+
+  // Columns [n0, n0 + nb) of every output row; full: nb is kNB, a compile-time count, so the
+  // accumulators stay in registers.
+  template <bool full>
+  static void wide_block(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C,
+                         int64_t n0, int64_t nb_) {
+    const int64_t nb = full ? kNB : nb_;
+    for (int64_t m = 0; m < M; ++m) {
+      T acc[kNB];  // set by the first product (K >= 1): a zeroing memset here cost a third of the time
+      const T a0 = A[m * sam];
+      for (int64_t j = 0; j < nb; ++j) acc[j] = a0 * B[n0 + j];
+      for (int64_t k = 1; k < K; ++k) {
+        const T a = A[m * sam + k * sak];
+        const T* b = B + k * N + n0;
+        for (int64_t j = 0; j < nb; ++j) acc[j] += a * b[j];
+      }
+      T* c = C + m * N + n0;
+      for (int64_t j = 0; j < nb; ++j) c[j] = acc[j];
     }
   }
 

@@ -27,19 +27,24 @@ constexpr int64_t kPoolParallelGrain = 1 << 14;
 // cross-entropy: smaller ones are better left in the cache for the next layer.
 constexpr int64_t kStreamBytes = int64_t(32) << 20;
 
-// f(stride as a compile-time constant) for the strides the lanes take (1 or 2); f returns whether it
-// ran. False for other strides.
-template <class F> bool with_lane_stride(int64_t stride, F&& f) {
-  if (stride == 1) return f(std::integral_constant<int64_t, 1>{});
-  if (stride == 2) return f(std::integral_constant<int64_t, 2>{});
-  return false;
-}
-
 // Largest per-thread scratch plane (elements) the lanes use; larger planes take the generic loops,
 // which need none (a padded copy of a huge plane per thread could exhaust memory).
 constexpr int64_t kLaneScratch = int64_t(1) << 22;
 
 template <class T, class L> struct PoolKernels {
+  // Runs f(column stride as a compile-time constant) and returns true when the lanes take the case:
+  // stride 1 or 2, and scratch planes within kLaneScratch (DW: the kernel's column dilation).
+  template <class F> static bool with_lanes(const Pool2dGeom& g, int64_t DW, F&& f) {
+    const auto take = [&](auto s) {
+      if (!Lanes<L>::template fits<s.value>(g, DW)) return false;
+      f(s);
+      return true;
+    };
+    if (g.SW == 1) return take(std::integral_constant<int64_t, 1>{});
+    if (g.SW == 2) return take(std::integral_constant<int64_t, 2>{});
+    return false;
+  }
+
   static int64_t first_tap(int64_t start, int64_t d) {
     while (start < 0) start += d;  // the first dilated tap inside the input
     return start;
@@ -76,12 +81,7 @@ template <class T, class L> struct PoolKernels {
     // planes of 2^31 elements or more take the 64-bit loop.
     if (plane_in >= (int64_t(1) << 31)) return max_forward_rows<int64_t>(g, in, out, indices);
     if constexpr (Lanes<L>::kOn) {
-      if (with_lane_stride(g.SW, [&](auto s) {
-            if (!Lanes<L>::template fits<s.value>(g, g.DW)) return false;
-            Lanes<L>::template max_forward<s.value>(g, in, out, indices);
-            return true;
-          }))
-        return;
+      if (with_lanes(g, g.DW, [&](auto s) { Lanes<L>::template max_forward<s.value>(g, in, out, indices); })) return;
     }
     max_forward_rows<int32_t>(g, in, out, indices);
   }
@@ -157,12 +157,7 @@ template <class T, class L> struct PoolKernels {
   // Row at a time, as max_forward: sums in torch's tap order, then one division per output.
   static void avg_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {
     if constexpr (Lanes<L>::kOn) {
-      if (with_lane_stride(g.SW, [&](auto s) {
-            if (!Lanes<L>::template fits<s.value>(g, 1)) return false;
-            Lanes<L>::template avg_forward<s.value>(g, o, in, out);
-            return true;
-          }))
-        return;
+      if (with_lanes(g, 1, [&](auto s) { Lanes<L>::template avg_forward<s.value>(g, o, in, out); })) return;
     }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
@@ -188,11 +183,7 @@ template <class T, class L> struct PoolKernels {
   // tap; for one tap the outputs of a row write distinct inputs, so the loop over them vectorizes.
   static void avg_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in) {
     if constexpr (Lanes<L>::kOn) {
-      if (with_lane_stride(g.SW, [&](auto s) {
-            if (!Lanes<L>::template fits<s.value>(g, 1)) return false;
-            Lanes<L>::template avg_backward<s.value>(g, o, grad_out, grad_in);
-            return true;
-          }))
+      if (with_lanes(g, 1, [&](auto s) { Lanes<L>::template avg_backward<s.value>(g, o, grad_out, grad_in); }))
         return;
     }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
