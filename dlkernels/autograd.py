@@ -125,7 +125,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        return below_autograd(_ops.adaptive_avg_pool2d_backward, grad_output, input), None
+        return _ops.adaptive_avg_pool2d_backward(grad_output, input), None
 
 
 for _name, _fn in (("max_pool2d_forward", MaxPool2dFunction), ("avg_pool2d_forward", AvgPool2dFunction),

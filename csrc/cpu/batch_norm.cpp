@@ -18,8 +18,8 @@ int64_t batch_norm_workspace_size(const BatchNormGeom& g) { return 2 * bn_split(
 // The channel's tensors (x, dy, y, dx) stay in the 1 MiB L2 between the two passes, and there are
 // enough channels to share among the threads. 256 KiB a tensor takes in the benchmark's 16x64x56x56
 // (196 KiB a channel), which the earlier 192 KiB bound missed: fwd+bwd 3.72 -> 2.97 ms (BN) and
-// 3.87 -> 3.42 ms (BN+ReLU), medians of 30 alternating runs in one process. Depends on the sizes only, so results never depend on the
-// thread count.
+// 3.87 -> 3.42 ms (BN+ReLU), medians of 30 alternating runs in one process. Depends on the sizes only,
+// so results never depend on the thread count.
 bool batch_norm_fused_fits(const BatchNormGeom& g, int64_t element_size) {
   return !g.channels_last && g.C >= 4 && g.count() * element_size <= (int64_t(256) << 10);
 }

@@ -39,22 +39,24 @@ template <class T> struct BnKernels {
   // ReLU as arithmetic, (v + |v|) / 2: exact, NaN passes as in torch, and branch-free. GCC turned both
   // std::max and a select here into a branch in the float loops (mispredicted half the time: 17 ms
   // instead of 0.8 ms at 16x64x56x56).
-  static double relu_of(double v) { return 0.5 * (v + std::fabs(v)); }
+  // V: double in the float64 loops, T in the elementwise passes.
+  template <class V> static V relu_of(V v) { return V(0.5) * (v + std::fabs(v)); }
 
   // The ReLU's gradient mask comes from the saved output: y > 0 exactly where the pre-activation was.
   // relu is a template argument so that each loop is branch-free (a value select).
   // The mask is applied to dy's bits (an integer and), which the vectorizer takes; it would not
   // if-convert a select here, and the branch it left was mispredicted half the time.
   using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  template <bool relu> static double dz_of(T dy, T y) {
-    if (!relu) return double(dy);
+  template <bool relu> static T dz_t(T dy, T y) {
+    if (!relu) return dy;
     Bits b;
     std::memcpy(&b, &dy, sizeof(T));
     b &= Bits(0) - Bits(y > T(0));
     T masked;
     std::memcpy(&masked, &b, sizeof(T));
-    return double(masked);
+    return masked;
   }
+  template <bool relu> static double dz_of(T dy, T y) { return double(dz_t<relu>(dy, y)); }
 
   // Planar layout: sum of (x - s) and of (x - s)^2 over the planes of block blk of channel c.
   static void stats_block(const BatchNormGeom& g, const BnSplit& sp, const T* x, int64_t c, int64_t blk, double s,
@@ -163,17 +165,7 @@ template <class T> struct BnKernels {
   // The elementwise passes work in T (float32 for float32 tensors, as torch's kernels do): only the
   // per-channel constants come from the float64 statistics. Done in double, the two conversions per
   // element were most of the training time (the statistics stay in double).
-  static T relu_t(T v) { return T(0.5) * (v + std::fabs(v)); }
-  template <bool relu> static T dz_t(T dy, T y) {
-    if (!relu) return dy;
-    Bits b;
-    std::memcpy(&b, &dy, sizeof(T));
-    b &= Bits(0) - Bits(y > T(0));
-    T masked;
-    std::memcpy(&masked, &b, sizeof(T));
-    return masked;
-  }
-
+  //
   // The mean as T in two parts, mh + ml: x - mh is exact for x near the mean (Sterbenz), so
   // (x - mh) - ml keeps x - mean accurate to T's rounding of the difference itself. With the mean
   // rounded to one float32, inputs like 1000 + noise lost up to 3e-5 (half an ulp of 1000) in every
@@ -189,11 +181,11 @@ template <class T> struct BnKernels {
     const T s = T(s_), b = T(b_);
     // Four loop versions so that each inner loop is branch-free.
     if (r && relu) {
-      for (int64_t l = 0; l < L; ++l) q[l] = relu_t(m.centered(p[l]) * s + b + r[l]);
+      for (int64_t l = 0; l < L; ++l) q[l] = relu_of(m.centered(p[l]) * s + b + r[l]);
     } else if (r) {
       for (int64_t l = 0; l < L; ++l) q[l] = m.centered(p[l]) * s + b + r[l];
     } else if (relu) {
-      for (int64_t l = 0; l < L; ++l) q[l] = relu_t(m.centered(p[l]) * s + b);
+      for (int64_t l = 0; l < L; ++l) q[l] = relu_of(m.centered(p[l]) * s + b);
     } else {
       for (int64_t l = 0; l < L; ++l) q[l] = m.centered(p[l]) * s + b;
     }

@@ -120,22 +120,23 @@ template <class T, class L> struct PoolKernels {
     }
   }
 
+  // One plane's max-pooling gradient: gi zeroed, then each output's gradient added at its index.
+  static void max_scatter(const T* go, const int64_t* idx, int64_t plane_in, int64_t plane_out, T* gi) {
+    for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
+    for (int64_t o = 0; o < plane_out; ++o) {
+      const int64_t i = idx[o];
+      if (i >= 0 && i < plane_in) gi[i] += go[o];  // an empty window's index may point nowhere
+    }
+  }
+
   static void max_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in) {
     if constexpr (Lanes<L>::kOn) {
       if (g.H * g.W <= kLaneScratch) return Lanes<L>::max_backward(g, grad_out, indices, grad_in);
     }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes() * (plane_in + plane_out) > kPoolParallelGrain)
-    for (int64_t pl = 0; pl < g.planes(); ++pl) {
-      T* gi = grad_in + pl * plane_in;
-      const T* go = grad_out + pl * plane_out;
-      const int64_t* idx = indices + pl * plane_out;
-      for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
-      for (int64_t o = 0; o < plane_out; ++o) {
-        const int64_t i = idx[o];
-        if (i >= 0 && i < plane_in) gi[i] += go[o];  // an empty window's index may point nowhere
-      }
-    }
+    for (int64_t pl = 0; pl < g.planes(); ++pl)
+      max_scatter(grad_out + pl * plane_out, indices + pl * plane_out, plane_in, plane_out, grad_in + pl * plane_in);
   }
 
   // Window of output (oh, ow) clipped to the input, and the divisor torch uses for it.
@@ -247,10 +248,6 @@ template <class T, class L> struct PoolKernels {
       }
     }
 
-    // Each block's best value and position stay in registers across its taps (torch's order:
-    // input row outer, kernel column inner); positions are those of the unpadded plane. A padding
-    // column holds -inf, which never replaces anything (strictly greater is needed), so a window of
-    // -inf inputs keeps torch's first-tap position, as in the generic loop.
     // The common kernel widths 2 and 3 at dilation 1 are compiled with the width known (KWc), so the
     // tap loop unrolls; KWc = 0 takes g.KW and g.DW at run time.
     template <int64_t S> static void max_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
@@ -267,9 +264,9 @@ template <class T, class L> struct PoolKernels {
 #pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
       {
         // Output plane scratch: each row's blocks are stored at its start, the last block spilling
-        // into the next row, which is written after it (so OW + 2 kW extra is enough).
-        std::vector<T> xp(g.H * p.Wp), yp(plane_out + 2 * kW);
-        std::vector<int32_t> rp(plane_out + 2 * kW), first_col(p.OWr + kW);
+        // into the next row, which is written after it (OWr < OW + kW, so kW extra is enough).
+        std::vector<T> xp(g.H * p.Wp), yp(plane_out + kW);
+        std::vector<int32_t> rp(plane_out + kW), first_col(p.OWr);
         for (int64_t ow = 0; ow < p.OWr; ++ow) first_col[ow] = int32_t(first_tap(ow * S - g.PW, g.DW));
 #pragma omp for schedule(static)
         for (int64_t pl = 0; pl < g.planes(); ++pl) {
@@ -410,13 +407,7 @@ template <class T, class L> struct PoolKernels {
         std::vector<T> gp(plane_in);
 #pragma omp for schedule(static)
         for (int64_t pl = 0; pl < g.planes(); ++pl) {
-          std::fill(gp.begin(), gp.end(), T(0));
-          const T* go = grad_out + pl * plane_out;
-          const int64_t* idx = indices + pl * plane_out;
-          for (int64_t o = 0; o < plane_out; ++o) {
-            const int64_t i = idx[o];
-            if (i >= 0 && i < plane_in) gp[i] += go[o];  // an empty window's index may point nowhere
-          }
+          max_scatter(grad_out + pl * plane_out, indices + pl * plane_out, plane_in, plane_out, gp.data());
           Ln::copy(grad_in + pl * plane_in, gp.data(), plane_in, stream);
         }
         Ln::done(stream);
@@ -494,22 +485,22 @@ template <class T, class L> struct PoolKernels {
 }  // namespace
 }  // namespace dlk::cpu
 
-#define DLK_POOL_DEFINE(SUFFIX, T, LANES)                                                                             \
-  void max_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, int64_t* idx) {                   \
-    PoolKernels<T, LANES>::max_forward(g, in, out, idx);                                                              \
-  }                                                                                                            \
-  void max_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi) {             \
-    PoolKernels<T, LANES>::max_backward(g, go, idx, gi);                                                              \
-  }                                                                                                            \
-  void avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {        \
-    PoolKernels<T, LANES>::avg_forward(g, o, in, out);                                                                \
-  }                                                                                                            \
-  void avg_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi) {        \
-    PoolKernels<T, LANES>::avg_backward(g, o, go, gi);                                                                \
-  }                                                                                                            \
-  void adaptive_avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out) {                        \
-    PoolKernels<T, LANES>::adaptive_forward(g, in, out);                                                              \
-  }                                                                                                            \
-  void adaptive_avg_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, T* gi) {                        \
-    PoolKernels<T, LANES>::adaptive_backward(g, go, gi);                                                              \
+#define DLK_POOL_DEFINE(SUFFIX, T, LANES)                                                                              \
+  void max_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, int64_t* idx) {                           \
+    PoolKernels<T, LANES>::max_forward(g, in, out, idx);                                                               \
+  }                                                                                                                    \
+  void max_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi) {                     \
+    PoolKernels<T, LANES>::max_backward(g, go, idx, gi);                                                               \
+  }                                                                                                                    \
+  void avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {                \
+    PoolKernels<T, LANES>::avg_forward(g, o, in, out);                                                                 \
+  }                                                                                                                    \
+  void avg_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi) {                \
+    PoolKernels<T, LANES>::avg_backward(g, o, go, gi);                                                                 \
+  }                                                                                                                    \
+  void adaptive_avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out) {                                \
+    PoolKernels<T, LANES>::adaptive_forward(g, in, out);                                                               \
+  }                                                                                                                    \
+  void adaptive_avg_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, T* gi) {                                \
+    PoolKernels<T, LANES>::adaptive_backward(g, go, gi);                                                               \
   }

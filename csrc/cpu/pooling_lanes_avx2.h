@@ -41,8 +41,8 @@ struct PoolLanes {
   }
 
   // torch's max pooling test: a later tap replaces the best so far when strictly greater, or NaN.
-  static R take(R v, R best) { return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q)); }
   static R nan_mask(R v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+  static R take(R v, R best) { return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), nan_mask(v)); }
   static R select(R m, R a, R b) { return _mm256_blendv_ps(b, a, m); }  // m ? a : b
   static I select_i(R m, I a, I b) {
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(a), m));

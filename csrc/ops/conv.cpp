@@ -272,6 +272,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   if (c.N == 0) return out;
   const Kernels k{x};
   const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
+  const bool small = small_gemm(c, x);
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
   Tensor y_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
@@ -286,7 +287,6 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
       k.im2col(g, x, n0 * image, col);
     }
     const Tensor col3 = col.view({c.G, c.rows_per_group(), B * L});
-    const bool small = small_gemm(c, x);
     if (B == 1) {  // the (OC, L) block is the image itself
       Tensor y = out[n0].view({c.G, c.OC / c.G, L});
       small ? small_gemm_wide(y, w3, false, col3) : gemm(y, w3, col3);
@@ -325,7 +325,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   }
   if (c.N == 0 || !(output_mask[0] || output_mask[1])) return {grad_input, grad_weight, grad_bias};
   Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();
-  const Tensor wT3 = w.view({c.G, OCg, Rg}).transpose(1, 2);  // (G, Rg, OCg)
+  const Tensor w3 = w.view({c.G, OCg, Rg}), wT3 = w3.transpose(1, 2);  // (G, OCg, Rg), (G, Rg, OCg)
+  const bool small = small_gemm(c, x);
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
   Tensor gy_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
@@ -340,7 +341,6 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       k.images_to_rows(B, c.OC, L, go, n0 * c.OC * L, gy);
     }
     Tensor col = c.direct ? x[n0].view({c.G, Rg, L}) : col_buf.narrow(0, 0, rows * B * L).view({c.G, Rg, B * L});
-    const bool small = small_gemm(c, x);
     if (output_mask[1]) {
       if (!c.direct) k.im2col(g, x, n0 * image, col);
       if (small) {
@@ -350,7 +350,6 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       }
     }
     if (output_mask[0]) {
-      const Tensor w3 = w.view({c.G, OCg, Rg});
       if (c.direct) {
         Tensor gi = grad_input[n0].view({c.G, Rg, L});
         small ? small_gemm_wide(gi, w3, true, gy) : gemm(gi, wT3, gy);
