@@ -169,7 +169,8 @@ def _batch_norm_forward_fake(input, weight, bias, running_mean, running_var, tra
 
 
 @torch.library.register_fake("dlkernels::batch_norm_backward")
-def _batch_norm_backward_fake(grad_output, input, output, weight, save_mean, save_invstd, training, relu, output_mask):
+def _batch_norm_backward_fake(grad_output, input, output, weight, save_mean, save_invstd, training, relu, output_mask,
+                              bias=None, relu_from_input=False):
     param = weight.dtype if weight is not None else input.dtype
     return (_bn_like(input) if output_mask[0] else input.new_empty((0,)),
             _per_channel(input, param) if output_mask[1] else input.new_empty((0,)),

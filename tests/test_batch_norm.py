@@ -192,6 +192,9 @@ def test_opcheck(device):
         for mask in ([True, True, True, res is not None], [False, True, False, False], [True, False, False, False]):
             torch.library.opcheck(ops.batch_norm_backward.default,
                                   (torch.randn_like(x), x, y if relu else None, w, m, i, True, relu, mask))
+            torch.library.opcheck(ops.batch_norm_backward.default,
+                                  (torch.randn_like(x), x, y if relu else None, w, m, i, True, relu, mask, b,
+                                   res is None))
     torch.library.opcheck(ops.batch_norm_stats.default, (x,))
     m, v = ops.batch_norm_stats(x)
     i = torch.rsqrt(v + 1e-5)
@@ -215,6 +218,45 @@ def test_isa_paths_match_scalar():
     for isa in results:
         for a, c in zip(results[isa], results["scalar"]):
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_mask_recomputed_from_input_is_the_outputs(dtype):
+    """Without a residual, the CPU planar backward recomputes the ReLU mask from the input
+    (relu_from_input=True) instead of reading output > 0: it must give the same bits, on every ISA, also
+    where the pre-activation is exactly 0 (bias chosen to cancel (x - mean) * scale for a repeated x)."""
+    ops = torch.ops.dlkernels
+    gen = torch.Generator().manual_seed(5)
+    for isa in dlkernels.supported_cpu_isas():
+        with dlkernels.use_cpu_isa(isa):
+            for shape, affine in (((4, 6, 9, 7), True), ((3, 5, 11, 1), False), ((2, 3, 33, 17), True)):
+                c = shape[1]
+                # values on a grid of 1/8, so that many elements repeat the one whose pre-activation is cancelled
+                x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 8).round().div(8).to(dtype) + 3
+                w = torch.randn(c, generator=gen, dtype=dtype) if affine else None
+                _, mean, invstd = ops.batch_norm_forward(x, w, None, None, None, True, 0.1, 1e-5, None, True)
+                # the forward's pre-activation without bias, in its arithmetic: ((x - hi) - lo) * scale in dtype
+                hi = mean.to(dtype)
+                lo = (mean - hi.double()).to(dtype)
+                scale = ((w.double() if affine else 1.0) * invstd).to(dtype)
+                view = (1, c) + (1,) * (len(shape) - 2)
+                t = ((x - hi.view(view)) - lo.view(view)) * scale.view(view)
+                b = -t[1].reshape(c, -1)[:, 0]  # cancels exactly for x equal to that element's value
+                y, m, i = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, None, True)
+                exact_zero = (t + b.view(view)) == 0
+                assert exact_zero.sum() > c, "the test needs pre-activations at exactly 0"
+                assert torch.equal(y > 0, (t + b.view(view)) > 0)
+                dy = torch.randn(shape, generator=gen, dtype=dtype)
+                for mask in ([True, True, True, False], [True, False, False, False]):
+                    from_y = ops.batch_norm_backward(dy, x, y, w, m, i, True, True, mask, b, False)
+                    from_x = ops.batch_norm_backward(dy, x, y, w, m, i, True, True, mask, b, True)
+                    for a, e in zip(from_x, from_y):
+                        assert torch.equal(a, e), (isa, shape, mask)
+                    gi = from_x[0]
+                    # where the mask is off, dx is the constant k_1 + (x - mean) * k_x part only: check the
+                    # mask itself through a gradient whose dy vanishes off the mask
+                    only = ops.batch_norm_backward(dy * (y > 0), x, y, w, m, i, True, True, mask, b, True)[0]
+                    assert torch.equal(gi, only), (isa, shape)
 
 
 def test_deterministic_across_thread_counts():

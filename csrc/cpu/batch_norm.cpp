@@ -47,17 +47,17 @@ DLK_ISA_DISPATCH(batch_norm_train_forward,
                 (g, x, weight, bias, eps, residual, relu, y, mean, var, invstd))
 DLK_ISA_DISPATCH(batch_norm_train_backward,
                 (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
-                 const double* invstd, const double* weight, double* sum_dz, double* sum_dz_xmu, T* grad_input,
-                 T* grad_residual),
-                (g, dy, x, y, relu, mean, invstd, weight, sum_dz, sum_dz_xmu, grad_input, grad_residual))
+                 const double* invstd, const double* weight, const double* bias, double* sum_dz, double* sum_dz_xmu,
+                 T* grad_input, T* grad_residual),
+                (g, dy, x, y, relu, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input, grad_residual))
 
 #define DLK_BN_INSTANTIATE(T)                                                                                 \
   template void batch_norm_stats<T>(const BatchNormGeom&, const T*, double*, double*, double*);               \
   template void batch_norm_train_forward<T>(const BatchNormGeom&, const T*, const double*, const double*, double, \
                                             const T*, bool, T*, double*, double*, double*);                   \
   template void batch_norm_train_backward<T>(const BatchNormGeom&, const T*, const T*, const T*, bool,        \
-                                             const double*, const double*, const double*, double*, double*,   \
-                                             T*, T*);                                                         \
+                                             const double*, const double*, const double*, const double*,      \
+                                             double*, double*, T*, T*);                                       \
   template void batch_norm_apply<T>(const BatchNormGeom&, const T*, const double*, const double*,             \
                                     const double*, const T*, bool, T*);                                       \
   template void batch_norm_backward_reduce<T>(const BatchNormGeom&, const T*, const T*, const T*, bool,       \

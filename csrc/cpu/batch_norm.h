@@ -37,17 +37,21 @@ bool batch_norm_fused_fits(const BatchNormGeom& g, int64_t element_size);
 template <class T>
 void batch_norm_train_forward(const BatchNormGeom& g, const T* x, const double* weight, const double* bias, double eps,
                               const T* residual, bool relu, T* y, double* mean, double* var, double* invstd);
+// With relu and y == nullptr, the ReLU mask is recomputed from x: the forward's pre-activation
+// (x - mean) * weight * invstd + bias, with its exact arithmetic (so the same mask bits), > 0; valid
+// for batch_norm_relu without a residual, and saves reading y. bias (double, C) may be nullptr (0).
 template <class T>
 void batch_norm_train_backward(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,
-                               const double* mean, const double* invstd, const double* weight, double* sum_dz,
-                               double* sum_dz_xmu, T* grad_input, T* grad_residual);
+                               const double* mean, const double* invstd, const double* weight, const double* bias,
+                               double* sum_dz, double* sum_dz_xmu, T* grad_input, T* grad_residual);
 
 #define DLK_BN_DECLARE(SUFFIX, T)                                                                               \
   void batch_norm_stats_##SUFFIX(const BatchNormGeom&, const T*, double*, double*, double*);                    \
   void batch_norm_train_forward_##SUFFIX(const BatchNormGeom&, const T*, const double*, const double*, double,    \
                                          const T*, bool, T*, double*, double*, double*);                         \
   void batch_norm_train_backward_##SUFFIX(const BatchNormGeom&, const T*, const T*, const T*, bool,             \
-                                          const double*, const double*, const double*, double*, double*, T*, T*); \
+                                          const double*, const double*, const double*, const double*, double*,    \
+                                          double*, T*, T*);                                                       \
   void batch_norm_apply_##SUFFIX(const BatchNormGeom&, const T*, const double*, const double*, const double*,   \
                                  const T*, bool, T*);                                                           \
   void batch_norm_backward_reduce_##SUFFIX(const BatchNormGeom&, const T*, const T*, const T*, bool,            \

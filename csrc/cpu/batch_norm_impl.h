@@ -6,6 +6,10 @@
 // (omp simd reduction: a fixed order for a given ISA, independent of the thread count). Channels-last layout (and
 // (N, C) input): a task is a block of rows, each row all C channels, and the loops run across channels.
 #pragma once
+// No fused multiply-add contraction in these loops: every elementwise result is then the same bits on
+// every ISA path and in every loop that computes it (vector body or scalar tail), which the ReLU mask
+// recomputation below relies on (train_backward recomputes the forward's pre-activation from x).
+#pragma GCC optimize("fp-contract=off")
 // Standard headers come before the ISA pragma in the including file.
 #include <algorithm>
 #include <cmath>
@@ -78,10 +82,42 @@ template <class T> struct BnKernels {
     b_out = b;
   }
 
+  // The elementwise passes work in T (float32 for float32 tensors, as torch's kernels do): only the
+  // per-channel constants come from the float64 statistics. Done in double, the two conversions per
+  // element were most of the training time (the statistics stay in double).
+  //
+  // The mean as T in two parts, mh + ml: x - mh is exact for x near the mean (Sterbenz), so
+  // (x - mh) - ml keeps x - mean accurate to T's rounding of the difference itself. With the mean
+  // rounded to one float32, inputs like 1000 + noise lost up to 3e-5 (half an ulp of 1000) in every
+  // output, more than torch loses. For double, ml is 0.
+  struct SplitMean {
+    T hi, lo;
+    explicit SplitMean(double m) : hi(T(m)), lo(T(m - double(T(m)))) {}
+    T centered(T x) const { return (x - hi) - lo; }
+  };
+
+  // Where the ReLU's gate comes from: none (no ReLU), the saved output y (y > 0), or the pre-activation
+  // recomputed from x (PreAct, the forward's own expression, so the same bits: saves reading y).
+  enum Gate { kNoRelu, kGateY, kGateX };
+
+  // The forward's pre-activation (x - mean) * scale + beta in T, as apply_plane computes it.
+  struct PreAct {
+    SplitMean m;
+    T s, b;
+    PreAct(double m_, double s_, double b_) : m(m_), s(T(s_)), b(T(b_)) {}
+    T operator()(T x) const { return m.centered(x) * s + b; }
+  };
+
+  template <Gate gate> static T dz_at(T dy, T x, T y, const PreAct& pre) {
+    if constexpr (gate == kNoRelu) return dy;
+    if constexpr (gate == kGateY) return dz_t<true>(dy, y);
+    return dz_t<true>(dy, pre(x));
+  }
+
   // Planar layout: sum of dz and of dz * (x - m) over the planes of block blk of channel c.
-  template <bool relu>
+  template <Gate gate>
   static void reduce_block(const BatchNormGeom& g, const BnSplit& sp, const T* dy, const T* x, const T* y, int64_t c,
-                           int64_t blk, double m, double& a_out, double& b_out) {
+                           int64_t blk, double m, const PreAct& pre, double& a_out, double& b_out) {
     double a = 0, b = 0;
     const int64_t n1 = std::min(g.N, (blk + 1) * sp.per_block);
     for (int64_t n = blk * sp.per_block; n < n1; ++n) {
@@ -89,7 +125,7 @@ template <class T> struct BnKernels {
       const T *pd = dy + o, *px = x + o, *py = y + o;
 #pragma omp simd reduction(+ : a, b)
       for (int64_t l = 0; l < g.L; ++l) {
-        const double dz = dz_of<relu>(pd[l], py[l]);
+        const double dz = double(dz_at<gate>(pd[l], px[l], py[l], pre));
         a += dz;
         b += dz * (double(px[l]) - m);
       }
@@ -126,80 +162,73 @@ template <class T> struct BnKernels {
     }
   }
 
-  template <bool relu>
+  template <Gate gate>
   static void train_backward_impl(const BatchNormGeom& g, const T* dy, const T* x, const T* y, const double* mean,
-                                  const double* invstd, const double* weight, double* sum_dz, double* sum_dz_xmu,
-                                  T* grad_input, T* grad_residual) {
+                                  const double* invstd, const double* weight, const double* bias, double* sum_dz,
+                                  double* sum_dz_xmu, T* grad_input, T* grad_residual) {
     const BnSplit sp = bn_split(g);
     const double n_total = double(g.count());
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < g.C; ++c) {
+      // k_dz is also the forward's scale (weight * invstd, the same double), so pre is its pre-activation.
+      const double k_dz = (weight ? weight[c] : 1.0) * invstd[c];
+      const PreAct pre(mean[c], k_dz, bias ? bias[c] : 0.0);
       double a = 0, b = 0;
       for (int64_t blk = 0; blk < sp.blocks; ++blk) {
         double pa, pb;
-        reduce_block<relu>(g, sp, dy, x, y, c, blk, mean[c], pa, pb);
+        reduce_block<gate>(g, sp, dy, x, y, c, blk, mean[c], pre, pa, pb);
         a += pa;
         b += pb;
       }
       sum_dz[c] = a;
       sum_dz_xmu[c] = b;
       // the ops layer's formulas, in the same order: k_x = -(k_dz * invstd * invstd * sum_dz_xmu / n)
-      const double k_dz = (weight ? weight[c] : 1.0) * invstd[c];
       const double k_x = -(k_dz * invstd[c] * invstd[c] * b / n_total), k_1 = -(k_dz * a / n_total);
       for (int64_t n = 0; n < g.N; ++n) {
         const int64_t o = (n * g.C + c) * g.L;
-        backward_plane<relu>(dy + o, x + o, y + o, mean[c], k_dz, k_x, k_1, grad_input ? grad_input + o : nullptr,
+        backward_plane<gate>(dy + o, x + o, y + o, pre, k_dz, k_x, k_1, grad_input ? grad_input + o : nullptr,
                              grad_residual ? grad_residual + o : nullptr, g.L);
       }
     }
   }
 
+  // y == nullptr with relu: the gate is recomputed from x (batch_norm_relu without a residual only).
   static void train_backward(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
-                             const double* invstd, const double* weight, double* sum_dz, double* sum_dz_xmu,
-                             T* grad_input, T* grad_residual) {
-    if (relu) return train_backward_impl<true>(g, dy, x, y, mean, invstd, weight, sum_dz, sum_dz_xmu, grad_input,
-                                               grad_residual);
-    train_backward_impl<false>(g, dy, x, dy, mean, invstd, weight, sum_dz, sum_dz_xmu, grad_input, grad_residual);
+                             const double* invstd, const double* weight, const double* bias, double* sum_dz,
+                             double* sum_dz_xmu, T* grad_input, T* grad_residual) {
+    if (relu && y)
+      return train_backward_impl<kGateY>(g, dy, x, y, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,
+                                         grad_residual);
+    if (relu)
+      return train_backward_impl<kGateX>(g, dy, x, dy, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,
+                                         grad_residual);
+    train_backward_impl<kNoRelu>(g, dy, x, dy, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,
+                                 grad_residual);
   }
 
-  // The elementwise passes work in T (float32 for float32 tensors, as torch's kernels do): only the
-  // per-channel constants come from the float64 statistics. Done in double, the two conversions per
-  // element were most of the training time (the statistics stay in double).
-  //
-  // The mean as T in two parts, mh + ml: x - mh is exact for x near the mean (Sterbenz), so
-  // (x - mh) - ml keeps x - mean accurate to T's rounding of the difference itself. With the mean
-  // rounded to one float32, inputs like 1000 + noise lost up to 3e-5 (half an ulp of 1000) in every
-  // output, more than torch loses. For double, ml is 0.
-  struct SplitMean {
-    T hi, lo;
-    explicit SplitMean(double m) : hi(T(m)), lo(T(m - double(T(m)))) {}
-    T centered(T x) const { return (x - hi) - lo; }
-  };
-
   static void apply_plane(const T* p, double m_, double s_, double b_, const T* r, bool relu, T* q, int64_t L) {
-    const SplitMean m(m_);
-    const T s = T(s_), b = T(b_);
+    const PreAct pre(m_, s_, b_);
     // Four loop versions so that each inner loop is branch-free.
     if (r && relu) {
-      for (int64_t l = 0; l < L; ++l) q[l] = relu_of(m.centered(p[l]) * s + b + r[l]);
+      for (int64_t l = 0; l < L; ++l) q[l] = relu_of(pre(p[l]) + r[l]);
     } else if (r) {
-      for (int64_t l = 0; l < L; ++l) q[l] = m.centered(p[l]) * s + b + r[l];
+      for (int64_t l = 0; l < L; ++l) q[l] = pre(p[l]) + r[l];
     } else if (relu) {
-      for (int64_t l = 0; l < L; ++l) q[l] = relu_of(m.centered(p[l]) * s + b);
+      for (int64_t l = 0; l < L; ++l) q[l] = relu_of(pre(p[l]));
     } else {
-      for (int64_t l = 0; l < L; ++l) q[l] = m.centered(p[l]) * s + b;
+      for (int64_t l = 0; l < L; ++l) q[l] = pre(p[l]);
     }
   }
 
-  template <bool relu>
-  static void backward_plane(const T* pd, const T* px, const T* py, double m_, double a_, double b_, double k_, T* gi,
-                             T* gr, int64_t L) {
-    const SplitMean m(m_);
+  // grad_input = dz * a + (x - mean) * b + k (pre.m is the mean); grad_residual = dz.
+  template <Gate gate>
+  static void backward_plane(const T* pd, const T* px, const T* py, const PreAct& pre, double a_, double b_, double k_,
+                             T* gi, T* gr, int64_t L) {
     const T a = T(a_), b = T(b_), k = T(k_);
     if (gi)
-      for (int64_t l = 0; l < L; ++l) gi[l] = dz_t<relu>(pd[l], py[l]) * a + m.centered(px[l]) * b + k;
+      for (int64_t l = 0; l < L; ++l) gi[l] = dz_at<gate>(pd[l], px[l], py[l], pre) * a + pre.m.centered(px[l]) * b + k;
     if (gr)
-      for (int64_t l = 0; l < L; ++l) gr[l] = dz_t<relu>(pd[l], py[l]);
+      for (int64_t l = 0; l < L; ++l) gr[l] = dz_at<gate>(pd[l], px[l], py[l], pre);
   }
   // Mean and biased variance from the sums a = sum (x - s), b = sum (x - s)^2 of count values around s.
   static void moments(double a, double b, double inv_count, double s, double& mean, double& var) {
@@ -307,7 +336,8 @@ template <class T> struct BnKernels {
 #pragma omp parallel for schedule(static) if (g.N * C * L > kBnChunk)
       for (int64_t t = 0; t < C * sp.blocks; ++t) {
         const int64_t c = t / sp.blocks, blk = t % sp.blocks;
-        reduce_block<relu>(g, sp, dy, x, y, c, blk, mean[c], work[2 * t], work[2 * t + 1]);
+        reduce_block<relu ? kGateY : kNoRelu>(g, sp, dy, x, y, c, blk, mean[c], PreAct(mean[c], 0, 0), work[2 * t],
+                                              work[2 * t + 1]);
       }
     } else {
       row_blocks(g, sp, work, [&](int64_t i, double* a, double* b) {
@@ -341,7 +371,7 @@ template <class T> struct BnKernels {
 #pragma omp parallel for schedule(static) if (g.N * C * L > kBnChunk)
       for (int64_t t = 0; t < g.N * C; ++t) {
         const int64_t c = t % C, o = t * L;
-        backward_plane<relu>(dy + o, x + o, y + o, mean[c], k_dz[c], k_x[c], k_1[c],
+        backward_plane<relu ? kGateY : kNoRelu>(dy + o, x + o, y + o, PreAct(mean[c], 0, 0), k_dz[c], k_x[c], k_1[c],
                              grad_input ? grad_input + o : nullptr, grad_residual ? grad_residual + o : nullptr, L);
       }
       return;
@@ -375,8 +405,9 @@ template <class T> struct BnKernels {
   }                                                                                                                \
   void batch_norm_train_backward_##SUFFIX(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,  \
                                           const double* mean, const double* invstd, const double* weight,          \
-                                          double* sum_dz, double* sum_dz_xmu, T* grad_input, T* grad_residual) {   \
-    BnKernels<T>::train_backward(g, dy, x, y, relu, mean, invstd, weight, sum_dz, sum_dz_xmu, grad_input,          \
+                                          const double* bias, double* sum_dz, double* sum_dz_xmu, T* grad_input,   \
+                                          T* grad_residual) {                                                      \
+    BnKernels<T>::train_backward(g, dy, x, y, relu, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,    \
                                  grad_residual);                                                                   \
   }                                                                                                                \
   void batch_norm_stats_##SUFFIX(const BatchNormGeom& g, const T* x, double* mean, double* var, double* work) {    \

@@ -346,13 +346,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
                                                                const optional<Tensor>& output,
                                                                const optional<Tensor>& weight, const Tensor& save_mean,
                                                                const Tensor& save_invstd, bool training, bool relu,
-                                                               std::array<bool, 4> output_mask) {
+                                                               std::array<bool, 4> output_mask,
+                                                               const optional<Tensor>& bias, bool relu_from_input) {
   const char* op = "batch_norm_backward";
   check_input(op, input);
   check_grad(op, grad_output, input);
   check_stats(op, "save_mean", save_mean, input);
   check_stats(op, "save_invstd", save_invstd, input);
   if (weight.has_value() && weight->defined()) check_channel(op, "weight", *weight, input);
+  if (bias.has_value() && bias->defined()) check_channel(op, "bias", *bias, input);
   const Layout lay = layout_of(input);
   const Tensor y = relu_output(op, output, relu, input, lay);
   const Tensor dy = in_layout(grad_output, lay), x = in_layout(input, lay), mean = save_mean.contiguous();
@@ -367,14 +369,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
   }
   const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
   if (training && output_mask[0] && x.is_cpu() && cpu::batch_norm_fused_fits(lay.g, x.element_size())) {
-    // a channel at a time, the two sums and the gradient in one sweep (csrc/cpu/batch_norm.h)
+    // a channel at a time, the two sums and the gradient in one sweep (csrc/cpu/batch_norm.h). With
+    // relu_from_input (the caller's word that the forward added no residual) the ReLU mask is recomputed
+    // from x: the forward's arithmetic on the same saved statistics, weight and bias, so the same bits
+    // as output > 0, and one read of output fewer.
     Tensor sum_dz = at::empty({lay.g.C}, x.options().dtype(at::kDouble)), sum_dz_xmu = at::empty_like(sum_dz);
     Tensor gi = empty_in_layout(x, lay), gr = output_mask[3] ? empty_in_layout(x, lay) : empty();
-    const Tensor w64 = channel_f64(weight, input, 1.0), invstd = save_invstd.contiguous();
+    const Tensor w64 = channel_f64(weight, input, 1.0), b64 = channel_f64(bias, input, 0.0);
+    const Tensor invstd = save_invstd.contiguous();
+    const bool gate_from_x = relu && relu_from_input;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.batch_norm_backward", [&] {
       cpu::batch_norm_train_backward<scalar_t>(lay.g, dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                               relu ? y.data_ptr<scalar_t>() : nullptr, relu, f64(mean), f64(invstd),
-                                               f64(w64), sum_dz.data_ptr<double>(), sum_dz_xmu.data_ptr<double>(),
+                                               relu && !gate_from_x ? y.data_ptr<scalar_t>() : nullptr, relu,
+                                               f64(mean), f64(invstd), f64(w64), f64(b64),
+                                               sum_dz.data_ptr<double>(), sum_dz_xmu.data_ptr<double>(),
                                                gi.data_ptr<scalar_t>(),
                                                output_mask[3] ? gr.data_ptr<scalar_t>() : nullptr);
     });

@@ -106,6 +106,6 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_elemt(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& output,
     const c10::optional<at::Tensor>& weight, const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
-    bool relu, std::array<bool, 4> output_mask);
+    bool relu, std::array<bool, 4> output_mask, const c10::optional<at::Tensor>& bias, bool relu_from_input);
 
 }  // namespace dlk::ops
