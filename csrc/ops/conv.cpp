@@ -158,10 +158,11 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
 
 // MKL (2024.2, AVX2 path) on the CPU runs the forward GEMM W (OC, rows) @ col (rows, B*L) of a
 // one-group layer faster when asked for the transposed product (B*L, OC), OC contiguous, once the
-// columns outnumber the filters well: 64 x 576 x 3136 in 1.65 ms instead of 2.1 ms including the
+// columns (of a whole chunk, B_max * L) outnumber the filters well: 64 x 576 x 3136 in 1.65 ms instead of 2.1 ms including the
 // transposing copy back into the images; a loss for square or narrow shapes (256 x 256 x 196: 0.16 ->
 // 0.20 ms; 6 filters: 15x slower). Likewise grad_weight is accumulated transposed, (rows, OC) +=
-// col @ gy^T (1.83 -> 1.43 ms at that shape, 3.4 -> 3.0 ms at 128 x 1152 x 1764, even at 1x1 256).
+// col @ gy^T, for every one-group layer (1.83 -> 1.43 ms at that shape, 3.4 -> 3.0 ms at
+// 128 x 1152 x 1764, the same time at 1x1 256 x 256 x 196). Measured on the 2-core CI host.
 bool transposed_forward(const ConvGeom& c, const Tensor& x, bool small, int64_t cols) {
   return x.is_cpu() && c.G == 1 && !small && c.OC >= 32 && cols >= 8 * c.OC;
 }
@@ -285,8 +286,11 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   const bool small = small_gemm(c, x);
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
-  Tensor y_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
-  Tensor yT_buf = transposed_forward(c, x, small, B_max * L) ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
+  // one choice for every chunk (a smaller last chunk included): the transposed product's buffer, or
+  // the (OC, B*L) product's when a chunk holds more than one image
+  const bool transposed = transposed_forward(c, x, small, B_max * L);
+  Tensor yT_buf = transposed ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
+  Tensor y_buf = B_max > 1 && !transposed ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
   for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
     const int64_t B = std::min(B_max, c.N - n0);
     const Im2colGeom g = chunk_geom(c, B);
@@ -298,7 +302,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
       k.im2col(g, x, n0 * image, col);
     }
     const Tensor col3 = col.view({c.G, c.rows_per_group(), B * L});
-    if (transposed_forward(c, x, small, B * L)) {
+    if (transposed) {
       Tensor yT = yT_buf.narrow(0, 0, B * L * c.OC).view({B * L, c.OC});
       Tensor yT_t = yT.t();  // (OC, B*L) column-major: MKL writes the transposed product
       at::mm_out(yT_t, w3.select(0, 0), col3.select(0, 0));
@@ -345,11 +349,10 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   }
   if (c.N == 0 || !(output_mask[0] || output_mask[1])) return {grad_input, grad_weight, grad_bias};
   Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();
-  // grad_weight accumulated transposed on the CPU for one group (see transposed_forward)
-  Tensor gwT = output_mask[1] && x.is_cpu() && c.G == 1 && !small_gemm(c, x) ? at::zeros({Rg, OCg}, w.options())
-                                                                              : Tensor();
   const Tensor w3 = w.view({c.G, OCg, Rg}), wT3 = w3.transpose(1, 2);  // (G, OCg, Rg), (G, Rg, OCg)
   const bool small = small_gemm(c, x);
+  // grad_weight accumulated transposed on the CPU for one group (see transposed_forward)
+  Tensor gwT = output_mask[1] && x.is_cpu() && c.G == 1 && !small ? at::zeros({Rg, OCg}, w.options()) : Tensor();
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
   Tensor gy_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
