@@ -281,7 +281,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
                     eps=1e-5):
-    """relu(batch_norm(...)) in one pass each way: the ReLU mask is read back from the output."""
+    """relu(batch_norm(...)) in one pass each way: the ReLU mask is the output's sign (the CPU backward
+    recomputes it from the input, the same bits, sparing a read of the output)."""
     return _batch_norm("batch_norm_relu", input, None, running_mean, running_var, weight, bias, training, momentum,
                        eps, True)
 

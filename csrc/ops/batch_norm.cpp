@@ -19,6 +19,8 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
+#include <vector>
+
 #include "common/batch_norm.h"
 #include "cpu/batch_norm.h"
 #include "ops/alloc.h"
@@ -115,6 +117,30 @@ Tensor channel_f64(const optional<Tensor>& t, const Tensor& input, double fill) 
 }
 
 const double* f64(const Tensor& t) { return t.data_ptr<double>(); }
+
+// The CPU fused paths take their per-channel values as plain float64 arrays, read and written with
+// loops instead of a tensor op each: for small inputs (8x16x8x8) those ~20 small ops per training step
+// cost more than the kernels.
+std::vector<double> channel_values(const optional<Tensor>& t, int64_t C, double fill) {
+  std::vector<double> v(C, fill);
+  if (t.has_value() && t->defined()) {
+    AT_DISPATCH_FLOATING_TYPES(t->scalar_type(), "dlkernels.batch_norm", [&] {
+      const auto a = t->accessor<scalar_t, 1>();
+      for (int64_t c = 0; c < C; ++c) v[c] = double(a[c]);
+    });
+  }
+  return v;
+}
+
+// A (C,) tensor of dtype `dtype` holding v[c] * (k ? k[c] : 1), rounded once.
+Tensor channel_tensor(const std::vector<double>& v, const double* k, const Tensor& like, at::ScalarType dtype) {
+  Tensor t = at::empty({int64_t(v.size())}, like.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "dlkernels.batch_norm", [&] {
+    scalar_t* p = t.data_ptr<scalar_t>();
+    for (size_t c = 0; c < v.size(); ++c) p[c] = scalar_t(k ? v[c] * k[c] : v[c]);
+  });
+  return t;
+}
 
 Tensor workspace_for(const Layout& lay, const Tensor& input) {
   // CPU: the reductions' partial sums; CUDA: the per-block partials of the two-stage reduction.
@@ -214,6 +240,26 @@ void update_running(const optional<Tensor>& running_mean, const optional<Tensor>
   rv.mul_(1 - momentum).add_((var * (momentum * n / (n - 1))).to(rv.scalar_type()));
 }
 
+// The same update on the CPU as a loop, in the same arithmetic: r * (1 - momentum) in the buffer's dtype,
+// plus the float64 term rounded to it.
+void update_running_cpu(const optional<Tensor>& running_mean, const optional<Tensor>& running_var, const double* mean,
+                        const double* var, double momentum, int64_t count) {
+  if (!(running_mean.has_value() && running_mean->defined())) return;
+  const double n = double(count), k_var = momentum * n / (n - 1);
+  Tensor rm = *running_mean, rv = *running_var;
+  AT_DISPATCH_FLOATING_TYPES(rm.scalar_type(), "dlkernels.batch_norm", [&] {
+    auto m = rm.accessor<scalar_t, 1>(), v = rv.accessor<scalar_t, 1>();
+    const scalar_t keep = scalar_t(1 - momentum);
+    for (int64_t c = 0; c < rm.size(0); ++c) {
+      const scalar_t m_kept = m[c] * keep, v_kept = v[c] * keep;
+      m[c] = m_kept + scalar_t(mean[c] * momentum);
+      v[c] = v_kept + scalar_t(var[c] * k_var);
+    }
+  });
+  rm.unsafeGetTensorImpl()->bump_version();  // as the in-place tensor ops did
+  rv.unsafeGetTensorImpl()->bump_version();
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor> batch_norm_stats(const Tensor& input) {
@@ -281,17 +327,17 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& input, const
     if (x.is_cpu() && cpu::batch_norm_fused_fits(lay.g, x.element_size())) {
       // a channel at a time, statistics and normalization in one sweep (csrc/cpu/batch_norm.h)
       mean = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
-      var = at::empty_like(mean);
       invstd = at::empty_like(mean);
-      const Tensor w64 = channel_f64(weight, input, 1.0), b64 = channel_f64(bias, input, 0.0);
+      std::vector<double> var64(lay.g.C);
+      const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
       Tensor y = empty_in_layout(x, lay);
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.batch_norm", [&] {
-        cpu::batch_norm_train_forward<scalar_t>(lay.g, x.data_ptr<scalar_t>(), f64(w64), f64(b64), eps,
+        cpu::batch_norm_train_forward<scalar_t>(lay.g, x.data_ptr<scalar_t>(), w64.data(), b64.data(), eps,
                                                 r.defined() ? r.data_ptr<scalar_t>() : nullptr, relu,
-                                                y.data_ptr<scalar_t>(), mean.data_ptr<double>(), var.data_ptr<double>(),
+                                                y.data_ptr<scalar_t>(), mean.data_ptr<double>(), var64.data(),
                                                 invstd.data_ptr<double>());
       });
-      update_running(running_mean, running_var, mean, var, momentum, lay.g.count());
+      update_running_cpu(running_mean, running_var, f64(mean), var64.data(), momentum, lay.g.count());
       return {y, mean, invstd};
     }
     std::tie(mean, var) = stats_impl(op, x, lay);
@@ -373,21 +419,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
     // relu_from_input (the caller's word that the forward added no residual) the ReLU mask is recomputed
     // from x: the forward's arithmetic on the same saved statistics, weight and bias, so the same bits
     // as output > 0, and one read of output fewer.
-    Tensor sum_dz = at::empty({lay.g.C}, x.options().dtype(at::kDouble)), sum_dz_xmu = at::empty_like(sum_dz);
+    std::vector<double> sum_dz(lay.g.C), sum_dz_xmu(lay.g.C);
     Tensor gi = empty_in_layout(x, lay), gr = output_mask[3] ? empty_in_layout(x, lay) : empty();
-    const Tensor w64 = channel_f64(weight, input, 1.0), b64 = channel_f64(bias, input, 0.0);
+    const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
     const Tensor invstd = save_invstd.contiguous();
     const bool gate_from_x = relu && relu_from_input;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.batch_norm_backward", [&] {
       cpu::batch_norm_train_backward<scalar_t>(lay.g, dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                                relu && !gate_from_x ? y.data_ptr<scalar_t>() : nullptr, relu,
-                                               f64(mean), f64(invstd), f64(w64), f64(b64),
-                                               sum_dz.data_ptr<double>(), sum_dz_xmu.data_ptr<double>(),
+                                               f64(mean), f64(invstd), w64.data(), b64.data(), sum_dz.data(),
+                                               sum_dz_xmu.data(),
                                                gi.data_ptr<scalar_t>(),
                                                output_mask[3] ? gr.data_ptr<scalar_t>() : nullptr);
     });
-    if (output_mask[1]) gw = (sum_dz_xmu * save_invstd).to(param_dtype);
-    if (output_mask[2]) gb = sum_dz.to(param_dtype);
+    if (output_mask[1]) gw = channel_tensor(sum_dz_xmu, f64(invstd), input, param_dtype);
+    if (output_mask[2]) gb = channel_tensor(sum_dz, nullptr, input, param_dtype);
     return {gi, gw, gb, gr};
   }
   const bool need_sums = output_mask[1] || output_mask[2] || (training && output_mask[0]);
