@@ -4,7 +4,6 @@ ReLU and add+ReLU variants, the numpy textbook BatchNormalization, gradcheck, op
 determinism, modules (momentum=None, num_batches_tracked, state_dict), SyncBatchNorm over 2 gloo
 processes, bad inputs."""
 import os
-import socket
 import tempfile
 
 import numpy as np
@@ -390,17 +389,12 @@ def test_bad_inputs(device):
 
 # ------------------------------------------------------------------------- SyncBatchNorm, 2 processes
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _sync_worker(rank, world, port, path):
+def _sync_worker(rank, world, path):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # rendezvous through a file in the test's directory: no free-port search that another process can race
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(path, "rendezvous"), rank=rank,
+                            world_size=world)
     try:
         torch.manual_seed(0)
         full = torch.randn(8, 3, 5, 4, dtype=torch.float64) * 2 + 5
@@ -425,7 +419,7 @@ def test_sync_batch_norm_two_processes_match_one_process_on_the_whole_batch():
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as path:
-        mp.spawn(_sync_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+        mp.spawn(_sync_worker, args=(2, path), nprocs=2, join=True)
         parts = [torch.load(os.path.join(path, f"rank{r}.pt")) for r in range(2)]
     torch.manual_seed(0)
     full = torch.randn(8, 3, 5, 4, dtype=torch.float64) * 2 + 5

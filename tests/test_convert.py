@@ -4,7 +4,6 @@ torch.save/load, deepcopy, .to(), torch.compile and DistributedDataParallel; the
 import copy
 import io
 import os
-import socket
 import tempfile
 
 import pytest
@@ -161,11 +160,12 @@ def test_from_torch_continues_the_trajectory():
         dopt.from_torch(torch.optim.Adadelta(nn.Linear(2, 2).parameters()))
 
 
-def _ddp_worker(rank, world, port, path):
+def _ddp_worker(rank, world, path):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # rendezvous through a file in the test's directory: no free-port search that another process can race
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(path, "rendezvous"), rank=rank,
+                            world_size=world)
     try:
         torch.manual_seed(0)
         model = dnn.SyncBatchNorm.convert_sync_batchnorm(dlkernels.convert(small_resnet().double(), fuse_bn_relu=True))
@@ -182,11 +182,8 @@ def _ddp_worker(rank, world, port, path):
 def test_distributed_data_parallel_with_sync_batch_norm_matches_one_process():
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as path:
-        mp.spawn(_ddp_worker, args=(2, port, path), nprocs=2, join=True)
+        mp.spawn(_ddp_worker, args=(2, path), nprocs=2, join=True)
         results = [torch.load(os.path.join(path, f"{r}.pt")) for r in range(2)]
     torch.manual_seed(0)
     model = small_resnet().double()
