@@ -85,22 +85,20 @@ def test_small_filter_gemms_on_both_sides_of_the_bound(device, dtype, x_shape, w
                   dtype=dtype, error_vs_torch=True)
 
 
-# One-group CPU layers with at least 32 filters and at least 8 columns per filter in a chunk compute the
-# forward GEMM transposed (ops/conv.cpp: transposed_forward): both sides of both bounds, the direct 1x1
-# path, strided and dilated, whole-batch chunks, one image per chunk (workspace limit 1) and two (a
-# smaller last chunk takes the same path as the first).
-TRANSPOSED_CONFIGS = [((1, 5, 16, 16), (32, 5, 3, 3), dict(padding=1)),             # 256 cols = 8 x 32: transposed
-                      ((1, 5, 15, 17), (32, 5, 3, 3), dict(padding=1)),             # 255 cols: not
-                      ((3, 5, 15, 17), (32, 5, 3, 3), dict(padding=1)),             # 3 x 255 in one chunk: transposed
-                      ((2, 6, 18, 18), (31, 6, 3, 3), dict(padding=1)),             # 31 filters: not
-                      ((2, 16, 20, 20), (40, 16, 1, 1), {}),                        # direct 1x1: transposed
+# One-group CPU layers beyond the small-filter bound accumulate grad_weight transposed (ops/conv.cpp):
+# many filters, the direct 1x1 path, strided and dilated, whole-batch chunks, one image per chunk
+# (workspace limit 1) and two (a smaller last chunk), with and without bias.
+TRANSPOSED_CONFIGS = [((1, 5, 16, 16), (32, 5, 3, 3), dict(padding=1)),
+                      ((3, 5, 15, 17), (32, 5, 3, 3), dict(padding=1)),
+                      ((2, 6, 18, 18), (31, 6, 3, 3), dict(padding=1)),
+                      ((2, 16, 20, 20), (40, 16, 1, 1), {}),                        # direct 1x1
                       ((2, 7, 37, 35), (33, 7, 3, 2), dict(stride=(2, 1), dilation=(1, 2), padding=(1, 2))),
                       ((3, 4, 10, 10), (32, 4, 3, 3), dict(padding=1))]            # 2 x 100 cols a chunk, then 1 x 100
 
 
 @pytest.mark.parametrize("limit", [None, 1, "two"], ids=["chunked", "one-image", "two-images"])
 @pytest.mark.parametrize("x_shape,w_shape,kw", TRANSPOSED_CONFIGS, ids=[str(i) for i in range(len(TRANSPOSED_CONFIGS))])
-def test_transposed_forward_gemm_on_both_sides_of_the_bound(device, dtype, x_shape, w_shape, kw, limit):
+def test_transposed_grad_weight_accumulation(device, dtype, x_shape, w_shape, kw, limit):
     gen = torch.Generator().manual_seed(sum(x_shape) + sum(w_shape))
     x = torch.randn(x_shape, generator=gen, dtype=dtype).to(device)
     w = (torch.randn(w_shape, generator=gen, dtype=dtype) / (w_shape[1] * w_shape[2] * w_shape[3]) ** 0.5).to(device)

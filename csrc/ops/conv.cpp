@@ -156,16 +156,11 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
   }
 }
 
-// MKL (2024.2, AVX2 path) on the CPU runs the forward GEMM W (OC, rows) @ col (rows, B*L) of a
-// one-group layer faster when asked for the transposed product (B*L, OC), OC contiguous, once the
-// columns (of a whole chunk, B_max * L) outnumber the filters well: 64 x 576 x 3136 in 1.65 ms instead of 2.1 ms including the
-// transposing copy back into the images; a loss for square or narrow shapes (256 x 256 x 196: 0.16 ->
-// 0.20 ms; 6 filters: 15x slower). Likewise grad_weight is accumulated transposed, (rows, OC) +=
-// col @ gy^T, for every one-group layer (1.83 -> 1.43 ms at that shape, 3.4 -> 3.0 ms at
-// 128 x 1152 x 1764, the same time at 1x1 256 x 256 x 196). Measured on the 2-core CI host.
-bool transposed_forward(const ConvGeom& c, const Tensor& x, bool small, int64_t cols) {
-  return x.is_cpu() && c.G == 1 && !small && c.OC >= 32 && cols >= 8 * c.OC;
-}
+// On the CPU, grad_weight of a one-group layer is accumulated transposed, (rows, OC) += col @ gy^T,
+// and copied back once: MKL (2024.2, AVX2 path) runs that form faster for every shape measured on the
+// 2-core CI host (64 x 576 x 3136: 1.71 -> 1.42 ms; 32 x 288 x 7168: 1.30 -> 0.89 ms; 128 x 1152 x
+// 1764: 3.39 -> 2.97 ms; the same time at 256 x 256 x 196). The forward GEMM computed transposed was
+// measured too: from 4% faster to 38% slower, so the forward keeps its form.
 
 // Layers with few filters per group on the CPU take the hand-written GEMMs (cpu::conv_gemm_small_fits):
 // MKL's packing costs more than the multiply there (LeNet's first layer: 6 x 25 x 36864 in 0.46 ms, the
@@ -286,11 +281,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   const bool small = small_gemm(c, x);
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
-  // one choice for every chunk (a smaller last chunk included): the transposed product's buffer, or
-  // the (OC, B*L) product's when a chunk holds more than one image
-  const bool transposed = transposed_forward(c, x, small, B_max * L);
-  Tensor yT_buf = transposed ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
-  Tensor y_buf = B_max > 1 && !transposed ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
+  Tensor y_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
   for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
     const int64_t B = std::min(B_max, c.N - n0);
     const Im2colGeom g = chunk_geom(c, B);
@@ -302,16 +293,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
       k.im2col(g, x, n0 * image, col);
     }
     const Tensor col3 = col.view({c.G, c.rows_per_group(), B * L});
-    if (transposed) {
-      Tensor yT = yT_buf.narrow(0, 0, B * L * c.OC).view({B * L, c.OC});
-      Tensor yT_t = yT.t();  // (OC, B*L) column-major: MKL writes the transposed product
-      at::mm_out(yT_t, w3.select(0, 0), col3.select(0, 0));
-      for (int64_t i = 0; i < B; ++i) {
-        Tensor image = out[n0 + i].view({c.OC, L});
-        image.copy_(yT.narrow(0, i * L, L).t());
-        if (b.defined()) k.rows_to_images(1, c.OC, L, image, &b, out, (n0 + i) * c.OC * L);
-      }
-    } else if (B == 1) {  // the (OC, L) block is the image itself
+    if (B == 1) {  // the (OC, L) block is the image itself
       Tensor y = out[n0].view({c.G, c.OC / c.G, L});
       small ? small_gemm_wide(y, w3, false, col3) : gemm(y, w3, col3);
       if (b.defined()) k.rows_to_images(1, c.OC, L, y, &b, out, n0 * c.OC * L);
@@ -351,7 +333,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();
   const Tensor w3 = w.view({c.G, OCg, Rg}), wT3 = w3.transpose(1, 2);  // (G, OCg, Rg), (G, Rg, OCg)
   const bool small = small_gemm(c, x);
-  // grad_weight accumulated transposed on the CPU for one group (see transposed_forward)
+  // grad_weight accumulated transposed on the CPU for one group (see the note after gemm_accumulate)
   Tensor gwT = output_mask[1] && x.is_cpu() && c.G == 1 && !small ? at::zeros({Rg, OCg}, w.options()) : Tensor();
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
