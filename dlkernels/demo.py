@@ -11,8 +11,8 @@ and reports images/second, torch vs dlkernels.
 import argparse
 import copy
 import os
-import socket
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -187,16 +187,16 @@ def run_digits(args):
 
 # ----------------------------------------------------------------------------------------------- DDP
 
-def _ddp_worker(rank, world, port, args, queue):
+def _ddp_worker(rank, world, init_file, args, queue):
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     device = args.device
     backend = "nccl" if device == "cuda" else "gloo"
     if device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
         device = f"cuda:{rank % torch.cuda.device_count()}"
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    # rendezvous through a file: no free-port search that another process could race
+    dist.init_process_group(backend, init_method="file://" + init_file, rank=rank, world_size=world)
     try:
         torch.set_num_threads(max(1, torch.get_num_threads() // world))
         train_set, test_set = digits(device)
@@ -233,14 +233,13 @@ def _plain_bn(model):
 def run_ddp(args):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     print(f"DistributedDataParallel over {args.ddp} processes ({'nccl' if args.device == 'cuda' else 'gloo'}), "
           f"dlkernels SyncBatchNorm, global batch {args.batch_size}")
-    mp.spawn(_ddp_worker, args=(args.ddp, port, args, queue), nprocs=args.ddp, join=True)
+    with tempfile.TemporaryDirectory() as path:
+        mp.spawn(_ddp_worker, args=(args.ddp, os.path.join(path, "rendezvous"), args, queue), nprocs=args.ddp,
+                 join=True)
     results = queue.get()
     report([r[0] for r in results], [r[1] for r in results], same_math=args.device == "cuda")
     if args.plot:
