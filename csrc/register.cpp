@@ -53,8 +53,9 @@ TORCH_LIBRARY(dlkernels, m) {
         "int[2] stride) -> Tensor");
   // Batch normalization on (N, C, ...). Saved statistics and backward sums are float64 (C). relu fuses
   // a ReLU (its backward mask is output > 0); residual is added before it. relu_from_input tells the
-  // backward that the forward had no residual, so it may recompute the mask from input, weight and bias. The pieces (stats, elemt,
-  // backward_reduce, backward_elemt) are what SyncBatchNorm composes around its all-reduce.
+  // backward that the forward had no residual, so it may recompute the mask from input, weight and
+  // bias. The pieces (stats, elemt, backward_reduce, backward_elemt) are what SyncBatchNorm composes
+  // around its all-reduce.
   m.def("batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, bool training, float momentum, float eps, Tensor? residual, bool relu) "
         "-> (Tensor output, Tensor save_mean, Tensor save_invstd)");

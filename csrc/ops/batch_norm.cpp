@@ -230,18 +230,9 @@ void check_grad(const char* op, const Tensor& grad_output, const Tensor& input) 
   check_like(op, "grad_output", grad_output, input);
 }
 
-// torch: running_var tracks the unbiased variance, N/(N-1) times the one used to normalize.
-void update_running(const optional<Tensor>& running_mean, const optional<Tensor>& running_var, const Tensor& mean,
-                    const Tensor& var, double momentum, int64_t count) {
-  if (!(running_mean.has_value() && running_mean->defined())) return;
-  const double n = double(count);
-  Tensor rm = *running_mean, rv = *running_var;
-  rm.mul_(1 - momentum).add_((mean * momentum).to(rm.scalar_type()));
-  rv.mul_(1 - momentum).add_((var * (momentum * n / (n - 1))).to(rv.scalar_type()));
-}
-
-// The same update on the CPU as a loop, in the same arithmetic: r * (1 - momentum) in the buffer's dtype,
-// plus the float64 term rounded to it.
+// torch: running_var tracks the unbiased variance, N/(N-1) times the one used to normalize. On the CPU a
+// loop on float64 arrays (the fused path has no tensors for them): r * (1 - momentum) in the buffer's
+// dtype, plus the float64 term rounded to it.
 void update_running_cpu(const optional<Tensor>& running_mean, const optional<Tensor>& running_var, const double* mean,
                         const double* var, double momentum, int64_t count) {
   if (!(running_mean.has_value() && running_mean->defined())) return;
@@ -258,6 +249,18 @@ void update_running_cpu(const optional<Tensor>& running_mean, const optional<Ten
   });
   rm.unsafeGetTensorImpl()->bump_version();  // as the in-place tensor ops did
   rv.unsafeGetTensorImpl()->bump_version();
+}
+
+// The same update for float64 (C,) statistics tensors: the loop above on the CPU, tensor ops on CUDA
+// (the same arithmetic).
+void update_running(const optional<Tensor>& running_mean, const optional<Tensor>& running_var, const Tensor& mean,
+                    const Tensor& var, double momentum, int64_t count) {
+  if (!(running_mean.has_value() && running_mean->defined())) return;
+  if (mean.is_cpu()) return update_running_cpu(running_mean, running_var, f64(mean), f64(var), momentum, count);
+  const double n = double(count);
+  Tensor rm = *running_mean, rv = *running_var;
+  rm.mul_(1 - momentum).add_((mean * momentum).to(rm.scalar_type()));
+  rv.mul_(1 - momentum).add_((var * (momentum * n / (n - 1))).to(rv.scalar_type()));
 }
 
 }  // namespace
@@ -423,12 +426,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
     Tensor gi = empty_in_layout(x, lay), gr = output_mask[3] ? empty_in_layout(x, lay) : empty();
     const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
     const Tensor invstd = save_invstd.contiguous();
-    const bool gate_from_x = relu && relu_from_input;
+    const bool mask_from_output = relu && !relu_from_input;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.batch_norm_backward", [&] {
       cpu::batch_norm_train_backward<scalar_t>(lay.g, dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                               relu && !gate_from_x ? y.data_ptr<scalar_t>() : nullptr, relu,
-                                               f64(mean), f64(invstd), w64.data(), b64.data(), sum_dz.data(),
-                                               sum_dz_xmu.data(),
+                                               mask_from_output ? y.data_ptr<scalar_t>() : nullptr, relu, f64(mean),
+                                               f64(invstd), w64.data(), b64.data(), sum_dz.data(), sum_dz_xmu.data(),
                                                gi.data_ptr<scalar_t>(),
                                                output_mask[3] ? gr.data_ptr<scalar_t>() : nullptr);
     });
