@@ -350,6 +350,12 @@ def test_empty_batch(device):
 
 # ------------------------------------------------------------------------------------------ bad inputs
 
+def _stats(x):
+    """A (C,) float64 mean and inverse std, as the forward saves them."""
+    _, mean, invstd = torch.ops.dlkernels.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5, None, False)
+    return mean, invstd
+
+
 def test_bad_inputs(device):
     x = torch.randn(4, 3, 5, 5, device=device)
     c3 = torch.ones(3, device=device)
@@ -380,6 +386,13 @@ def test_bad_inputs(device):
         (lambda: dnn.BatchNorm2d(3)(torch.randn(4, 3, device=device)), ValueError, "expected 4D input"),
         (lambda: dnn.BatchNorm2d(3).to(device)(torch.randn(2, 4, 3, 3, device=device)), ValueError,
          "weight must have shape (4)"),
+        # the backward op's bias (used to recompute the ReLU mask): shape and dtype checked
+        (lambda: torch.ops.dlkernels.batch_norm_backward(x, x, x, c3, *_stats(x), True, True, [True] * 3 + [False],
+                                                         torch.ones(4, device=device), True), ValueError,
+         "bias must have shape (3)"),
+        (lambda: torch.ops.dlkernels.batch_norm_backward(x, x, x, c3, *_stats(x), True, True, [True] * 3 + [False],
+                                                         c3.double(), True), TypeError,
+         "bias must have the dtype of input"),
     ]
     for i, (call, exc, fragment) in enumerate(cases):
         with pytest.raises(exc) as info:
