@@ -251,6 +251,35 @@ def test_chunking_with_a_tiny_workspace_gives_the_same_results(shape, w_shape, k
     torch.testing.assert_close(whole[0], ref, rtol=1e-12, atol=1e-12)
 
 
+# A one-group 1x1 layer beyond the small-filter bound runs the forward and the input gradient as one
+# batched GEMM with the filter broadcast over the batch (ops/conv.cpp, batched_direct): every subset of
+# the three gradients, a channels_last input, batch 1 and an empty batch, against torch in float64.
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_direct_1x1_batched_gemm_each_gradient_subset(device, n):
+    gen = torch.Generator().manual_seed(11 + n)
+    x = torch.randn(n, 24, 7, 9, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(40, 24, 1, 1, generator=gen, dtype=torch.float64).to(device)
+    b = torch.randn(40, generator=gen, dtype=torch.float64).to(device)
+    gy = torch.randn(n, 40, 7, 9, generator=gen, dtype=torch.float64).to(device)
+    ops = torch.ops.dlkernels
+    ref_y = F.conv2d(x, w, b)
+    for xin in (x, x.to(memory_format=torch.channels_last)):
+        torch.testing.assert_close(ops.conv2d_forward(xin, w, b, [1, 1], [0, 0], [1, 1], 1), ref_y,
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ops.conv2d_forward(xin, w, None, [1, 1], [0, 0], [1, 1], 1), ref_y - b.view(-1, 1, 1),
+                                   rtol=1e-12, atol=1e-12)
+    xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, b))
+    ref = torch.autograd.grad(F.conv2d(xr, wr, br), (xr, wr, br), gy)
+    for mask in ([True, True, True], [True, False, False], [False, True, False], [False, False, True],
+                 [True, True, False]):
+        got = ops.conv2d_backward(gy, x, w, [1, 1], [0, 0], [1, 1], 1, mask)
+        for want, have, on in zip(ref, got, mask):
+            if on:
+                torch.testing.assert_close(have, want, rtol=1e-12, atol=1e-12)
+            else:
+                assert have.numel() == 0
+
+
 def test_isa_paths_match_scalar():
     x = torch.randn(3, 5, 17, 13)
     w = torch.randn(7, 5, 3, 3)

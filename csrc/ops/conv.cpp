@@ -162,6 +162,13 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
 // 1764: 3.39 -> 2.97 ms; the same time at 256 x 256 x 196). The forward GEMM computed transposed was
 // measured too: from 4% faster to 38% slower, so the forward keeps its form.
 
+// A direct (1x1) one-group layer multiplies every image by the same (OC, C) filter matrix: one batched
+// GEMM over the whole batch with the filter broadcast (batch stride 0) writes the output in its own
+// layout, in place of one at::mm per image (16 x 256 x 256 x 196 on the CI host: 3.39 -> 3.02 ms for
+// the forward, 3.50 -> 2.97 ms for the input gradient, W^T the same way). grad_weight, a sum over the
+// images, keeps its per-image accumulation (one GEMM would first need both operands moved to rows).
+bool batched_direct(const ConvGeom& c, bool small) { return c.direct && c.G == 1 && !small; }
+
 // Layers with few filters per group on the CPU take the hand-written GEMMs (cpu::conv_gemm_small_fits):
 // MKL's packing costs more than the multiply there (LeNet's first layer: 6 x 25 x 36864 in 0.46 ms, the
 // input-gradient GEMM 25 x 6 x 36864 in 0.99 ms). All three take contiguous (G, rows, cols) operands.
@@ -279,6 +286,13 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   const Kernels k{x};
   const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
   const bool small = small_gemm(c, x);
+  if (batched_direct(c, small)) {
+    Tensor y = out.view({c.N, c.OC, L});
+    at::bmm_out(y, w3.select(0, 0).expand({c.N, c.OC, rows}), x.view({c.N, rows, L}));
+    if (b.defined())
+      for (int64_t n = 0; n < c.N; ++n) k.rows_to_images(1, c.OC, L, y[n], &b, out, n * c.OC * L);
+    return out;
+  }
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
   Tensor y_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();
@@ -333,6 +347,11 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();
   const Tensor w3 = w.view({c.G, OCg, Rg}), wT3 = w3.transpose(1, 2);  // (G, OCg, Rg), (G, Rg, OCg)
   const bool small = small_gemm(c, x);
+  const bool batched = batched_direct(c, small);
+  if (output_mask[0] && batched) {
+    Tensor gi = grad_input.view({c.N, rows, L});
+    at::bmm_out(gi, wT3.select(0, 0).expand({c.N, rows, c.OC}), go.view({c.N, c.OC, L}));
+  }
   // grad_weight accumulated transposed on the CPU for one group (see the note after gemm_accumulate)
   Tensor gwT = output_mask[1] && x.is_cpu() && c.G == 1 && !small ? at::zeros({Rg, OCg}, w.options()) : Tensor();
   const int64_t B_max = chunk_images(c, x);
@@ -359,7 +378,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
         gemm_accumulate(gw3, gy, col.transpose(1, 2));
       }
     }
-    if (output_mask[0]) {
+    if (output_mask[0] && !batched) {
       if (c.direct) {
         Tensor gi = grad_input[n0].view({c.G, Rg, L});
         small ? small_gemm_wide(gi, w3, true, gy) : gemm(gi, wT3, gy);
