@@ -64,13 +64,19 @@ def test_conv2d_matches_torch(device, dtype, x_shape, w_shape, s, p, d, groups, 
                   error_vs_torch=True)
 
 
-# Layers with at most 8 filters per group and at most 64 column rows take the hand-written GEMMs on the
-# CPU, the others at::mm: both sides of each bound, grouped and direct (1x1) too, over a batch whose
-# column count (N * positions) is no multiple of the kernels' 64-column blocks.
+# On the CPU, the weight gradient of layers with at most 8 filters per group and at most 64 column rows
+# takes the hand-written dot-product GEMM, the others at::mm; the forward and input-gradient GEMMs of
+# layers with at most 64 filters per group take the hand-written register-tile GEMM, the others at::mm:
+# both sides of each bound, grouped and direct (1x1) too, over batches whose column count
+# (N * positions) is no multiple of the tile's column strip, filter counts no multiple of its 6 rows.
 SMALL_GEMM_CONFIGS = [((3, 4, 13, 11), (8, 4, 4, 4), 1, 1), ((3, 4, 13, 11), (9, 4, 4, 4), 1, 1),
                       ((3, 7, 13, 11), (5, 7, 3, 3), 1, 1), ((3, 8, 13, 11), (5, 8, 3, 3), 1, 1),
                       ((3, 6, 13, 11), (6, 3, 5, 5), 2, 2), ((5, 3, 9, 7), (6, 3, 1, 1), 1, 0),
-                      ((64, 1, 28, 28), (6, 1, 5, 5), 1, 0)]
+                      ((64, 1, 28, 28), (6, 1, 5, 5), 1, 0),
+                      ((3, 9, 7, 5), (64, 9, 3, 3), 1, 1), ((3, 9, 7, 5), (65, 9, 3, 3), 1, 1),
+                      ((2, 10, 9, 7), (128, 5, 3, 3), 2, 1), ((2, 10, 9, 7), (130, 5, 3, 3), 2, 1),
+                      ((3, 17, 5, 7), (64, 17, 1, 1), 1, 0), ((3, 17, 5, 7), (65, 17, 1, 1), 1, 0),
+                      ((1, 3, 1, 1), (64, 3, 1, 1), 1, 0)]
 
 
 @pytest.mark.parametrize("x_shape,w_shape,groups,p", SMALL_GEMM_CONFIGS,
@@ -251,16 +257,16 @@ def test_chunking_with_a_tiny_workspace_gives_the_same_results(shape, w_shape, k
     torch.testing.assert_close(whole[0], ref, rtol=1e-12, atol=1e-12)
 
 
-# A one-group 1x1 layer beyond the small-filter bound runs the forward and the input gradient as one
-# batched GEMM with the filter broadcast over the batch (ops/conv.cpp, batched_direct): every subset of
-# the three gradients, a channels_last input, batch 1 and an empty batch, against torch in float64.
+# A one-group 1x1 layer beyond the tile GEMM's filter bound (64) runs the forward and the input gradient
+# as one batched GEMM with the filter broadcast over the batch (ops/conv.cpp, batched_direct): every
+# subset of the three gradients, a channels_last input, batch 1 and an empty batch, against torch.
 @pytest.mark.parametrize("n", [0, 1, 5])
 def test_direct_1x1_batched_gemm_each_gradient_subset(device, n):
     gen = torch.Generator().manual_seed(11 + n)
     x = torch.randn(n, 24, 7, 9, generator=gen, dtype=torch.float64).to(device)
-    w = torch.randn(40, 24, 1, 1, generator=gen, dtype=torch.float64).to(device)
-    b = torch.randn(40, generator=gen, dtype=torch.float64).to(device)
-    gy = torch.randn(n, 40, 7, 9, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(72, 24, 1, 1, generator=gen, dtype=torch.float64).to(device)
+    b = torch.randn(72, generator=gen, dtype=torch.float64).to(device)
+    gy = torch.randn(n, 72, 7, 9, generator=gen, dtype=torch.float64).to(device)
     ops = torch.ops.dlkernels
     ref_y = F.conv2d(x, w, b)
     for xin in (x, x.to(memory_format=torch.channels_last)):

@@ -4,14 +4,16 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
+#include "cpu/simd_scalar.h"
 #include "cpu/conv_impl.h"
 #include "cpu/isa.h"
 
 namespace dlk::cpu {
 
-DLK_CONV_DEFINE(scalar, float)
-DLK_CONV_DEFINE(scalar, double)
+DLK_CONV_DEFINE(scalar, scalar, float)
+DLK_CONV_DEFINE(scalar, scalar, double)
 
 DLK_ISA_DISPATCH(im2col, (const Im2colGeom& g, const T* in, T* col), (g, in, col))
 DLK_ISA_DISPATCH(col2im, (const Im2colGeom& g, const T* col, T* out), (g, col, out))

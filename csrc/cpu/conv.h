@@ -1,6 +1,6 @@
-// CPU kernels of im2col convolution on raw pointers (T = float or double). The GEMMs are mostly not
-// here: the ops layer calls at::mm on the column matrices these kernels build, except for layers with
-// few filters, whose GEMMs conv_gemm_wide / conv_gemm_dots below do.
+// CPU kernels of im2col convolution on raw pointers (T = float or double). The GEMMs of layers with many
+// filters are not here (the ops layer calls at::mm on the column matrices these kernels build); those of
+// layers with few or a moderate number of filters are (conv_gemm_wide, conv_gemm_dots below).
 #pragma once
 #include <cstdint>
 
@@ -21,15 +21,17 @@ template <class T> void conv_images_to_rows(int64_t B, int64_t OC, int64_t L, co
 // out[c] = sum over n < N, l < L of in[n, c, l], summed in double in a fixed order (the bias gradient).
 template <class T> void channel_sum(int64_t N, int64_t C, int64_t L, const T* in, T* out);
 
-// The GEMMs of layers with few filters (see conv_gemm_small_fits), where MKL packs more than it multiplies:
-// C (M x N) = A (M x K) @ B (K x N), A's element (m, k) at A[m * sam + k * sak], B and C rows N long.
+// The forward and input-gradient GEMMs of layers with at most kConvTileMaxFilters filters per group, a
+// register-tile GEMM (conv_impl.h, TileGemm): C (M x N) = A (M x K) @ B (K x N), A's element (m, k) at
+// A[m * sam + k * sak], B and C rows N long. Each output is one sum in k order (deterministic).
 template <class T>
 void conv_gemm_wide(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C);
 // C (M x K) += A (M x N) @ B (K x N)^T; work holds conv_gemm_dots_work(M, K, N) doubles. Deterministic.
 template <class T> void conv_gemm_dots(int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* work);
 int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N);
-// Whether a group's GEMMs (OCg filters of Rg = C/G * KH * KW rows) take the two kernels above.
+// Whether a group's weight-gradient GEMM (OCg filters of Rg = C/G * KH * KW rows) takes conv_gemm_dots.
 bool conv_gemm_small_fits(int64_t OCg, int64_t Rg);
+constexpr int64_t kConvTileMaxFilters = 64;
 
 #define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
   void im2col_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \

@@ -3,15 +3,17 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "cpu/conv.h"
 
 #pragma GCC target("avx2,fma")
+#include "cpu/simd_avx2.h"
 #include "cpu/conv_impl.h"
 
 namespace dlk::cpu {
 
-DLK_CONV_DEFINE(avx2, float)
-DLK_CONV_DEFINE(avx2, double)
+DLK_CONV_DEFINE(avx2, avx2, float)
+DLK_CONV_DEFINE(avx2, avx2, double)
 
 }  // namespace dlk::cpu

@@ -3,15 +3,17 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "cpu/conv.h"
 
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma")
+#include "cpu/simd_avx512.h"
 #include "cpu/conv_impl.h"
 
 namespace dlk::cpu {
 
-DLK_CONV_DEFINE(avx512, float)
-DLK_CONV_DEFINE(avx512, double)
+DLK_CONV_DEFINE(avx512, avx512, float)
+DLK_CONV_DEFINE(avx512, avx512, double)
 
 }  // namespace dlk::cpu

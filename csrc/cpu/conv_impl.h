@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "cpu/conv.h"
 
@@ -104,46 +105,6 @@ template <class T> struct ConvKernels {
     }
   }
 
-  // C (M x N) = A (M x K) @ B (K x N), B and C row-major with rows N long, A's element (m, k) at
-  // A[m * sam + k * sak] (so A may be a transposed view). For the GEMMs of a layer with few filters
-  // (M or K below ~16, N = batch * positions large), where MKL spends more time packing than
-  // multiplying. A task is a block of kNB output columns: its B block (K x kNB) stays in L1 and each
-  // output row's kNB accumulators stay in registers over the K products (in k order: each element is
-  // one fixed sum, whatever the thread count).
-  static constexpr int64_t kNB = 64 / sizeof(T) * 4;  // four 64-byte lines of output per row
-  static void gemm_wide(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C) {
-    const int64_t tasks = (N + kNB - 1) / kNB;
-#pragma omp parallel for schedule(static) if (M * K * N > kConvParallelGrain)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t n0 = t * kNB;
-      if (n0 + kNB <= N) {
-        wide_block<true>(M, K, N, A, sam, sak, B, C, n0, kNB);
-      } else {
-        wide_block<false>(M, K, N, A, sam, sak, B, C, n0, N - n0);
-      }
-    }
-  }
-
-  // Columns [n0, n0 + nb) of every output row; full: nb is kNB, a compile-time count, so the
-  // accumulators stay in registers.
-  template <bool full>
-  static void wide_block(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C,
-                         int64_t n0, int64_t nb_) {
-    const int64_t nb = full ? kNB : nb_;
-    for (int64_t m = 0; m < M; ++m) {
-      T acc[kNB];  // set by the first product (K >= 1): a zeroing memset here cost a third of the time
-      const T a0 = A[m * sam];
-      for (int64_t j = 0; j < nb; ++j) acc[j] = a0 * B[n0 + j];
-      for (int64_t k = 1; k < K; ++k) {
-        const T a = A[m * sam + k * sak];
-        const T* b = B + k * N + n0;
-        for (int64_t j = 0; j < nb; ++j) acc[j] += a * b[j];
-      }
-      T* c = C + m * N + n0;
-      for (int64_t j = 0; j < nb; ++j) c[j] = acc[j];
-    }
-  }
-
   // C (M x K, row-major) += A (M x N) @ B (K x N)^T, A and B row-major with rows N long: M * K dot
   // products over long rows (the weight gradient). Fixed blocks of kDot columns, each block's dots
   // summed in T's vector lanes (omp simd), the blocks then added in double in block order: no
@@ -211,10 +172,78 @@ template <class T> struct ConvKernels {
   }
 };
 
+// C (M x N) = A (M x K) @ B (K x N), B and C row-major with rows N long, A's element (m, k) at
+// A[m * sam + k * sak] (so A may be a transposed view): the GEMMs of layers with few or a moderate number
+// of filters (M up to ~64, N = batch * positions large), where MKL's general kernels run at half the
+// machine's rate or less (16 x 144 x 14336: 62 GFLOP/s) or spend more time packing than multiplying.
+// A register tile of kMR rows x kNV vectors of output columns (6 x 2 AVX2 vectors: 12 accumulators,
+// 2 loads of B and 6 broadcasts of A per 12 FMAs); A is packed once into kMR-row panels (k-major, rows
+// past M zero) so that each broadcast reads the next element. A task is one strip of kNR columns: its
+// B strip (K x kNR) is read from the column buffer for the first panel and from L1/L2 for the others.
+// Each output is one sum in k order, whatever the thread count.
+template <class V> struct TileGemm {
+  using T = typename V::T;
+  using R = typename V::R;
+  static constexpr int kMR = 6, kNV = 2, kNR = kNV * V::W;
+
+  static void run(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C) {
+    const int64_t panels = (M + kMR - 1) / kMR;
+    std::vector<T> packed(size_t(panels * K * kMR));
+    T* Ap = packed.data();
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t k = 0; k < K; ++k)
+        for (int i = 0; i < kMR; ++i) {
+          const int64_t m = p * kMR + i;
+          Ap[(p * K + k) * kMR + i] = m < M ? A[m * sam + k * sak] : T(0);
+        }
+    const int64_t strips = (N + kNR - 1) / kNR;
+#pragma omp parallel for schedule(static) if (M * K * N > kConvParallelGrain)
+    for (int64_t s = 0; s < strips; ++s) {
+      const int64_t j0 = s * kNR;
+      if (j0 + kNR <= N) {
+        strip<true>(M, K, N, Ap, B + j0, C + j0, kNR);
+      } else {
+        strip<false>(M, K, N, Ap, B + j0, C + j0, N - j0);
+      }
+    }
+  }
+
+  // Columns [0, nr) of B and C (already offset to the strip); full: nr == kNR, whole-vector loads.
+  template <bool full>
+  static void strip(int64_t M, int64_t K, int64_t N, const T* Ap, const T* B, T* C, int64_t nr) {
+    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+      R acc[kMR][kNV];
+      for (int i = 0; i < kMR; ++i)
+        for (int v = 0; v < kNV; ++v) acc[i][v] = V::set1(T(0));
+      const T* a = Ap + m0 * K;  // this panel: K groups of kMR
+      const T* b = B;
+      for (int64_t k = 0; k < K; ++k, a += kMR, b += N) {
+        R bv[kNV];
+        for (int v = 0; v < kNV; ++v) bv[v] = full ? V::load(b + v * V::W) : V::load_tail(b + v * V::W, nr - v * V::W, T(0));
+        for (int i = 0; i < kMR; ++i) {
+          const R ai = V::set1(a[i]);
+          for (int v = 0; v < kNV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
+        }
+      }
+      const int rows = int(std::min<int64_t>(kMR, M - m0));
+      for (int i = 0; i < rows; ++i) {
+        T* c = C + (m0 + i) * N;
+        for (int v = 0; v < kNV; ++v) {
+          if (full) {
+            V::store(c + v * V::W, acc[i][v]);
+          } else {
+            V::store_tail(c + v * V::W, acc[i][v], nr - v * V::W);
+          }
+        }
+      }
+    }
+  }
+};
+
 }  // namespace
 }  // namespace dlk::cpu
 
-#define DLK_CONV_DEFINE(SUFFIX, T)                                                                        \
+#define DLK_CONV_DEFINE(SUFFIX, NS, T)                                                                      \
   void im2col_##SUFFIX(const Im2colGeom& g, const T* in, T* col) { ConvKernels<T>::im2col(g, in, col); } \
   void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<T>::col2im(g, col, out); } \
   void conv_rows_to_images_##SUFFIX(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) { \
@@ -228,7 +257,7 @@ template <class T> struct ConvKernels {
   }                                                                                                       \
   void conv_gemm_wide_##SUFFIX(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak,     \
                                const T* B, T* C) {                                                        \
-    ConvKernels<T>::gemm_wide(M, K, N, A, sam, sak, B, C);                                                \
+    TileGemm<NS::Vec<T>>::run(M, K, N, A, sam, sak, B, C);                                               \
   }                                                                                                       \
   void conv_gemm_dots_##SUFFIX(int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* w) { \
     ConvKernels<T>::gemm_dots(M, K, N, A, B, C, w);                                                       \

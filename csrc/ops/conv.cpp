@@ -167,17 +167,22 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
 // layout, in place of one at::mm per image (16 x 256 x 256 x 196 on the CI host: 3.39 -> 3.02 ms for
 // the forward, 3.50 -> 2.97 ms for the input gradient, W^T the same way). grad_weight, a sum over the
 // images, keeps its per-image accumulation (one GEMM would first need both operands moved to rows).
-bool batched_direct(const ConvGeom& c, bool small) { return c.direct && c.G == 1 && !small; }
+bool batched_direct(const ConvGeom& c, bool tile) { return c.direct && c.G == 1 && !tile; }
 
-// Layers with few filters per group on the CPU take the hand-written GEMMs (cpu::conv_gemm_small_fits):
-// MKL's packing costs more than the multiply there (LeNet's first layer: 6 x 25 x 36864 in 0.46 ms, the
-// input-gradient GEMM 25 x 6 x 36864 in 0.99 ms). All three take contiguous (G, rows, cols) operands.
+// On the CPU, layers with up to cpu::kConvTileMaxFilters filters per group run the forward and the
+// input-gradient GEMMs on the hand-written register-tile GEMM (cpu::conv_gemm_wide): MKL's general
+// kernels run these thin products at half the machine's rate or less, or pack more than they multiply
+// (in-process A/B of forward + backward on the CI host: ResNet-on-32x32 layers 5-18% faster, LeNet's
+// first layer 1.85 -> 1.66 ms; above 64 filters MKL is as fast or faster, so it keeps those).
+// grad_weight takes the hand-written dot-product kernel only for the smallest layers
+// (cpu::conv_gemm_small_fits), else MKL. All take contiguous (G, rows, cols) operands.
+bool tile_gemm(const ConvGeom& c, const Tensor& x) { return x.is_cpu() && c.OC / c.G <= cpu::kConvTileMaxFilters; }
 bool small_gemm(const ConvGeom& c, const Tensor& x) {
   return x.is_cpu() && cpu::conv_gemm_small_fits(c.OC / c.G, c.rows_per_group());
 }
 
 // out[g] = w[g] @ b[g] with w (G, M, K) taken as stored (trans false) or as w[g]^T for w (G, K, M).
-void small_gemm_wide(const Tensor& out, const Tensor& w, bool trans, const Tensor& b) {
+void tile_gemm_out(const Tensor& out, const Tensor& w, bool trans, const Tensor& b) {
   const int64_t G = out.size(0), M = out.size(1), N = out.size(2), K = b.size(1);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "conv2d", [&] {
     for (int64_t g = 0; g < G; ++g)
@@ -285,8 +290,8 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   if (c.N == 0) return out;
   const Kernels k{x};
   const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
-  const bool small = small_gemm(c, x);
-  if (batched_direct(c, small)) {
+  const bool tile = tile_gemm(c, x);
+  if (batched_direct(c, tile)) {
     Tensor y = out.view({c.N, c.OC, L});
     at::bmm_out(y, w3.select(0, 0).expand({c.N, c.OC, rows}), x.view({c.N, rows, L}));
     if (b.defined())
@@ -309,11 +314,11 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
     const Tensor col3 = col.view({c.G, c.rows_per_group(), B * L});
     if (B == 1) {  // the (OC, L) block is the image itself
       Tensor y = out[n0].view({c.G, c.OC / c.G, L});
-      small ? small_gemm_wide(y, w3, false, col3) : gemm(y, w3, col3);
+      tile ? tile_gemm_out(y, w3, false, col3) : gemm(y, w3, col3);
       if (b.defined()) k.rows_to_images(1, c.OC, L, y, &b, out, n0 * c.OC * L);
     } else {
       Tensor y = y_buf.narrow(0, 0, c.OC * B * L).view({c.G, c.OC / c.G, B * L});
-      small ? small_gemm_wide(y, w3, false, col3) : gemm(y, w3, col3);
+      tile ? tile_gemm_out(y, w3, false, col3) : gemm(y, w3, col3);
       k.rows_to_images(B, c.OC, L, y, b.defined() ? &b : nullptr, out, n0 * c.OC * L);
     }
   }
@@ -346,8 +351,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (c.N == 0 || !(output_mask[0] || output_mask[1])) return {grad_input, grad_weight, grad_bias};
   Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();
   const Tensor w3 = w.view({c.G, OCg, Rg}), wT3 = w3.transpose(1, 2);  // (G, OCg, Rg), (G, Rg, OCg)
-  const bool small = small_gemm(c, x);
-  const bool batched = batched_direct(c, small);
+  const bool small = small_gemm(c, x), tile = tile_gemm(c, x);
+  const bool batched = batched_direct(c, tile);
   if (output_mask[0] && batched) {
     Tensor gi = grad_input.view({c.N, rows, L});
     at::bmm_out(gi, wT3.select(0, 0).expand({c.N, rows, c.OC}), go.view({c.N, c.OC, L}));
@@ -381,10 +386,10 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     if (output_mask[0] && !batched) {
       if (c.direct) {
         Tensor gi = grad_input[n0].view({c.G, Rg, L});
-        small ? small_gemm_wide(gi, w3, true, gy) : gemm(gi, wT3, gy);
+        tile ? tile_gemm_out(gi, w3, true, gy) : gemm(gi, wT3, gy);
       } else {
         // the column buffer is free again once grad_weight has used it
-        small ? small_gemm_wide(col, w3, true, gy) : gemm(col, wT3, gy);
+        tile ? tile_gemm_out(col, w3, true, gy) : gemm(col, wT3, gy);
         k.col2im(g, col, grad_input, n0 * image);
       }
     }
