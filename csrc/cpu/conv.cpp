@@ -29,7 +29,8 @@ DLK_ISA_DISPATCH(conv_gemm_dots, (int64_t M, int64_t K, int64_t N, const T* A, c
                  (M, K, N, A, B, C, work))
 
 int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N) {
-  return M * K * ((N + ConvKernels<float>::kDot - 1) / ConvKernels<float>::kDot);
+  constexpr int64_t kDot = ConvKernels<scalar::Vec<float>>::kDot;
+  return M * K * ((N + kDot - 1) / kDot);
 }
 
 bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64; }

@@ -19,7 +19,30 @@ namespace {
 
 constexpr int64_t kConvParallelGrain = 1 << 15;  // elements; below this one thread is faster
 
-template <class T> struct ConvKernels {
+template <class V> struct ConvKernels {
+  using T = typename V::T;
+  using R = typename V::R;
+
+  // A row of im2col output, stride 1: d[ow] = src[ow] for lo <= ow <= hi, else 0 (hi < lo: all zeros).
+  // Whole vectors, the last one loaded masked (never past the valid source) and stored whole, so it may
+  // spill zeros past the row, up to `end`: the caller writes the rows of a run in order, each row
+  // rewrites what the previous one spilled, and near `end` the store is masked. Narrow images (8 to 32
+  // wide) had the scalar remainder loop and its setup for most of their time.
+  static void row_s1(T* d, const T* src, int64_t lo, int64_t hi, int64_t OW, const T* end) {
+    for (int64_t ow = 0; ow < lo; ++ow) d[ow] = T(0);
+    int64_t ow = lo;
+    for (; ow + V::W <= hi + 1; ow += V::W) V::store(d + ow, V::load(src + ow));
+    for (; ow < OW; ow += V::W) {
+      const int64_t n = hi + 1 - ow;
+      const R v = n > 0 ? V::load_tail(src + ow, n, T(0)) : V::set1(T(0));
+      if (d + ow + V::W <= end) {
+        V::store(d + ow, v);
+      } else {
+        V::store_tail(d + ow, v, OW - ow);
+      }
+    }
+  }
+
   static void im2col(const Im2colGeom& g, const T* in, T* col) {
     const int64_t rows = g.rows(), KK = g.KH * g.KW, plane = g.H * g.W;
     const int64_t tasks = rows * g.images;
@@ -30,23 +53,21 @@ template <class T> struct ConvKernels {
       const int64_t c = r / KK, kh = (r % KK) / g.KW, kw = r % g.KW;
       const T* x = in + (b * g.C + c) * plane;
       T* dst = col + r * g.row_stride + b * g.image_stride;
+      const T* end = dst + g.positions();  // this task's run
       const int64_t off = kw * g.DW - g.PW;
       int64_t lo, hi;
       conv_tap_range(off, g.SW, g.W, g.OW, lo, hi);
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         T* d = dst + oh * g.OW;
         const int64_t h = oh * g.SH - g.PH + kh * g.DH;
-        if (h < 0 || h >= g.H || hi < lo) {
-          std::fill(d, d + g.OW, T(0));
+        const bool empty = h < 0 || h >= g.H || hi < lo;
+        const T* xr = x + (empty ? 0 : h * g.W + off);
+        if (g.SW == 1 || empty) {
+          row_s1(d, xr, empty ? 0 : lo, empty ? -1 : hi, g.OW, end);
           continue;
         }
-        const T* xr = x + h * g.W + off;
         std::fill(d, d + lo, T(0));
-        if (g.SW == 1) {
-          for (int64_t ow = lo; ow <= hi; ++ow) d[ow] = xr[ow];
-        } else {
-          for (int64_t ow = lo; ow <= hi; ++ow) d[ow] = xr[ow * g.SW];
-        }
+        for (int64_t ow = lo; ow <= hi; ++ow) d[ow] = xr[ow * g.SW];
         std::fill(d + hi + 1, d + g.OW, T(0));
       }
     }
@@ -244,21 +265,21 @@ template <class V> struct TileGemm {
 }  // namespace dlk::cpu
 
 #define DLK_CONV_DEFINE(SUFFIX, NS, T)                                                                      \
-  void im2col_##SUFFIX(const Im2colGeom& g, const T* in, T* col) { ConvKernels<T>::im2col(g, in, col); } \
-  void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<T>::col2im(g, col, out); } \
+  void im2col_##SUFFIX(const Im2colGeom& g, const T* in, T* col) { ConvKernels<NS::Vec<T>>::im2col(g, in, col); } \
+  void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<NS::Vec<T>>::col2im(g, col, out); } \
   void conv_rows_to_images_##SUFFIX(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) { \
-    ConvKernels<T>::rows_to_images(B, OC, L, rows, bias, out);                                            \
+    ConvKernels<NS::Vec<T>>::rows_to_images(B, OC, L, rows, bias, out);                                            \
   }                                                                                                       \
   void conv_images_to_rows_##SUFFIX(int64_t B, int64_t OC, int64_t L, const T* images, T* rows) {         \
-    ConvKernels<T>::images_to_rows(B, OC, L, images, rows);                                               \
+    ConvKernels<NS::Vec<T>>::images_to_rows(B, OC, L, images, rows);                                               \
   }                                                                                                       \
   void channel_sum_##SUFFIX(int64_t N, int64_t C, int64_t L, const T* in, T* out) {                       \
-    ConvKernels<T>::channel_sum(N, C, L, in, out);                                                        \
+    ConvKernels<NS::Vec<T>>::channel_sum(N, C, L, in, out);                                                        \
   }                                                                                                       \
   void conv_gemm_wide_##SUFFIX(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak,     \
                                const T* B, T* C) {                                                        \
     TileGemm<NS::Vec<T>>::run(M, K, N, A, sam, sak, B, C);                                               \
   }                                                                                                       \
   void conv_gemm_dots_##SUFFIX(int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* w) { \
-    ConvKernels<T>::gemm_dots(M, K, N, A, B, C, w);                                                       \
+    ConvKernels<NS::Vec<T>>::gemm_dots(M, K, N, A, B, C, w);                                                       \
   }
