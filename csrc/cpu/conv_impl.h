@@ -80,6 +80,10 @@ template <class V> struct ConvKernels {
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t h = t % g.H, c = (t / g.H) % g.C, b = t / (g.H * g.C);
       T* dx = out + t * g.W;
+      if (g.SW == 1 && g.W <= kRowBuf) {
+        col2im_row_s1(g, col, dx, b, c, h);
+        continue;
+      }
       std::fill(dx, dx + g.W, T(0));
       // Kernel rows kh whose tap lands on input row h: h = oh*SH - PH + kh*DH for some 0 <= oh < OH.
       for (int64_t kh = 0; kh < g.KH; ++kh) {
@@ -101,6 +105,35 @@ template <class V> struct ConvKernels {
         }
       }
     }
+  }
+
+  // One input row of col2im for stride 1, summed in a local buffer with whole-vector adds: the last
+  // vector of each tap's range is loaded masked (zeros past it) and added whole into the buffer's slack,
+  // so no tap needs a scalar remainder; one copy to the row at the end. Each element is the same sum in
+  // the same tap order as the general loop.
+  static constexpr int64_t kRowBuf = 512;
+  static void col2im_row_s1(const Im2colGeom& g, const T* col, T* dx, int64_t b, int64_t c, int64_t h) {
+    alignas(64) T buf[kRowBuf + V::W];
+    const int64_t KK = g.KH * g.KW;
+    for (int64_t i = 0; i < g.W + V::W; ++i) buf[i] = T(0);
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      const int64_t hh = h + g.PH - kh * g.DH;  // = oh * SH for the output rows this tap reads
+      if (hh < 0 || hh % g.SH != 0 || hh / g.SH >= g.OH) continue;
+      const int64_t oh = hh / g.SH;
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const T* src = col + (c * KK + kh * g.KW + kw) * g.row_stride + b * g.image_stride + oh * g.OW;
+        const int64_t off = kw * g.DW - g.PW;
+        int64_t lo, hi;
+        conv_tap_range(off, 1, g.W, g.OW, lo, hi);
+        T* bo = buf + off;  // off + lo >= 0 and off + hi < W
+        int64_t ow = lo;
+        for (; ow + V::W <= hi + 1; ow += V::W) V::store(bo + ow, V::add(V::load(bo + ow), V::load(src + ow)));
+        if (ow <= hi) V::store(bo + ow, V::add(V::load(bo + ow), V::load_tail(src + ow, hi + 1 - ow, T(0))));
+      }
+    }
+    int64_t w = 0;
+    for (; w + V::W <= g.W; w += V::W) V::store(dx + w, V::load(buf + w));
+    for (; w < g.W; ++w) dx[w] = buf[w];
   }
 
   static void rows_to_images(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) {
