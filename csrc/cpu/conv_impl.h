@@ -228,17 +228,19 @@ template <class V> struct ConvKernels {
 
 // C (M x N) = A (M x K) @ B (K x N), B and C row-major with rows N long, A's element (m, k) at
 // A[m * sam + k * sak] (so A may be a transposed view): the GEMMs of layers with few or a moderate number
-// of filters (M up to ~64, N = batch * positions large), where MKL's general kernels run at half the
+// of filters (M or K up to ~64, N = batch * positions large), where MKL's general kernels run at half the
 // machine's rate or less (16 x 144 x 14336: 62 GFLOP/s) or spend more time packing than multiplying.
-// A register tile of kMR rows x kNV vectors of output columns (6 x 2 AVX2 vectors: 12 accumulators,
-// 2 loads of B and 6 broadcasts of A per 12 FMAs); A is packed once into kMR-row panels (k-major, rows
-// past M zero) so that each broadcast reads the next element. A task is one strip of kNR columns: its
-// B strip (K x kNR) is read from the column buffer for the first panel and from L1/L2 for the others.
-// Each output is one sum in k order, whatever the thread count.
+// A register tile of kMR rows x kNV vectors of output columns (4 x 3 AVX2 vectors: 12 accumulators,
+// 3 loads of B and 4 broadcasts of A per 12 FMAs); A is packed once into kMR-row panels (k-major, rows
+// past M zero) so that each broadcast reads the next element. A task is one strip of kNR columns, its B
+// strip first copied to a contiguous per-thread block: B's rows are N apart, often near a multiple of
+// 4 KiB, so a strip's rows fall into few L1 sets and evict each other (and alias C's stores); packed,
+// 144 x 16 x 14336 went from 48 to 139 GFLOP/s, 288 x 32 x 7168 from 89 to 161 and 64 x 576 x 3584
+// from 130 to 155-170 (prototype, CI host). Each output is one sum in k order, whatever the thread count.
 template <class V> struct TileGemm {
   using T = typename V::T;
   using R = typename V::R;
-  static constexpr int kMR = 6, kNV = 2, kNR = kNV * V::W;
+  static constexpr int kMR = 4, kNV = 3, kNR = kNV * V::W;
 
   static void run(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C) {
     const int64_t panels = (M + kMR - 1) / kMR;
@@ -251,29 +253,42 @@ template <class V> struct TileGemm {
           Ap[(p * K + k) * kMR + i] = m < M ? A[m * sam + k * sak] : T(0);
         }
     const int64_t strips = (N + kNR - 1) / kNR;
-#pragma omp parallel for schedule(static) if (M * K * N > kConvParallelGrain)
-    for (int64_t s = 0; s < strips; ++s) {
-      const int64_t j0 = s * kNR;
-      if (j0 + kNR <= N) {
-        strip<true>(M, K, N, Ap, B + j0, C + j0, kNR);
-      } else {
-        strip<false>(M, K, N, Ap, B + j0, C + j0, N - j0);
+#pragma omp parallel if (M * K * N > kConvParallelGrain)
+    {
+      std::vector<T> strip_buf(size_t(K * kNR));  // this thread's packed B strip
+#pragma omp for schedule(static)
+      for (int64_t s = 0; s < strips; ++s) {
+        const int64_t j0 = s * kNR;
+        if (j0 + kNR <= N) {
+          strip<true>(M, K, N, Ap, B + j0, C + j0, kNR, strip_buf.data());
+        } else {
+          strip<false>(M, K, N, Ap, B + j0, C + j0, N - j0, strip_buf.data());
+        }
       }
     }
   }
 
-  // Columns [0, nr) of B and C (already offset to the strip); full: nr == kNR, whole-vector loads.
+  // Vector v of a row's first nr columns, zeros past them (and a vector wholly past them never read).
+  static R tail(const T* row, int64_t nr, int v) {
+    return nr > v * V::W ? V::load_tail(row + v * V::W, nr - v * V::W, T(0)) : V::set1(T(0));
+  }
+
+  // Columns [0, nr) of B and C (already offset to the strip); full: nr == kNR. The strip is first
+  // copied to `packed` (K x kNR, zeros past nr), so only the stores of a partial strip are masked.
   template <bool full>
-  static void strip(int64_t M, int64_t K, int64_t N, const T* Ap, const T* B, T* C, int64_t nr) {
+  static void strip(int64_t M, int64_t K, int64_t N, const T* Ap, const T* B, T* C, int64_t nr, T* packed) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int v = 0; v < kNV; ++v)
+        V::store(packed + k * kNR + v * V::W, full ? V::load(B + k * N + v * V::W) : tail(B + k * N, nr, v));
     for (int64_t m0 = 0; m0 < M; m0 += kMR) {
       R acc[kMR][kNV];
       for (int i = 0; i < kMR; ++i)
         for (int v = 0; v < kNV; ++v) acc[i][v] = V::set1(T(0));
       const T* a = Ap + m0 * K;  // this panel: K groups of kMR
-      const T* b = B;
-      for (int64_t k = 0; k < K; ++k, a += kMR, b += N) {
+      const T* b = packed;
+      for (int64_t k = 0; k < K; ++k, a += kMR, b += kNR) {
         R bv[kNV];
-        for (int v = 0; v < kNV; ++v) bv[v] = full ? V::load(b + v * V::W) : V::load_tail(b + v * V::W, nr - v * V::W, T(0));
+        for (int v = 0; v < kNV; ++v) bv[v] = V::load(b + v * V::W);
         for (int i = 0; i < kMR; ++i) {
           const R ai = V::set1(a[i]);
           for (int v = 0; v < kNV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
@@ -285,7 +300,7 @@ template <class V> struct TileGemm {
         for (int v = 0; v < kNV; ++v) {
           if (full) {
             V::store(c + v * V::W, acc[i][v]);
-          } else {
+          } else if (nr > v * V::W) {  // (the AVX-512 masks take no negative count)
             V::store_tail(c + v * V::W, acc[i][v], nr - v * V::W);
           }
         }
