@@ -1,5 +1,5 @@
-// im2col convolution, avx2 path: the loops of conv_impl.h compiled for avx2 (compiler-vectorized: the
-// row copies, the stride-1 adds of col2im and the channel sums). Standard headers before the pragma.
+// im2col convolution, avx2 path: the loops of conv_impl.h on avx2 vectors (the stride-1 row copies
+// and col2im adds, the tile GEMM; the other loops compiler-vectorized). Standard headers before the pragma.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>

@@ -1,7 +1,8 @@
-// im2col convolution loops, written once; included by conv.cpp (the scalar reference path, baseline
-// ISA) and by conv_avx2.cpp / conv_avx512.cpp after their target pragma, where the compiler vectorizes
-// the same loops. Internal linkage, so the ISA copies never meet at link time.
-// Every loop works a whole row at a time: for stride 1 the inner loop is a contiguous copy or add.
+// im2col convolution loops, written once over a Vec<T> wrapper; included by conv.cpp (the scalar
+// reference path: one-lane Vec, baseline ISA) and by conv_avx2.cpp / conv_avx512.cpp after their target
+// pragma and simd header. The stride-1 im2col rows, the stride-1 col2im adds and the tile GEMM use the
+// Vec wrappers; the other loops are plain and compiler-vectorized. Internal linkage, so the ISA copies
+// never meet at link time. Every loop works a whole row at a time.
 #pragma once
 // Short row copies stay inline loops: GCC would turn them into memcpy/memset calls, whose call cost is
 // most of im2col's time for narrow images (LeNet: 24-float rows, 38400 calls a batch).
