@@ -164,7 +164,15 @@ def test_gradient_subsets(device):
 
 UNFOLD_CONFIGS = [((2, 3, 9, 8), (3, 2), (2, 1), (1, 0), (2, 3)), ((1, 1, 5, 5), (5, 5), (1, 1), (0, 0), (1, 1)),
                   ((3, 2, 6, 7), (2, 2), (1, 1), (1, 1), (1, 1)), ((2, 4, 4, 4), (1, 1), (1, 1), (0, 0), (1, 1)),
-                  ((2, 2, 3, 4), (3, 3), (1, 2), (2, 1), (3, 1)), ((1, 3, 13, 11), (4, 3), (2, 2), (3, 1), (2, 4))]
+                  ((2, 2, 3, 4), (3, 3), (1, 2), (2, 1), (3, 1)), ((1, 3, 13, 11), (4, 3), (2, 2), (3, 1), (2, 4)),
+                  # Large enough to run on every thread, with rows narrower than, equal to and just past a
+                  # vector (the stride-1 rows are written in whole vectors that spill into the next row of
+                  # their own run, never into another thread's): output widths 9, 3, 8, 17 and 6 (stride 2)
+                  ((8, 16, 9, 9), (3, 3), (1, 1), (1, 1), (1, 1)), ((6, 20, 5, 3), (3, 3), (1, 1), (1, 1), (1, 1)),
+                  ((4, 12, 10, 8), (3, 3), (1, 1), (1, 1), (1, 1)), ((3, 9, 7, 17), (3, 2), (1, 2), (2, 1), (1, 1)),
+                  ((5, 8, 12, 12), (3, 3), (1, 1), (1, 1), (2, 2)),
+                  # an input row wider than col2im's 512-element row buffer (the general loop)
+                  ((2, 2, 3, 600), (1, 3), (1, 1), (0, 1), (1, 1))]
 
 
 @pytest.mark.parametrize("shape,k,d,p,s", UNFOLD_CONFIGS, ids=[str(i) for i in range(len(UNFOLD_CONFIGS))])
