@@ -302,7 +302,7 @@ template <class V> struct TileGemm {
         for (int v = 0; v < kNV; ++v) {
           if (full) {
             V::store(c + v * V::W, acc[i][v]);
-          } else if (nr > v * V::W) {  // (the AVX-512 masks take no negative count)
+          } else if (nr > v * V::W) {  // a vector wholly past the strip's columns is not addressed
             V::store_tail(c + v * V::W, acc[i][v], nr - v * V::W);
           }
         }

@@ -14,7 +14,10 @@ template <> struct Vec<float> {
   using T = float;
   using R = __m512;
   static constexpr int W = 16;
-  static __mmask16 mask(int64_t n) { return n >= W ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+  // The first n lanes; n <= 0 gives none (as the AVX2 and scalar tails do), n >= W all.
+  static __mmask16 mask(int64_t n) {
+    return n >= W ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+  }
   static R set1(T v) { return _mm512_set1_ps(v); }
   static R load(const T* p) { return _mm512_loadu_ps(p); }
   static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
@@ -62,7 +65,7 @@ template <> struct Vec<double> {
   using T = double;
   using R = __m512d;
   static constexpr int W = 8;
-  static __mmask8 mask(int64_t n) { return n >= W ? __mmask8(0xFF) : __mmask8((1u << n) - 1u); }
+  static __mmask8 mask(int64_t n) { return n >= W ? __mmask8(0xFF) : n <= 0 ? __mmask8(0) : __mmask8((1u << n) - 1u); }
   static R set1(T v) { return _mm512_set1_pd(v); }
   static R load(const T* p) { return _mm512_loadu_pd(p); }
   static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
