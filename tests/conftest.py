@@ -1,4 +1,9 @@
 """Shared test harness: device x ISA parametrization, the tolerance table, and the parity helpers."""
+import os
+import random
+import zlib
+
+import numpy as np
 import pytest
 import torch
 
@@ -28,10 +33,34 @@ def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False, help="run the long property tests too")
 
 
+# Every test starts from a seed derived from this run's seed and its own name, so that a failure on
+# unlucky random inputs can be repeated: the seed is printed in the header and with each failure, and
+# DLKERNELS_TEST_SEED=<seed> runs the same inputs again. Each run draws a new seed (so the suite keeps
+# exploring inputs) unless the variable is set. Tests that seed themselves override it.
+RUN_SEED = int(os.environ.get("DLKERNELS_TEST_SEED", random.SystemRandom().randrange(2**31)))
+
+
+def pytest_report_header(config):
+    return f"dlkernels test seed: DLKERNELS_TEST_SEED={RUN_SEED}"
+
+
+@pytest.fixture(autouse=True)
+def _seed_each_test(request):
+    seed = (RUN_SEED + zlib.crc32(request.node.nodeid.encode())) % 2**31
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    yield
+
+
+def pytest_runtest_makereport(item, call):
+    if call.when == "call" and call.excinfo is not None:
+        item.add_report_section("call", "seed", f"DLKERNELS_TEST_SEED={RUN_SEED} repeats this test's inputs")
+
+
 def pytest_configure(config):
     # test_properties.py reads this when it is imported (after configuration): --slow runs 10x the examples
     if config.getoption("--slow"):
-        import os
         os.environ["DLKERNELS_SLOW"] = "1"
 
 
