@@ -102,6 +102,51 @@ def test_large_mean_no_cancellation(device, dtype, shape):
     torch.testing.assert_close(ours[0].double(), ref64[0], **tol)
 
 
+def _hard_case(kind):
+    """float32 inputs on which the CPU float32 training path's float sums would be inaccurate or overflow,
+    so that it must take its float64 path for the channel (batch_norm_impl.h, float_moments and
+    float_dz_sums): (x, dy) in float64, already rounded to float32."""
+    x = torch.randn(16, 4, 64, 64, dtype=torch.float64)  # 256 KiB a channel: the fused path's largest
+    dy = torch.randn(x.shape, dtype=torch.float64)
+    if kind == "atypical_first":
+        # each channel's first 64 values (which set the float path's shift) near 0, the other 65472 one
+        # random constant in [1, 4]: around that shift E[e^2] - E[e]^2 cancels ~1000x, and the float
+        # rounding of the equal terms e^2 is the same in every block (up to 8e-5 relative error in the
+        # output where the path did not decline, measured)
+        x = torch.rand(1, 4, 1, 1, dtype=torch.float64).mul(3).add(1).expand(x.shape).clone()
+        x[0, :, 0, :] = torch.randn(4, 64, dtype=torch.float64) * 0.01
+    elif kind == "huge_input":
+        x = x * 1e20  # (x - mean)^2 overflows float32
+    elif kind == "huge_gradient":
+        x, dy = x * 1e10, dy * 1e30  # dy * (x - mean) overflows float32
+    return x.float().double(), dy.float().double()
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["bn", "relu"])
+@pytest.mark.parametrize("kind", ["atypical_first", "huge_input", "huge_gradient"])
+def test_inputs_beyond_float_sums(device, kind, relu):
+    """Where float sums would lose the statistics or the gradient sums, the result still matches the
+    float64 computation on the same float32 inputs, as float32 holds it, to float32 accuracy (relative to
+    the largest value)."""
+    x64, dy64 = _hard_case(kind)
+    w64, b64 = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
+    fn = DF.batch_norm_relu if relu else DF.batch_norm
+    results = []
+    for dtype, f in ((torch.float32, fn), (torch.float64, F.batch_norm)):
+        x, w, b = (t.to(dtype).requires_grad_(True) for t in (x64, w64, b64))
+        rm, rv = torch.zeros(4, dtype=dtype), torch.ones(4, dtype=dtype)
+        y = f(x, rm, rv, w, b, True, 0.1, 1e-5)
+        y = torch.relu(y) if relu and dtype == torch.float64 else y
+        grads = torch.autograd.grad(y, (x, w, b), dy64.to(dtype))
+        results.append([y, *grads, rm, rv])
+    for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var"],
+                          *results):
+        e = e.float().double()  # as float32 holds it: the running variance of 1e20-sized inputs is inf there
+        scale = e[torch.isfinite(e)].abs().max().item() if torch.isfinite(e).any() else 0.0
+        assert torch.isfinite(a).sum() == torch.isfinite(e).sum(), name
+        torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-5 * scale, msg=f"{kind} {name}")
+
+
 def test_no_affine_no_running_stats_and_momentum(device):
     x = torch.randn(6, 4, 5, 3, device=device)
     for momentum in (0.0, 0.25, 1.0):

@@ -9,6 +9,8 @@
 #include <type_traits>
 
 #include "cpu/batch_norm_impl.h"
+// after the impl, so that the one-lane wrappers are compiled under its floating-point pragma too
+#include "cpu/simd_scalar.h"
 #include "cpu/isa.h"
 
 namespace dlk::cpu {
@@ -24,8 +26,8 @@ bool batch_norm_fused_fits(const BatchNormGeom& g, int64_t element_size) {
   return !g.channels_last && g.C >= 4 && g.count() * element_size <= (int64_t(256) << 10);
 }
 
-DLK_BN_DEFINE(scalar, float)
-DLK_BN_DEFINE(scalar, double)
+DLK_BN_DEFINE(scalar, scalar, float)
+DLK_BN_DEFINE(scalar, scalar, double)
 
 DLK_ISA_DISPATCH(batch_norm_stats, (const BatchNormGeom& g, const T* x, double* mean, double* var, double* work),
                 (g, x, mean, var, work))

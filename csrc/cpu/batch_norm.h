@@ -1,6 +1,8 @@
 // CPU batch-normalization kernels on raw pointers (T = float or double). Per-channel arrays are double:
 // statistics are accumulated in double around a per-channel shift (the channel's first value), so an
-// input of 1000 + noise keeps its variance (no E[x^2] - E[x]^2 cancellation).
+// input of 1000 + noise keeps its variance (no E[x^2] - E[x]^2 cancellation). The float32 fused training
+// paths sum short runs in float lanes before adding them in double, around a shift near the mean, and
+// fall back to the double sums for a channel where that would lose accuracy (batch_norm_impl.h).
 // Work is split in a fixed way that depends only on the sizes (never on the thread count), and partial
 // sums are combined in a fixed order: results are bitwise the same for any number of threads.
 #pragma once

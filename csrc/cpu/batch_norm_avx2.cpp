@@ -10,10 +10,12 @@
 
 #pragma GCC target("avx2,fma")
 #include "cpu/batch_norm_impl.h"
+// after the impl, so that the vector wrappers are compiled under its floating-point pragma too
+#include "cpu/simd_avx2.h"
 
 namespace dlk::cpu {
 
-DLK_BN_DEFINE(avx2, float)
-DLK_BN_DEFINE(avx2, double)
+DLK_BN_DEFINE(avx2, avx2, float)
+DLK_BN_DEFINE(avx2, avx2, double)
 
 }  // namespace dlk::cpu

@@ -10,10 +10,12 @@
 
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma")
 #include "cpu/batch_norm_impl.h"
+// after the impl, so that the vector wrappers are compiled under its floating-point pragma too
+#include "cpu/simd_avx512.h"
 
 namespace dlk::cpu {
 
-DLK_BN_DEFINE(avx512, float)
-DLK_BN_DEFINE(avx512, double)
+DLK_BN_DEFINE(avx512, avx512, float)
+DLK_BN_DEFINE(avx512, avx512, double)
 
 }  // namespace dlk::cpu

@@ -49,6 +49,21 @@ template <> struct Vec<float> {
     s = _mm_max_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  // Wide (double) lanes for long float sums: add_widened adds lanes 0-3 of v into lo and 4-7 into hi;
+  // reduce_wide sums the eight double lanes in a fixed order.
+  using RD = __m256d;
+  static RD zero_wide() { return _mm256_setzero_pd(); }
+  static void add_widened(R v, RD& lo, RD& hi) {
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  static double reduce_wide(RD lo, RD hi) {
+    const __m256d s = _mm256_add_pd(lo, hi);
+    const __m128d t = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+  }
+  // v's lanes where gate > 0, +0.0 elsewhere (NaN gates give 0): v's bits and-ed with the comparison.
+  static R keep_where_positive(R v, R gate) { return _mm256_and_ps(v, _mm256_cmp_ps(gate, _mm256_setzero_ps(), _CMP_GT_OQ)); }
   static R exp(R x) {
     const R lo = set1(-87.33654f);
     R xc = _mm256_max_ps(lo, _mm256_min_ps(set1(88.0f), x));

@@ -36,6 +36,30 @@ template <> struct Vec<float> {
   static R div(R a, R b) { return _mm512_div_ps(a, b); }
   static R sqrt(R a) { return _mm512_sqrt_ps(a); }
   static R neg(R a) { return _mm512_xor_ps(a, set1(T(-0.0))); }
+  // Wide (double) lanes for long float sums: add_widened adds lanes 0-7 of v into lo and 8-15 into hi;
+  // reduce_wide sums the sixteen double lanes in a fixed order. (The zero-masking forms of the
+  // conversions and extractions: GCC 12's plain ones start from an "undefined" register that -Wall
+  // reports as uninitialized.)
+  using RD = __m512d;
+  static RD zero_wide() { return _mm512_setzero_pd(); }
+  static __m256d half_pd(__m512d v, int hi) {
+    return hi ? _mm512_maskz_extractf64x4_pd(0xF, v, 1) : _mm512_maskz_extractf64x4_pd(0xF, v, 0);
+  }
+  static void add_widened(R v, RD& lo, RD& hi) {
+    const __m512d bits = _mm512_castps_pd(v);
+    lo = _mm512_add_pd(lo, _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(half_pd(bits, 0))));
+    hi = _mm512_add_pd(hi, _mm512_maskz_cvtps_pd(0xFF, _mm256_castpd_ps(half_pd(bits, 1))));
+  }
+  static double reduce_wide(RD lo, RD hi) {
+    const __m512d s = _mm512_add_pd(lo, hi);
+    const __m256d q = _mm256_add_pd(half_pd(s, 0), half_pd(s, 1));
+    const __m128d t = _mm_add_pd(_mm256_castpd256_pd128(q), _mm256_extractf128_pd(q, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
+  }
+  // v's lanes where gate > 0, +0.0 elsewhere (NaN gates give 0).
+  static R keep_where_positive(R v, R gate) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(gate, _mm512_setzero_ps(), _CMP_GT_OQ), v);
+  }
   static T reduce_add(R v) { return _mm512_reduce_add_ps(v); }
   static T reduce_max(R v) { return _mm512_reduce_max_ps(v); }
   // exp(x) for the softmax range x <= 0: exp(x) = 2^y, y = x log2(e) split as n + f with n = round(y),

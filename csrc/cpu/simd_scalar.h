@@ -3,6 +3,8 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 namespace dlk::cpu::scalar {
 
@@ -26,6 +28,22 @@ template <class T_> struct Vec {
   static R min(R a, R b) { return a < b ? a : b; }
   static R sqrt(R a) { return std::sqrt(a); }
   static R neg(R a) { return -a; }
+  // Wide (double) lanes for long float sums (one lane here: hi stays unused).
+  using RD = double;
+  static RD zero_wide() { return 0.0; }
+  static void add_widened(R v, RD& lo, RD&) { lo += double(v); }
+  static double reduce_wide(RD lo, RD hi) { return lo + hi; }
+  // v where gate > 0, +0.0 elsewhere (NaN gates give 0): v's bits and-ed with the comparison, as the
+  // vector paths do, so -0.0 and NaN in v pass through the same way.
+  static R keep_where_positive(R v, R gate) {
+    using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    Bits b;
+    std::memcpy(&b, &v, sizeof(T));
+    b &= Bits(0) - Bits(gate > T(0));
+    T out;
+    std::memcpy(&out, &b, sizeof(T));
+    return out;
+  }
 };
 
 }  // namespace dlk::cpu::scalar
