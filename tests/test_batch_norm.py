@@ -102,11 +102,12 @@ def test_large_mean_no_cancellation(device, dtype, shape):
     torch.testing.assert_close(ours[0].double(), ref64[0], **tol)
 
 
-def _hard_case(kind):
-    """float32 inputs on which the CPU float32 training path's float sums would be inaccurate or overflow,
-    so that it must take its float64 path for the channel (batch_norm_impl.h, float_moments and
-    float_dz_sums): (x, dy) in float64, already rounded to float32."""
-    x = torch.randn(16, 4, 64, 64, dtype=torch.float64)  # 256 KiB a channel: the fused path's largest
+def _hard_case(kind, n):
+    """float32 inputs on which the CPU float32 training paths' float sums would be inaccurate or overflow,
+    so that they must take their float64 sums for the channel (batch_norm_impl.h, float_moments_ok and
+    dz_xmu_from_f): (x, dy) in float64, already rounded to float32. n=16 gives 256 KiB a channel, the
+    fused path's largest; n=17 takes the two-pass path."""
+    x = torch.randn(n, 4, 64, 64, dtype=torch.float64)
     dy = torch.randn(x.shape, dtype=torch.float64)
     if kind == "atypical_first":
         # each channel's first 64 values (which set the float path's shift) near 0, the other 65472 one
@@ -122,13 +123,14 @@ def _hard_case(kind):
     return x.float().double(), dy.float().double()
 
 
+@pytest.mark.parametrize("n", [16, 17], ids=["fused", "two_pass"])
 @pytest.mark.parametrize("relu", [False, True], ids=["bn", "relu"])
 @pytest.mark.parametrize("kind", ["atypical_first", "huge_input", "huge_gradient"])
-def test_inputs_beyond_float_sums(device, kind, relu):
+def test_inputs_beyond_float_sums(device, kind, relu, n):
     """Where float sums would lose the statistics or the gradient sums, the result still matches the
     float64 computation on the same float32 inputs, as float32 holds it, to float32 accuracy (relative to
     the largest value)."""
-    x64, dy64 = _hard_case(kind)
+    x64, dy64 = _hard_case(kind, n)
     w64, b64 = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
     fn = DF.batch_norm_relu if relu else DF.batch_norm
     results = []

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/batch_norm_impl.h"
 // after the impl, so that the one-lane wrappers are compiled under its floating-point pragma too

@@ -1,10 +1,12 @@
-// Batch normalization, avx512 path: the loops of batch_norm_impl.h compiled for avx512 (compiler-vectorized).
+// Batch normalization, avx512 path: the loops of batch_norm_impl.h compiled for avx512 (compiler-vectorized;
+// the float32 training sums written over simd_avx512.h's Vec<float>).
 // Standard headers before the pragma.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/batch_norm.h"
 

@@ -3,8 +3,9 @@
 // compiler vectorizes the same loops. Internal linkage, so the ISA copies never meet at link time.
 //
 // Planar layout (NCHW): a task is a run of whole (n, c) planes; the reductions run in vector lanes
-// (omp simd reduction: a fixed order for a given ISA, independent of the thread count). Channels-last layout (and
-// (N, C) input): a task is a block of rows, each row all C channels, and the loops run across channels.
+// (omp simd reduction in double, or for float32 the WideSums runs over the ISA's Vec<float>: a fixed order
+// for a given ISA, independent of the thread count). Channels-last layout (and (N, C) input): a task is a
+// block of rows, each row all C channels, and the loops run across channels (in double).
 #pragma once
 // No fused multiply-add contraction in these loops: every elementwise result is then the same bits on
 // every ISA path and in every loop that computes it (vector body or scalar tail), which the ReLU mask
@@ -16,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/batch_norm.h"
 
@@ -175,58 +177,75 @@ template <class T, class VF> struct BnKernels {
     b_out = b;
   }
 
-  // float32, planar: channel c's mean and biased variance from float sums (WideSums) of e = x - s and e^2
-  // around a float shift s near the mean (the mean of the channel's first values), in one read of x.
-  // Around a shift, var = E[e^2] - E[e]^2 loses E[e]^2 / var of its relative accuracy to cancellation;
-  // where that exceeds 1 (the shift more than a standard deviation from the mean: values ordered so
-  // that the first ones are atypical, or a spread below float resolution around a large mean), or a
-  // float sum overflowed (|x - s| beyond 1e19), this returns false and the caller computes the channel in
-  // double. Otherwise the variance is within a few float roundings (relative) of the exact one.
-  static bool float_moments(const BatchNormGeom& g, const T* x, int64_t c, double& mean, double& var) {
-    if constexpr (!std::is_same_v<T, float>) {
-      return false;
-    } else {
+  // float32, planar: the float path's shift for channel c, the mean of its first (up to 64) values.
+  static float head_shift(const BatchNormGeom& g, const T* x, int64_t c) {
+    const int64_t head = std::min<int64_t>(g.L, 64);
+    double s = 0;
+    for (int64_t l = 0; l < head; ++l) s += double(x[c * g.L + l]);
+    return float(s / double(head));
+  }
+
+  // float32, planar: sums of e = x - s and of e^2 over planes [n0, n1) of channel c, from float runs
+  // (WideSums).
+  static void shifted_sums_f(const BatchNormGeom& g, const T* x, int64_t c, int64_t n0, int64_t n1, float s,
+                             double& a_out, double& b_out) {
+    if constexpr (std::is_same_v<T, float>) {
       using R = typename VF::R;
-      const int64_t L = g.L, head = std::min<int64_t>(L, 64);
-      double s64 = 0;
-      for (int64_t l = 0; l < head; ++l) s64 += double(x[c * L + l]);
-      const float s = float(s64 / double(head));
       const R sv = VF::set1(s);
       WideSums<VF> sums;
-      for (int64_t n = 0; n < g.N; ++n) {
-        const float* p = x + (n * g.C + c) * L;
-        sums.run(L, [&](int64_t l, int64_t k, R& a, R& b) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const float* p = x + (n * g.C + c) * g.L;
+        sums.run(g.L, [&](int64_t l, int64_t k, R& a, R& b) {
           const R e = VF::sub(load_n<VF>(p + l, k, s), sv);
           a = VF::add(a, e);
           b = VF::fmadd(e, e, b);
         });
       }
-      const double inv_count = 1.0 / double(g.count());
-      const double m = sums.a() * inv_count, v = sums.b() * inv_count - m * m;
-      if (!(std::isfinite(v) && m * m <= v)) return false;
-      mean = double(s) + m;
-      var = v;
-      return true;
+      a_out = sums.a();
+      b_out = sums.b();
     }
   }
 
-  // float32, planar: sum dz and sum dz * (x - mean) over channel c from float sums (WideSums), with
-  // x - mean taken as (x - mh) - ml for the mean's float part mh: the float products use x - mh, and
-  // ml * sum dz is subtracted in double. false where a float sum overflowed (the caller then sums in
-  // double). No cancellation here beyond the sum's own: each term is computed to float rounding.
-  template <Gate gate>
-  static bool float_dz_sums(const BatchNormGeom& g, const T* dy, const T* x, const T* y, int64_t c, double m,
-                            const PreAct& pre, double& sum_dz, double& sum_dz_xmu) {
+  // Mean and variance from float-path sums around the shift s; false where they are not accurate:
+  // around a shift, var = E[e^2] - E[e]^2 loses E[e]^2 / var of its relative accuracy to cancellation,
+  // so the float path declines where that exceeds 1 (the shift more than a standard deviation from the
+  // mean: values ordered so that the first ones are atypical, or a spread below float resolution around
+  // a large mean), or where a float sum overflowed (|x - s| beyond 1e19), or met NaN or inf. Otherwise
+  // the variance is within a few float roundings (relative) of the exact one.
+  static bool float_moments_ok(double a, double b, double inv_count, float s, double& mean, double& var) {
+    const double m = a * inv_count, v = b * inv_count - m * m;
+    if (!(std::isfinite(v) && m * m <= v)) return false;
+    mean = double(s) + m;
+    var = v;
+    return true;
+  }
+
+  // float32, planar: channel c's mean and biased variance from float sums around head_shift, in one read
+  // of x; false where float_moments_ok declines (the caller then computes the channel in double).
+  static bool float_moments(const BatchNormGeom& g, const T* x, int64_t c, double& mean, double& var) {
     if constexpr (!std::is_same_v<T, float>) {
       return false;
     } else {
+      const float s = head_shift(g, x, c);
+      double a = 0, b = 0;
+      shifted_sums_f(g, x, c, 0, g.N, s, a, b);
+      return float_moments_ok(a, b, 1.0 / double(g.count()), s, mean, var);
+    }
+  }
+
+  // float32, planar: sums of dz and of dz * (x - mh) over planes [n0, n1) of channel c from float runs
+  // (WideSums), mh the mean's float part: sum dz * (x - mean) is then b - (mean - mh) * a, in double
+  // (dz_xmu_from_f). No cancellation here beyond the sum's own: each term is computed to float rounding.
+  template <Gate gate>
+  static void dz_sums_f(const BatchNormGeom& g, const T* dy, const T* x, const T* y, int64_t c, int64_t n0,
+                        int64_t n1, float mh, const PreAct& pre, double& a_out, double& b_out) {
+    if constexpr (std::is_same_v<T, float>) {
       using R = typename VF::R;
-      const float mh = float(m);
       const R mv = VF::set1(mh);
       // the forward's pre-activation ((x - hi) - lo) * s + b, the same operations in the same order
       const R phi = VF::set1(pre.m.hi), plo = VF::set1(pre.m.lo), ps = VF::set1(pre.s), pb = VF::set1(pre.b);
       WideSums<VF> sums;
-      for (int64_t n = 0; n < g.N; ++n) {
+      for (int64_t n = n0; n < n1; ++n) {
         const int64_t o = (n * g.C + c) * g.L;
         const float *pd = dy + o, *px = x + o, *py = y + o;
         sums.run(g.L, [&](int64_t l, int64_t k, R& a, R& b) {
@@ -239,11 +258,31 @@ template <class T, class VF> struct BnKernels {
           b = VF::fmadd(dz, VF::sub(xv, mv), b);
         });
       }
-      const double a = sums.a(), b = sums.b() - (m - double(mh)) * sums.a();
-      if (!(std::isfinite(a) && std::isfinite(b))) return false;
-      sum_dz = a;
-      sum_dz_xmu = b;
-      return true;
+      a_out = sums.a();
+      b_out = sums.b();
+    }
+  }
+
+  // sum dz * (x - m) from dz_sums_f's sums around mh = float(m); false where a float sum overflowed or
+  // met NaN or inf (the caller then sums in double).
+  static bool dz_xmu_from_f(double a, double b, double m, double& sum_dz, double& sum_dz_xmu) {
+    const double bx = b - (m - double(float(m))) * a;
+    if (!(std::isfinite(a) && std::isfinite(bx))) return false;
+    sum_dz = a;
+    sum_dz_xmu = bx;
+    return true;
+  }
+
+  // float32, planar: sum dz and sum dz * (x - mean) over channel c; false where dz_xmu_from_f declines.
+  template <Gate gate>
+  static bool float_dz_sums(const BatchNormGeom& g, const T* dy, const T* x, const T* y, int64_t c, double m,
+                            const PreAct& pre, double& sum_dz, double& sum_dz_xmu) {
+    if constexpr (!std::is_same_v<T, float>) {
+      return false;
+    } else {
+      double a = 0, b = 0;
+      dz_sums_f<gate>(g, dy, x, y, c, 0, g.N, float(m), pre, a, b);
+      return dz_xmu_from_f(a, b, m, sum_dz, sum_dz_xmu);
     }
   }
 
@@ -388,6 +427,10 @@ template <class T, class VF> struct BnKernels {
   static void stats(const BatchNormGeom& g, const T* x, double* mean, double* var, double* work) {
     const BnSplit sp = bn_split(g);
     const int64_t C = g.C, L = g.L;
+    const double inv_count = 1.0 / double(g.count());
+    if constexpr (std::is_same_v<T, float>) {
+      if (!g.channels_last) return stats_planar_f(g, sp, x, mean, var, work);
+    }
     // The shift: each channel's first value (held in mean[] until the end).
     for (int64_t c = 0; c < C; ++c) mean[c] = double(g.channels_last ? x[c] : x[c * L]);
     if (!g.channels_last) {
@@ -406,9 +449,40 @@ template <class T, class VF> struct BnKernels {
         }
       });
     }
-    const double inv_count = 1.0 / double(g.count());
     combine_blocks(g, sp.blocks, work,
                    [&](int64_t c, double a, double b) { moments(a, b, inv_count, mean[c], mean[c], var[c]); });
+  }
+
+  // stats() for float32, planar: the same tasks (channel, block of planes) with float-path sums around
+  // head_shift; a channel where float_moments_ok declines is summed again in double.
+  static void stats_planar_f(const BatchNormGeom& g, const BnSplit& sp, const T* x, double* mean, double* var,
+                             double* work) {
+    const int64_t C = g.C;
+    const double inv_count = 1.0 / double(g.count());
+    for (int64_t c = 0; c < C; ++c) mean[c] = double(head_shift(g, x, c));  // the shifts, until the end
+#pragma omp parallel for schedule(static) if (g.N * C * g.L > kBnChunk)
+    for (int64_t t = 0; t < C * sp.blocks; ++t) {
+      const int64_t c = t / sp.blocks, blk = t % sp.blocks;
+      shifted_sums_f(g, x, c, blk * sp.per_block, std::min(g.N, (blk + 1) * sp.per_block), float(mean[c]),
+                     work[2 * t], work[2 * t + 1]);
+    }
+    std::vector<int64_t> redo;
+    combine_blocks(g, sp.blocks, work, [&](int64_t c, double a, double b) {
+      if (!float_moments_ok(a, b, inv_count, float(mean[c]), mean[c], var[c])) redo.push_back(c);
+    });
+#pragma omp parallel for schedule(static) if (!redo.empty() && g.N * g.L > kBnChunk)
+    for (size_t i = 0; i < redo.size(); ++i) {
+      const int64_t c = redo[i];
+      const double s = double(x[c * g.L]);
+      double a = 0, b = 0;
+      for (int64_t blk = 0; blk < sp.blocks; ++blk) {
+        double pa, pb;
+        stats_block(g, sp, x, c, blk, s, pa, pb);
+        a += pa;
+        b += pb;
+      }
+      moments(a, b, inv_count, s, mean[c], var[c]);
+    }
   }
 
   static void apply(const BatchNormGeom& g, const T* x, const double* mean, const double* scale, const double* beta,
@@ -451,6 +525,10 @@ template <class T, class VF> struct BnKernels {
                                    double* sum_dz, double* sum_dz_xmu, double* work) {
     const BnSplit sp = bn_split(g);
     const int64_t C = g.C, L = g.L;
+    if constexpr (std::is_same_v<T, float>) {
+      if (!g.channels_last) return backward_reduce_planar_f<relu ? kGateY : kNoRelu>(g, sp, dy, x, y, mean, sum_dz,
+                                                                                     sum_dz_xmu, work);
+    }
     if (!g.channels_last) {
 #pragma omp parallel for schedule(static) if (g.N * C * L > kBnChunk)
       for (int64_t t = 0; t < C * sp.blocks; ++t) {
@@ -472,6 +550,37 @@ template <class T, class VF> struct BnKernels {
       sum_dz[c] = a;
       sum_dz_xmu[c] = b;
     });
+  }
+
+  // backward_reduce() for float32, planar: the same tasks with float-path sums; a channel where
+  // dz_xmu_from_f declines is summed again in double.
+  template <Gate gate>
+  static void backward_reduce_planar_f(const BatchNormGeom& g, const BnSplit& sp, const T* dy, const T* x, const T* y,
+                                       const double* mean, double* sum_dz, double* sum_dz_xmu, double* work) {
+    const int64_t C = g.C;
+#pragma omp parallel for schedule(static) if (g.N * C * g.L > kBnChunk)
+    for (int64_t t = 0; t < C * sp.blocks; ++t) {
+      const int64_t c = t / sp.blocks, blk = t % sp.blocks;
+      dz_sums_f<gate>(g, dy, x, y, c, blk * sp.per_block, std::min(g.N, (blk + 1) * sp.per_block), float(mean[c]),
+                      PreAct(mean[c], 0, 0), work[2 * t], work[2 * t + 1]);
+    }
+    std::vector<int64_t> redo;
+    combine_blocks(g, sp.blocks, work, [&](int64_t c, double a, double b) {
+      if (!dz_xmu_from_f(a, b, mean[c], sum_dz[c], sum_dz_xmu[c])) redo.push_back(c);
+    });
+#pragma omp parallel for schedule(static) if (!redo.empty() && g.N * g.L > kBnChunk)
+    for (size_t i = 0; i < redo.size(); ++i) {
+      const int64_t c = redo[i];
+      double a = 0, b = 0;
+      for (int64_t blk = 0; blk < sp.blocks; ++blk) {
+        double pa, pb;
+        reduce_block<gate>(g, sp, dy, x, y, c, blk, mean[c], PreAct(mean[c], 0, 0), pa, pb);
+        a += pa;
+        b += pb;
+      }
+      sum_dz[c] = a;
+      sum_dz_xmu[c] = b;
+    }
   }
 
   static void backward_apply(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,
