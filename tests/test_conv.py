@@ -91,6 +91,43 @@ def test_small_filter_gemms_on_both_sides_of_the_bound(device, dtype, x_shape, w
                   dtype=dtype, error_vs_torch=True)
 
 
+# The CPU's direct forward (ops/conv.cpp small_direct; conv_impl.h direct_forward): one group, stride 1,
+# dilation 1, at most 32 input values per output and 16 filters, and one case past each bound. Filter
+# counts around the tile's 6 (1, 5, 6, 7, 13, 16), output widths around the 16- (AVX2) and 32-column
+# (AVX-512) tiles (1, 15, 16, 17, 31, 32, 33), padding symmetric, asymmetric ('same' with an even kernel)
+# and larger than the kernel, 1xK and Kx1 kernels, batch 1.
+DIRECT_CONFIGS = [((64, 1, 28, 28), (6, 1, 5, 5), dict()),                          # LeNet's first layer
+                  ((2, 1, 9, 5), (1, 1, 5, 5), dict()),                             # OW 1
+                  ((3, 2, 7, 19), (5, 2, 3, 4), dict(padding=1)),                   # OW 18
+                  ((1, 3, 6, 17), (7, 3, 3, 3), dict(padding=(1, 0))),              # OW 15
+                  ((2, 3, 5, 18), (13, 3, 3, 3), dict(padding=(2, 0))),             # OW 16, 13 filters
+                  ((2, 2, 4, 17), (16, 2, 4, 4), dict(padding="same")),             # OW 17, asymmetric
+                  ((1, 1, 3, 31), (6, 1, 1, 7), dict(padding=(0, 3))),              # OW 31
+                  ((2, 4, 6, 32), (6, 4, 2, 4), dict(padding=(0, 1))),              # OW 31, 32 values
+                  ((2, 2, 5, 32), (9, 2, 4, 1), dict(padding=(2, 0))),              # OW 32
+                  ((1, 1, 6, 33), (12, 1, 5, 1), dict(padding=(6, 0))),             # OW 33, padding > kernel
+                  ((2, 3, 8, 8), (17, 3, 3, 3), dict(padding=1)),                   # 17 filters: past the bound
+                  ((2, 4, 8, 8), (6, 4, 3, 3), dict(padding=1)),                    # 36 values: past the bound
+                  ((2, 1, 12, 12), (6, 1, 3, 3), dict(stride=2)),                   # strided: not direct
+                  ((2, 1, 12, 12), (6, 1, 3, 3), dict(dilation=2))]                 # dilated: not direct
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("x_shape,w_shape,kw", DIRECT_CONFIGS, ids=[str(i) for i in range(len(DIRECT_CONFIGS))])
+def test_direct_forward_small_layers(device, dtype, x_shape, w_shape, kw, bias):
+    gen = torch.Generator().manual_seed(sum(x_shape) + sum(w_shape))
+    x = torch.randn(x_shape, generator=gen, dtype=dtype).to(device)
+    w = (torch.randn(w_shape, generator=gen, dtype=dtype) / (w_shape[1] * w_shape[2] * w_shape[3]) ** 0.5).to(device)
+    b = torch.randn(w_shape[0], generator=gen, dtype=dtype).to(device) if bias else None
+    check_fwd_bwd(lambda *a: DF.conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), [x, w, b] if bias else [x, w],
+                  grad_inputs=(0, 1, 2) if bias else (0, 1), dtype=dtype, error_vs_torch=True)
+    # unbatched and channels_last input take the same path
+    y = DF.conv2d(x[0], w, b, **kw)
+    torch.testing.assert_close(y, F.conv2d(x[0], w, b, **kw), **({} if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)))
+    y = DF.conv2d(x.to(memory_format=torch.channels_last), w, b, **kw)
+    torch.testing.assert_close(y, F.conv2d(x, w, b, **kw), **({} if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)))
+
+
 # One-group CPU layers beyond the small-filter bound accumulate grad_weight transposed (ops/conv.cpp):
 # many filters, the direct 1x1 path, strided and dilated, whole-batch chunks, one image per chunk
 # (workspace limit 1) and two (a smaller last chunk), with and without bias.

@@ -33,6 +33,19 @@ int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N);
 bool conv_gemm_small_fits(int64_t OCg, int64_t Rg);
 constexpr int64_t kConvTileMaxFilters = 64;
 
+// Direct convolution (conv_impl.h, direct_forward): stride 1, dilation 1, one group, no padding: in
+// (N, C, H, W), rows W long, of which the first OW + KW - 1 are the image and the rest (at least up to
+// round_up(OW, kConvDirectColumns) + KW - 1) zeros, read but never used; w (OC, C, KH, KW); out (N, OC,
+// H - KH + 1, OW); bias may be nullptr. Each output is bias + one sum in (c, kh, kw) order
+// (deterministic). For the forward of the layers conv_direct_fits accepts.
+constexpr int64_t kConvDirectColumns = 32;
+template <class T>
+void conv_direct_forward(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OW, int64_t OC, int64_t KH, int64_t KW,
+                         const T* in, const T* w, const T* bias, T* out);
+// Layers with at most 32 input values per output (C * KH * KW) and 16 filters: their column matrix is
+// (KH * KW)x the input for little arithmetic, so building it costs more than the products.
+inline bool conv_direct_fits(int64_t C, int64_t KH, int64_t KW, int64_t OC) { return C * KH * KW <= 32 && OC <= 16; }
+
 #define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
   void im2col_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
   void col2im_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
@@ -40,7 +53,9 @@ constexpr int64_t kConvTileMaxFilters = 64;
   void conv_images_to_rows_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);                    \
   void channel_sum_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);                           \
   void conv_gemm_wide_##SUFFIX(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*); \
-  void conv_gemm_dots_##SUFFIX(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);
+  void conv_gemm_dots_##SUFFIX(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);               \
+  void conv_direct_forward_##SUFFIX(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                    const T*, const T*, const T*, T*);
 DLK_CONV_DECLARE(scalar, float)
 DLK_CONV_DECLARE(scalar, double)
 DLK_CONV_DECLARE(avx2, float)

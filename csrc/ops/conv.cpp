@@ -10,7 +10,9 @@
 //                                   grad_W        += gy @ col^T              (col recomputed)
 //                                   col            = W^T @ gy;  grad_x = col2im(col)
 // A chunk of one image needs no layout move (its (OC, L) block is already the image); a 1x1 kernel with
-// stride 1 and no padding needs no im2col (the image is its own column matrix).
+// stride 1 and no padding needs no im2col (the image is its own column matrix); on the CPU, a one-group
+// stride-1 layer with few input values per output (LeNet's first) runs its forward without a column
+// matrix (small_direct).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
@@ -169,6 +171,33 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
 // images, keeps its per-image accumulation (one GEMM would first need both operands moved to rows).
 bool batched_direct(const ConvGeom& c, bool tile) { return c.direct && c.G == 1 && !tile; }
 
+// On the CPU, a one-group layer with stride 1, dilation 1 and few input values per output
+// (cpu::conv_direct_fits: LeNet's first layer) runs its forward on the direct kernel, on the input
+// padded first: no column matrix (in-process A/B on the CI host, LeNet's 64x1x28x28 -> 6 5x5: forward
+// 1.8x faster, forward + backward 1.14-1.25x). Its backward keeps the column matrix.
+bool small_direct(const ConvGeom& c, const Tensor& x) {
+  const Im2colGeom& g = c.g;
+  return x.is_cpu() && !c.direct && c.G == 1 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 &&
+         cpu::conv_direct_fits(g.C, g.KH, g.KW, c.OC);
+}
+
+void small_direct_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& out) {
+  const Im2colGeom& g = c.g;
+  // bottom padding from the output size (stride 1: OH = H + top + bottom - KH + 1); on the right, zeros
+  // up to the kernel's whole tiles of kConvDirectColumns outputs
+  const int64_t pb = g.OH + g.KH - 1 - g.H - g.PH;
+  const int64_t cols = (g.OW + cpu::kConvDirectColumns - 1) / cpu::kConvDirectColumns * cpu::kConvDirectColumns;
+  const int64_t Wp = cols + g.KW - 1, pr = Wp - g.W - g.PW;
+  TORCH_INTERNAL_ASSERT(pb >= 0 && pr >= 0, "conv2d: negative bottom/right padding");
+  Tensor xp = at::zeros({c.N, g.C, g.H + g.PH + pb, Wp}, x.options());
+  xp.narrow(2, g.PH, g.H).narrow(3, g.PW, g.W).copy_(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
+    cpu::conv_direct_forward<scalar_t>(c.N, g.C, xp.size(2), Wp, g.OW, c.OC, g.KH, g.KW, xp.data_ptr<scalar_t>(),
+                                       w.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+                                       out.data_ptr<scalar_t>());
+  });
+}
+
 // On the CPU, layers with up to cpu::kConvTileMaxFilters filters per group run the forward and the
 // input-gradient GEMMs on the hand-written register-tile GEMM (cpu::conv_gemm_wide): MKL's general
 // kernels run these thin products at half the machine's rate or less, or pack more than they multiply
@@ -288,6 +317,10 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
   Tensor out = empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
   if (c.N == 0) return out;
+  if (small_direct(c, x)) {
+    small_direct_forward(c, x, w, b, out);
+    return out;
+  }
   const Kernels k{x};
   const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
   const bool tile = tile_gemm(c, x);
