@@ -122,10 +122,10 @@ def test_direct_forward_small_layers(device, dtype, x_shape, w_shape, kw, bias):
     check_fwd_bwd(lambda *a: DF.conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), [x, w, b] if bias else [x, w],
                   grad_inputs=(0, 1, 2) if bias else (0, 1), dtype=dtype, error_vs_torch=True)
     # unbatched and channels_last input take the same path
-    y = DF.conv2d(x[0], w, b, **kw)
-    torch.testing.assert_close(y, F.conv2d(x[0], w, b, **kw), **({} if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)))
-    y = DF.conv2d(x.to(memory_format=torch.channels_last), w, b, **kw)
-    torch.testing.assert_close(y, F.conv2d(x, w, b, **kw), **({} if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)))
+    tol = {} if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(DF.conv2d(x[0], w, b, **kw), F.conv2d(x[0], w, b, **kw), **tol)
+    torch.testing.assert_close(DF.conv2d(x.to(memory_format=torch.channels_last), w, b, **kw), F.conv2d(x, w, b, **kw),
+                               **tol)
 
 
 # One-group CPU layers beyond the small-filter bound accumulate grad_weight transposed (ops/conv.cpp):

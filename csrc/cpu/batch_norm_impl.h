@@ -286,6 +286,37 @@ template <class T, class VF> struct BnKernels {
     }
   }
 
+  // Channel c's mean and variance from the float64 sums around its first value, in stats()'s block order
+  // (the float path's fallback, and float64's only path).
+  static void double_moments(const BatchNormGeom& g, const BnSplit& sp, const T* x, int64_t c, double inv_count,
+                             double& mean, double& var) {
+    const double s = double(x[c * g.L]);
+    double a = 0, b = 0;
+    for (int64_t blk = 0; blk < sp.blocks; ++blk) {
+      double pa, pb;
+      stats_block(g, sp, x, c, blk, s, pa, pb);
+      a += pa;
+      b += pb;
+    }
+    moments(a, b, inv_count, s, mean, var);
+  }
+
+  // Channel c's sum dz and sum dz * (x - m) from the float64 sums, in block order (the float path's
+  // fallback, and float64's only path).
+  template <Gate gate>
+  static void double_dz_sums(const BatchNormGeom& g, const BnSplit& sp, const T* dy, const T* x, const T* y, int64_t c,
+                             double m, const PreAct& pre, double& sum_dz, double& sum_dz_xmu) {
+    double a = 0, b = 0;
+    for (int64_t blk = 0; blk < sp.blocks; ++blk) {
+      double pa, pb;
+      reduce_block<gate>(g, sp, dy, x, y, c, blk, m, pre, pa, pb);
+      a += pa;
+      b += pb;
+    }
+    sum_dz = a;
+    sum_dz_xmu = b;
+  }
+
   // Training, planar layout, a channel at a time: statistics, then the normalization of the same planes
   // while they are still in cache (one read of x from memory instead of two). float32 takes its
   // statistics from float_moments (double where that declines); float64 uses stats()'s block order and
@@ -297,17 +328,7 @@ template <class T, class VF> struct BnKernels {
     const double inv_count = 1.0 / double(g.count());
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < g.C; ++c) {
-      if (!float_moments(g, x, c, mean[c], var[c])) {
-        const double s = double(x[c * g.L]);
-        double a = 0, b = 0;
-        for (int64_t blk = 0; blk < sp.blocks; ++blk) {
-          double pa, pb;
-          stats_block(g, sp, x, c, blk, s, pa, pb);
-          a += pa;
-          b += pb;
-        }
-        moments(a, b, inv_count, s, mean[c], var[c]);
-      }
+      if (!float_moments(g, x, c, mean[c], var[c])) double_moments(g, sp, x, c, inv_count, mean[c], var[c]);
       invstd[c] = 1.0 / std::sqrt(var[c] + eps);
       const double scale = (weight ? weight[c] : 1.0) * invstd[c], beta = bias ? bias[c] : 0.0;
       for (int64_t n = 0; n < g.N; ++n) {
@@ -329,15 +350,8 @@ template <class T, class VF> struct BnKernels {
       const double k_dz = (weight ? weight[c] : 1.0) * invstd[c];
       const PreAct pre(mean[c], k_dz, bias ? bias[c] : 0.0);
       double a = 0, b = 0;
-      if (!float_dz_sums<gate>(g, dy, x, y, c, mean[c], pre, a, b)) {
-        a = b = 0;
-        for (int64_t blk = 0; blk < sp.blocks; ++blk) {
-          double pa, pb;
-          reduce_block<gate>(g, sp, dy, x, y, c, blk, mean[c], pre, pa, pb);
-          a += pa;
-          b += pb;
-        }
-      }
+      if (!float_dz_sums<gate>(g, dy, x, y, c, mean[c], pre, a, b))
+        double_dz_sums<gate>(g, sp, dy, x, y, c, mean[c], pre, a, b);
       sum_dz[c] = a;
       sum_dz_xmu[c] = b;
       // the ops layer's formulas, in the same order: k_x = -(k_dz * invstd * invstd * sum_dz_xmu / n)
@@ -473,15 +487,7 @@ template <class T, class VF> struct BnKernels {
 #pragma omp parallel for schedule(static) if (!redo.empty() && g.N * g.L > kBnChunk)
     for (size_t i = 0; i < redo.size(); ++i) {
       const int64_t c = redo[i];
-      const double s = double(x[c * g.L]);
-      double a = 0, b = 0;
-      for (int64_t blk = 0; blk < sp.blocks; ++blk) {
-        double pa, pb;
-        stats_block(g, sp, x, c, blk, s, pa, pb);
-        a += pa;
-        b += pb;
-      }
-      moments(a, b, inv_count, s, mean[c], var[c]);
+      double_moments(g, sp, x, c, inv_count, mean[c], var[c]);
     }
   }
 
@@ -571,15 +577,7 @@ template <class T, class VF> struct BnKernels {
 #pragma omp parallel for schedule(static) if (!redo.empty() && g.N * g.L > kBnChunk)
     for (size_t i = 0; i < redo.size(); ++i) {
       const int64_t c = redo[i];
-      double a = 0, b = 0;
-      for (int64_t blk = 0; blk < sp.blocks; ++blk) {
-        double pa, pb;
-        reduce_block<gate>(g, sp, dy, x, y, c, blk, mean[c], PreAct(mean[c], 0, 0), pa, pb);
-        a += pa;
-        b += pb;
-      }
-      sum_dz[c] = a;
-      sum_dz_xmu[c] = b;
+      double_dz_sums<gate>(g, sp, dy, x, y, c, mean[c], PreAct(mean[c], 0, 0), sum_dz[c], sum_dz_xmu[c]);
     }
   }
 

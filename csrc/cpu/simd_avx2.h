@@ -63,7 +63,9 @@ template <> struct Vec<float> {
     return _mm_cvtsd_f64(_mm_add_sd(t, _mm_unpackhi_pd(t, t)));
   }
   // v's lanes where gate > 0, +0.0 elsewhere (NaN gates give 0): v's bits and-ed with the comparison.
-  static R keep_where_positive(R v, R gate) { return _mm256_and_ps(v, _mm256_cmp_ps(gate, _mm256_setzero_ps(), _CMP_GT_OQ)); }
+  static R keep_where_positive(R v, R gate) {
+    return _mm256_and_ps(v, _mm256_cmp_ps(gate, _mm256_setzero_ps(), _CMP_GT_OQ));
+  }
   static R exp(R x) {
     const R lo = set1(-87.33654f);
     R xc = _mm256_max_ps(lo, _mm256_min_ps(set1(88.0f), x));
