@@ -37,25 +37,27 @@ def _new_step(group, p):
 
 
 def _params_with_grad(cls_name, group):
-    out = []
+    """The group's parameters that have a gradient, with those gradients, split by (device, dtype): one
+    kernel call per (device, dtype). A single pass, since this runs on every step (with ~100 parameters
+    the attribute reads cost as much as the update of a small model)."""
+    groups = {}
     for p in group["params"]:
-        if p.grad is None:
+        g = p.grad
+        if g is None:
             continue
-        if p.grad.is_sparse:
+        if g.is_sparse:
             raise RuntimeError(f"dlkernels.optim.{cls_name} does not support sparse gradients (parameter of shape "
                                f"{tuple(p.shape)} has a sparse grad)")
-        if torch.is_complex(p):
+        dtype = p.dtype
+        if dtype.is_complex:
             raise NotImplementedError(f"dlkernels.optim.{cls_name} does not support complex parameters (got "
-                                      f"{p.dtype} of shape {tuple(p.shape)})")
-        out.append(p)
-    return out
-
-
-def _by_device_dtype(params):
-    """Indices of params grouped by (device, dtype): one kernel call per group."""
-    groups = {}
-    for i, p in enumerate(params):
-        groups.setdefault((p.device, p.dtype), []).append(i)
+                                      f"{dtype} of shape {tuple(p.shape)})")
+        key = (p.device, dtype)
+        entry = groups.get(key)
+        if entry is None:
+            groups[key] = entry = ([], [])
+        entry[0].append(p)
+        entry[1].append(g)
     return groups.values()
 
 
@@ -82,24 +84,19 @@ class Adam(torch.optim.Adam):
         name = type(self).__name__
         for group in self.param_groups:
             _check_supported(name, group)
-            params = _params_with_grad(name, group)
-            if not params:
-                continue
             amsgrad = group["amsgrad"]
-            for p in params:
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = _new_step(group, p)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if amsgrad:
-                        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             beta1, beta2 = group["betas"]
             decoupled = group.get("decoupled_weight_decay", self._decoupled_default)
-            for idx in _by_device_dtype(params):
-                ps = [params[i] for i in idx]
+            for ps, grads in _params_with_grad(name, group):
                 st = [self.state[p] for p in ps]
-                _ops.adam_(ps, [p.grad for p in ps], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                for p, state in zip(ps, st):
+                    if len(state) == 0:
+                        state["step"] = _new_step(group, p)
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        if amsgrad:
+                            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                _ops.adam_(ps, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
                            [s["max_exp_avg_sq"] for s in st] if amsgrad else [], [s["step"] for s in st],
                            _to_float("lr", group["lr"]), _to_float("beta1", beta1), _to_float("beta2", beta2),
                            float(group["eps"]), float(group["weight_decay"]), amsgrad, group["maximize"], decoupled)
@@ -121,22 +118,19 @@ class SGD(torch.optim.SGD):
         loss = _run_closure(closure)
         for group in self.param_groups:
             _check_supported("SGD", group)
-            params = _params_with_grad("SGD", group)
-            if not params:
-                continue
             momentum = float(group["momentum"])
-            for idx in _by_device_dtype(params):
-                ps = [params[i] for i in idx]
+            for ps, grads in _params_with_grad("SGD", group):
                 bufs, first = [], []
                 if momentum != 0:
                     for p in ps:
-                        buf = self.state[p].get("momentum_buffer")
+                        state = self.state[p]
+                        buf = state.get("momentum_buffer")
                         first.append(buf is None)
                         if buf is None:  # torch clones the first gradient into a new buffer; the kernel writes it
                             buf = torch.empty_like(p, memory_format=torch.preserve_format)
-                            self.state[p]["momentum_buffer"] = buf
+                            state["momentum_buffer"] = buf
                         bufs.append(buf)
-                _ops.sgd_(ps, [p.grad for p in ps], bufs, first, _to_float("lr", group["lr"]), momentum,
+                _ops.sgd_(ps, grads, bufs, first, _to_float("lr", group["lr"]), momentum,
                           float(group["dampening"]), float(group["weight_decay"]), group["nesterov"],
                           group["maximize"])
         return loss
@@ -150,19 +144,14 @@ class Adagrad(torch.optim.Adagrad):
         loss = _run_closure(closure)
         for group in self.param_groups:
             _check_supported("Adagrad", group)
-            params = _params_with_grad("Adagrad", group)
-            if not params:
-                continue
-            for p in params:
-                state = self.state[p]
-                if len(state) == 0:  # torch fills state in __init__; groups added later get the same here
-                    state["step"] = _new_step(group, p)
-                    init = group["initial_accumulator_value"]
-                    state["sum"] = torch.full_like(p, init, memory_format=torch.preserve_format)
-            for idx in _by_device_dtype(params):
-                ps = [params[i] for i in idx]
+            for ps, grads in _params_with_grad("Adagrad", group):
                 st = [self.state[p] for p in ps]
-                _ops.adagrad_(ps, [p.grad for p in ps], [s["sum"] for s in st], [s["step"] for s in st],
+                for p, state in zip(ps, st):
+                    if len(state) == 0:  # torch fills state in __init__; groups added later get the same here
+                        state["step"] = _new_step(group, p)
+                        init = group["initial_accumulator_value"]
+                        state["sum"] = torch.full_like(p, init, memory_format=torch.preserve_format)
+                _ops.adagrad_(ps, grads, [s["sum"] for s in st], [s["step"] for s in st],
                               _to_float("lr", group["lr"]), float(group["lr_decay"]), float(group["weight_decay"]),
                               float(group["eps"]), group["maximize"])
         return loss
@@ -176,23 +165,18 @@ class RMSprop(torch.optim.RMSprop):
         loss = _run_closure(closure)
         for group in self.param_groups:
             _check_supported("RMSprop", group)
-            params = _params_with_grad("RMSprop", group)
-            if not params:
-                continue
             momentum, centered = float(group["momentum"]), group["centered"]
-            for p in params:
-                state = self.state[p]
-                if len(state) == 0:
-                    state["step"] = _new_step(group, p)
-                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if momentum > 0:
-                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if centered:
-                        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            for idx in _by_device_dtype(params):
-                ps = [params[i] for i in idx]
+            for ps, grads in _params_with_grad("RMSprop", group):
                 st = [self.state[p] for p in ps]
-                _ops.rmsprop_(ps, [p.grad for p in ps], [s["square_avg"] for s in st],
+                for p, state in zip(ps, st):
+                    if len(state) == 0:
+                        state["step"] = _new_step(group, p)
+                        state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        if momentum > 0:
+                            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        if centered:
+                            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                _ops.rmsprop_(ps, grads, [s["square_avg"] for s in st],
                               [s["grad_avg"] for s in st] if centered else [],
                               [s["momentum_buffer"] for s in st] if momentum > 0 else [], [s["step"] for s in st],
                               _to_float("lr", group["lr"]), float(group["alpha"]), float(group["eps"]),

@@ -347,3 +347,29 @@ def test_op_level_bad_lists():
         torch.ops.dlkernels.adagrad_([torch.zeros(3)], [torch.zeros(3, dtype=torch.float64)], [torch.zeros(3)], steps,
                                      0.1, 0.0, 0.0, 1e-10, False)
     assert steps[0].item() == 0.0  # nothing changed by a rejected call
+
+
+def test_step_counters_advance_like_add():
+    # state_steps are advanced in place: the float32/float64 CPU counters directly, any other through
+    # add_(1). Each must end where add_(1) would put it (float32 stops counting at 2^24), move its
+    # version counter, and feed that value into the update (Adagrad's lr_decay reads it).
+    big = torch.tensor([5.0, 7.0, 11.0], dtype=torch.float64)
+    counters = [torch.tensor(3.0), torch.tensor(41.0, dtype=torch.float64), torch.tensor(2.0 ** 24),
+                torch.tensor(9.0, dtype=torch.float16), big[1]]  # the last a view with a storage offset
+    expected = [c.clone().add_(1) for c in counters]
+    versions = [c._version for c in counters]
+    n = len(counters)
+    params = [torch.randn(5, dtype=torch.float64) for _ in range(n)]
+    grads = [torch.randn(5, dtype=torch.float64) for _ in range(n)]
+    sums = [torch.rand(5, dtype=torch.float64) for _ in range(n)]
+    want = []
+    for p, g, s, e in zip(params, grads, sums, expected):
+        clr = 0.1 / (1 + (e.item() - 1) * 0.5)
+        want.append(p - clr * g / ((s + g * g).sqrt() + 1e-10))
+    torch.ops.dlkernels.adagrad_(params, grads, sums, counters, 0.1, 0.5, 0.0, 1e-10, False)
+    for c, e, v in zip(counters, expected, versions):
+        assert c.dtype == e.dtype and c.item() == e.item()
+        assert c._version > v
+    assert big.tolist() == [5.0, 8.0, 11.0]
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p, w, rtol=1e-12, atol=0)
