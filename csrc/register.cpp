@@ -54,14 +54,15 @@ TORCH_LIBRARY(dlkernels, m) {
   // Batch normalization on (N, C, ...). Saved statistics and backward sums are float64 (C). relu fuses
   // a ReLU (its backward mask is output > 0); residual is added before it. relu_from_input tells the
   // backward that the forward had no residual, so it may recompute the mask from input, weight and
-  // bias. The pieces (stats, elemt, backward_reduce, backward_elemt) are what SyncBatchNorm composes
-  // around its all-reduce.
+  // bias. relu_mask: the forward's gate as bits where it makes one (see ops.h), which the backward reads
+  // in place of output. The pieces (stats, elemt, backward_reduce, backward_elemt) are what
+  // SyncBatchNorm composes around its all-reduce.
   m.def("batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, bool training, float momentum, float eps, Tensor? residual, bool relu) "
-        "-> (Tensor output, Tensor save_mean, Tensor save_invstd)");
+        "-> (Tensor output, Tensor save_mean, Tensor save_invstd, Tensor relu_mask)");
   m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? output, Tensor? weight, Tensor save_mean, "
         "Tensor save_invstd, bool training, bool relu, bool[4] output_mask, Tensor? bias=None, "
-        "bool relu_from_input=False) "
+        "bool relu_from_input=False, Tensor? relu_mask=None) "
         "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias, Tensor grad_residual)");
   m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
   m.def("batch_norm_elemt(Tensor input, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, Tensor? residual, "

@@ -163,14 +163,33 @@ def _per_channel(input, dtype=torch.float64):
     return input.new_empty((input.shape[1],), dtype=dtype)
 
 
+def _relu_mask_shape(input, training, residual, relu):
+    """The shape of batch_norm_forward's relu_mask: bit words (N, C, ceil(L / 32)) where the CPU float32
+    fused training path makes one for batch_norm_add_relu (planar layout, C >= 4, a channel of at most
+    256 KiB: mirrors batch_norm_fused_fits in csrc/cpu/batch_norm.cpp), else (0,)."""
+    if not (training and relu and residual is not None and input.device.type == "cpu"
+            and input.dtype == torch.float32 and input.dim() >= 3):
+        return (0,)
+    planar = input.is_contiguous() or not (
+        (input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last))
+        or (input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d)))
+    n, c = input.shape[0], input.shape[1]
+    count = input.numel() // c if c else 0
+    if not planar or c < 4 or count == 0 or count * 4 > 256 * 1024:
+        return (0,)
+    length = count // n
+    return (n, c, (length + 31) // 32)
+
+
 @torch.library.register_fake("dlkernels::batch_norm_forward")
 def _batch_norm_forward_fake(input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu):
-    return _bn_like(input), _per_channel(input), _per_channel(input)
+    return (_bn_like(input), _per_channel(input), _per_channel(input),
+            input.new_empty(_relu_mask_shape(input, training, residual, relu), dtype=torch.int32))
 
 
 @torch.library.register_fake("dlkernels::batch_norm_backward")
 def _batch_norm_backward_fake(grad_output, input, output, weight, save_mean, save_invstd, training, relu, output_mask,
-                              bias=None, relu_from_input=False):
+                              bias=None, relu_from_input=False, relu_mask=None):
     param = weight.dtype if weight is not None else input.dtype
     return (_bn_like(input) if output_mask[0] else input.new_empty((0,)),
             _per_channel(input, param) if output_mask[1] else input.new_empty((0,)),

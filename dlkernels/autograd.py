@@ -200,7 +200,9 @@ for _name, _fn in (("conv2d_forward", Conv2dFunction), ("im2col", Im2colFunction
 class BatchNormFunction(torch.autograd.Function):
     """Batch normalization, optionally with a residual added and a ReLU, fused. Saves the input, the
     float64 per-channel mean and inverse std, weight and bias and (for ReLU) the output, whose sign is
-    the ReLU mask (the CPU planar path recomputes it from the input when there is no residual)."""
+    the ReLU mask, or the forward's mask as bits where it made one (the CPU float32 fused path of
+    batch_norm_add_relu: a 32nd of the output's bytes); without a residual the CPU planar path recomputes
+    the mask from the input."""
 
     @staticmethod
     def forward(input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu):
@@ -210,22 +212,24 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, weight, bias, _, _, ctx.training, _, _, residual, ctx.relu = inputs
-        out, save_mean, save_invstd = output
+        out, save_mean, save_invstd, relu_mask = output
         # bias too: without a residual, the ReLU mask is recomputed from the input (the forward's own
         # arithmetic, the same bits as out > 0), which spares backward a read of out.
-        ctx.save_for_backward(input, weight, bias, out if ctx.relu else None, save_mean, save_invstd)
+        has_bits = relu_mask.numel() > 0
+        ctx.save_for_backward(input, weight, bias, out if ctx.relu and not has_bits else None, save_mean,
+                              save_invstd, relu_mask if has_bits else None)
         ctx.has_weight, ctx.has_bias, ctx.has_residual = weight is not None, bias is not None, residual is not None
-        ctx.mark_non_differentiable(save_mean, save_invstd)
+        ctx.mark_non_differentiable(save_mean, save_invstd, relu_mask)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_output, _grad_mean, _grad_invstd):
-        input, weight, bias, out, save_mean, save_invstd = ctx.saved_tensors
+    def backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask):
+        input, weight, bias, out, save_mean, save_invstd, relu_mask = ctx.saved_tensors
         need = ctx.needs_input_grad
         mask = [bool(need[0]), bool(ctx.has_weight and need[1]), bool(ctx.has_bias and need[2]),
                 bool(ctx.has_residual and need[8])]
         gi, gw, gb, gr = _ops.batch_norm_backward(grad_output, input, out, weight, save_mean, save_invstd,
-                                                  ctx.training, ctx.relu, mask, bias, not ctx.has_residual)
+                                                  ctx.training, ctx.relu, mask, bias, not ctx.has_residual, relu_mask)
         return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None,
                 None, gr if mask[3] else None, None)
 

@@ -266,7 +266,7 @@ def _batch_norm(fn, input, residual, running_mean, running_var, weight, bias, tr
                         f"average factor), got {momentum!r}")
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
         raise TypeError(f"dlkernels.{fn}: eps must be a float, got {eps!r}")
-    out, _, _ = _autograd_apply(BatchNormFunction, input, weight, bias, running_mean, running_var, bool(training),
+    out, _, _, _ = _autograd_apply(BatchNormFunction, input, weight, bias, running_mean, running_var, bool(training),
                                         float(momentum), float(eps), residual, relu)
     return out
 

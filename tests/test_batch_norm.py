@@ -234,7 +234,7 @@ def test_opcheck(device):
     for relu, res in ((False, None), (True, None), (True, r)):
         torch.library.opcheck(ops.batch_norm_forward.default, (x, w, b, torch.zeros(4, device=device),
                                                                torch.ones(4, device=device), True, 0.1, 1e-5, res, relu))
-        y, m, i = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, res, relu)
+        y, m, i, _ = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, res, relu)
         for mask in ([True, True, True, res is not None], [False, True, False, False], [True, False, False, False]):
             torch.library.opcheck(ops.batch_norm_backward.default,
                                   (torch.randn_like(x), x, y if relu else None, w, m, i, True, relu, mask))
@@ -280,7 +280,7 @@ def test_relu_mask_recomputed_from_input_is_the_outputs(dtype):
                 # values on a grid of 1/8, so that many elements repeat the one whose pre-activation is cancelled
                 x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 8).round().div(8).to(dtype) + 3
                 w = torch.randn(c, generator=gen, dtype=dtype) if affine else None
-                _, mean, invstd = ops.batch_norm_forward(x, w, None, None, None, True, 0.1, 1e-5, None, True)
+                _, mean, invstd, _ = ops.batch_norm_forward(x, w, None, None, None, True, 0.1, 1e-5, None, True)
                 # the forward's pre-activation without bias, in its arithmetic: ((x - hi) - lo) * scale in dtype
                 hi = mean.to(dtype)
                 lo = (mean - hi.double()).to(dtype)
@@ -288,7 +288,7 @@ def test_relu_mask_recomputed_from_input_is_the_outputs(dtype):
                 view = (1, c) + (1,) * (len(shape) - 2)
                 t = ((x - hi.view(view)) - lo.view(view)) * scale.view(view)
                 b = -t[1].reshape(c, -1)[:, 0]  # cancels exactly for x equal to that element's value
-                y, m, i = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, None, True)
+                y, m, i, _ = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, None, True)
                 exact_zero = (t + b.view(view)) == 0
                 assert exact_zero.sum() > c, "the test needs pre-activations at exactly 0"
                 assert torch.equal(y > 0, (t + b.view(view)) > 0)
@@ -303,6 +303,80 @@ def test_relu_mask_recomputed_from_input_is_the_outputs(dtype):
                     # mask itself through a gradient whose dy vanishes off the mask
                     only = ops.batch_norm_backward(dy * (y > 0), x, y, w, m, i, True, True, mask, b, True)[0]
                     assert torch.equal(gi, only), (isa, shape)
+
+
+def _expand_bits(bits, shape):
+    n, c, words = bits.shape
+    one = (bits.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
+    return one.reshape(n, c, words * 32), one.reshape(n, c, words * 32)[:, :, :int(torch.tensor(shape[2:]).prod())]
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 9, 7), (6, 4, 1, 1), (3, 5, 4, 8), (2, 4, 3, 11), (2, 4, 40, 41),
+                                   (2, 4, 3, 5, 7)])
+def test_add_relu_bit_mask(shape):
+    """batch_norm_add_relu on the CPU float32 fused path saves its ReLU gate as bits (int32 words per plane)
+    and backward reads them instead of the output: the bits must be exactly output > 0 (zeros past each
+    plane's end), every gradient the same bits as with the output's gate, on every ISA, also with
+    pre-activations at exactly 0 and through the paths that expand the bits (no grad_input wanted) or
+    that sum in double (a gradient beyond float's range)."""
+    ops = torch.ops.dlkernels
+    gen = torch.Generator().manual_seed(7)
+    c = shape[1]
+    length = int(torch.tensor(shape[2:]).prod())
+    for isa in dlkernels.supported_cpu_isas():
+        with dlkernels.use_cpu_isa(isa):
+            x = (torch.randn(shape, generator=gen) * 8).round() / 8  # repeats, so some y are exactly 0
+            r = (torch.randn(shape, generator=gen) * 8).round() / 8
+            r.view(shape[0], c, -1)[:, :, ::3] = 0
+            w, b = torch.rand(c, generator=gen) + 0.5, torch.randn(c, generator=gen)
+            y, m, i, bits = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, r, True)
+            words = (length + 31) // 32
+            assert bits.dtype == torch.int32 and bits.shape == (shape[0], c, words)
+            full, used = _expand_bits(bits, shape)
+            assert torch.equal(used.bool(), (y > 0).reshape(shape[0], c, -1)), isa
+            assert not full[:, :, length:].any()
+            # the same statistics and output as the path without bits (eval-free: batch_norm_relu's output + r)
+            y_plain = ops.batch_norm_forward(x, w, b, None, None, True, 0.1, 1e-5, None, False)[0]
+            assert torch.equal(y, torch.relu(y_plain + r))
+            for dy in (torch.randn(shape, generator=gen),
+                       torch.randn(shape, generator=gen).index_put_((torch.tensor([0]),), torch.tensor(3e38))):
+                for mask in ([True, True, True, True], [True, False, False, True], [False, True, True, True],
+                             [True, True, True, False]):
+                    from_y = ops.batch_norm_backward(dy, x, y, w, m, i, True, True, mask, b, False)
+                    from_bits = ops.batch_norm_backward(dy, x, None, w, m, i, True, True, mask, b, False, bits)
+                    for a, e in zip(from_bits, from_y):
+                        if dy.abs().max() < 1e38:
+                            assert torch.equal(a, e), (isa, mask)
+                        else:  # the double fallbacks sum in different orders
+                            torch.testing.assert_close(a, e, rtol=1e-6, atol=0, equal_nan=True)
+    torch.library.opcheck(ops.batch_norm_backward.default,
+                          (torch.randn(shape), x, None, w, m, i, True, True, [True, True, True, True], b, False, bits))
+
+
+def test_add_relu_bit_mask_only_where_made_and_bad_masks():
+    ops = torch.ops.dlkernels
+    x = torch.randn(2, 4, 5, 6)
+    r = torch.randn_like(x)
+    # no bits: float64, no residual, eval, channels_last, two-pass sizes, 2-D input
+    cases = [(x.double(), r.double(), True), (x, None, True), (x, r, False),
+             (x.contiguous(memory_format=torch.channels_last), r, True), (torch.randn(2, 4, 200, 200), None, True),
+             (torch.randn(2, 4, 200, 200), torch.randn(2, 4, 200, 200), True), (torch.randn(8, 4), torch.randn(8, 4), True)]
+    for inp, res, training in cases:
+        c = inp.shape[1]
+        out = ops.batch_norm_forward(inp, None, None, torch.zeros(c, dtype=inp.dtype), torch.ones(c, dtype=inp.dtype),
+                                     training, 0.1, 1e-5, res, True)
+        assert out[3].numel() == 0, (inp.shape, inp.dtype, res is None, training)
+        torch.library.opcheck(ops.batch_norm_forward.default,
+                              (inp, None, None, torch.zeros(c, dtype=inp.dtype), torch.ones(c, dtype=inp.dtype),
+                               training, 0.1, 1e-5, res, True))
+    y, m, i, bits = ops.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5, r, True)
+    dy = torch.randn_like(x)
+    with pytest.raises(TypeError, match="relu_mask must be int32"):
+        ops.batch_norm_backward(dy, x, None, None, m, i, True, True, [True] * 4, None, False, bits.float())
+    with pytest.raises(ValueError, match=r"relu_mask must have shape \[2, 4, 1\]"):
+        ops.batch_norm_backward(dy, x, None, None, m, i, True, True, [True] * 4, None, False, bits[:1])
+    with pytest.raises(ValueError, match="output .the forward result. is required"):
+        ops.batch_norm_backward(dy, x, None, None, m, i, True, True, [True] * 4, None, False, None)
 
 
 def test_deterministic_across_thread_counts():
@@ -399,7 +473,7 @@ def test_empty_batch(device):
 
 def _stats(x):
     """A (C,) float64 mean and inverse std, as the forward saves them."""
-    _, mean, invstd = torch.ops.dlkernels.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5, None, False)
+    _, mean, invstd, _ = torch.ops.dlkernels.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5, None, False)
     return mean, invstd
 
 

@@ -46,19 +46,21 @@ DLK_ISA_DISPATCH(batch_norm_backward_apply,
                 (g, dy, x, y, relu, mean, k_dz, k_x, k_1, grad_input, grad_residual))
 DLK_ISA_DISPATCH(batch_norm_train_forward,
                 (const BatchNormGeom& g, const T* x, const double* weight, const double* bias, double eps,
-                 const T* residual, bool relu, T* y, double* mean, double* var, double* invstd),
-                (g, x, weight, bias, eps, residual, relu, y, mean, var, invstd))
+                 const T* residual, bool relu, T* y, uint32_t* relu_bits, double* mean, double* var, double* invstd),
+                (g, x, weight, bias, eps, residual, relu, y, relu_bits, mean, var, invstd))
 DLK_ISA_DISPATCH(batch_norm_train_backward,
-                (const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
-                 const double* invstd, const double* weight, const double* bias, double* sum_dz, double* sum_dz_xmu,
-                 T* grad_input, T* grad_residual),
-                (g, dy, x, y, relu, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input, grad_residual))
+                (const BatchNormGeom& g, const T* dy, const T* x, const T* y, const uint32_t* relu_bits, bool relu,
+                 const double* mean, const double* invstd, const double* weight, const double* bias, double* sum_dz,
+                 double* sum_dz_xmu, T* grad_input, T* grad_residual),
+                (g, dy, x, y, relu_bits, relu, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,
+                 grad_residual))
 
 #define DLK_BN_INSTANTIATE(T)                                                                                 \
   template void batch_norm_stats<T>(const BatchNormGeom&, const T*, double*, double*, double*);               \
   template void batch_norm_train_forward<T>(const BatchNormGeom&, const T*, const double*, const double*, double, \
-                                            const T*, bool, T*, double*, double*, double*);                   \
-  template void batch_norm_train_backward<T>(const BatchNormGeom&, const T*, const T*, const T*, bool,        \
+                                            const T*, bool, T*, uint32_t*, double*, double*, double*);        \
+  template void batch_norm_train_backward<T>(const BatchNormGeom&, const T*, const T*, const T*,              \
+                                             const uint32_t*, bool,                                           \
                                              const double*, const double*, const double*, const double*,      \
                                              double*, double*, T*, T*);                                       \
   template void batch_norm_apply<T>(const BatchNormGeom&, const T*, const double*, const double*,             \

@@ -36,22 +36,31 @@ void batch_norm_backward_apply(const BatchNormGeom& g, const T* dy, const T* x, 
 // in cache; reduce then gradient likewise): the same results as the two-pass functions above in fewer
 // memory passes. weight/bias (double, C) may be nullptr. Use when batch_norm_fused_fits(g, sizeof(T)).
 bool batch_norm_fused_fits(const BatchNormGeom& g, int64_t element_size);
+// The ReLU gate as bits (float32 only; relu_bits may be nullptr): word w of plane p = n * C + c holds
+// y > 0 for values 32 w .. 32 w + 31 of that plane, bit i for value 32 w + i, zeros past the plane's end.
+// The backward then reads N * C * words * 4 bytes instead of y (a 32nd of it): batch_norm_add_relu's
+// gate, which cannot be recomputed from x.
+inline int64_t batch_norm_relu_bit_words(int64_t L) { return (L + 31) / 32; }
 template <class T>
 void batch_norm_train_forward(const BatchNormGeom& g, const T* x, const double* weight, const double* bias, double eps,
-                              const T* residual, bool relu, T* y, double* mean, double* var, double* invstd);
-// With relu and y == nullptr, the ReLU mask is recomputed from x: the forward's pre-activation
-// (x - mean) * weight * invstd + bias, with its exact arithmetic (so the same mask bits), > 0; valid
-// for batch_norm_relu without a residual, and saves reading y. bias (double, C) may be nullptr (0).
+                              const T* residual, bool relu, T* y, uint32_t* relu_bits, double* mean, double* var,
+                              double* invstd);
+// With relu, the ReLU gate comes from relu_bits (float32) if given, else from y if given; with neither it
+// is recomputed from x: the forward's pre-activation (x - mean) * weight * invstd + bias, with its exact
+// arithmetic (so the same mask bits), > 0; valid for batch_norm_relu without a residual, and saves
+// reading y. bias (double, C) may be nullptr (0).
 template <class T>
-void batch_norm_train_backward(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,
-                               const double* mean, const double* invstd, const double* weight, const double* bias,
-                               double* sum_dz, double* sum_dz_xmu, T* grad_input, T* grad_residual);
+void batch_norm_train_backward(const BatchNormGeom& g, const T* dy, const T* x, const T* y, const uint32_t* relu_bits,
+                               bool relu, const double* mean, const double* invstd, const double* weight,
+                               const double* bias, double* sum_dz, double* sum_dz_xmu, T* grad_input,
+                               T* grad_residual);
 
 #define DLK_BN_DECLARE(SUFFIX, T)                                                                               \
   void batch_norm_stats_##SUFFIX(const BatchNormGeom&, const T*, double*, double*, double*);                    \
   void batch_norm_train_forward_##SUFFIX(const BatchNormGeom&, const T*, const double*, const double*, double,    \
-                                         const T*, bool, T*, double*, double*, double*);                         \
-  void batch_norm_train_backward_##SUFFIX(const BatchNormGeom&, const T*, const T*, const T*, bool,             \
+                                         const T*, bool, T*, uint32_t*, double*, double*, double*);              \
+  void batch_norm_train_backward_##SUFFIX(const BatchNormGeom&, const T*, const T*, const T*, const uint32_t*,  \
+                                          bool,                                                                 \
                                           const double*, const double*, const double*, const double*, double*,    \
                                           double*, T*, T*);                                                       \
   void batch_norm_apply_##SUFFIX(const BatchNormGeom&, const T*, const double*, const double*, const double*,   \

@@ -139,9 +139,10 @@ template <class T, class VF> struct BnKernels {
     T centered(T x) const { return (x - hi) - lo; }
   };
 
-  // Where the ReLU's gate comes from: none (no ReLU), the saved output y (y > 0), or the pre-activation
-  // recomputed from x (PreAct, the forward's own expression, so the same bits: saves reading y).
-  enum Gate { kNoRelu, kGateY, kGateX };
+  // Where the ReLU's gate comes from: none (no ReLU), the saved output y (y > 0), the pre-activation
+  // recomputed from x (PreAct, the forward's own expression, so the same bits: saves reading y), or the
+  // forward's bit mask (float32, fused planar path only: batch_norm_relu_bit_words per plane).
+  enum Gate { kNoRelu, kGateY, kGateX, kGateBits };
 
   // The forward's pre-activation (x - mean) * scale + beta in T, as apply_plane computes it.
   struct PreAct {
@@ -238,8 +239,10 @@ template <class T, class VF> struct BnKernels {
   // (dz_xmu_from_f). No cancellation here beyond the sum's own: each term is computed to float rounding.
   template <Gate gate>
   static void dz_sums_f(const BatchNormGeom& g, const T* dy, const T* x, const T* y, int64_t c, int64_t n0,
-                        int64_t n1, float mh, const PreAct& pre, double& a_out, double& b_out) {
+                        int64_t n1, float mh, const PreAct& pre, double& a_out, double& b_out,
+                        const uint32_t* bits = nullptr) {
     if constexpr (std::is_same_v<T, float>) {
+      const int64_t words = batch_norm_relu_bit_words(g.L);
       using R = typename VF::R;
       const R mv = VF::set1(mh);
       // the forward's pre-activation ((x - hi) - lo) * s + b, the same operations in the same order
@@ -248,10 +251,13 @@ template <class T, class VF> struct BnKernels {
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t o = (n * g.C + c) * g.L;
         const float *pd = dy + o, *px = x + o, *py = y + o;
+        const uint32_t* pm = gate == kGateBits ? bits + (n * g.C + c) * words : nullptr;
         sums.run(g.L, [&](int64_t l, int64_t k, R& a, R& b) {
           R dz = load_n<VF>(pd + l, k, 0.0f);
           const R xv = load_n<VF>(px + l, k, mh);
           if constexpr (gate == kGateY) dz = VF::keep_where_positive(dz, load_n<VF>(py + l, k, 0.0f));
+          // l is a multiple of W, which divides 32: the W bits of these values are in one word
+          if constexpr (gate == kGateBits) dz = VF::keep_where_bits(dz, pm[l >> 5] >> (l & 31));
           if constexpr (gate == kGateX)
             dz = VF::keep_where_positive(dz, VF::add(VF::mul(VF::sub(VF::sub(xv, phi), plo), ps), pb));
           a = VF::add(a, dz);
@@ -276,12 +282,12 @@ template <class T, class VF> struct BnKernels {
   // float32, planar: sum dz and sum dz * (x - mean) over channel c; false where dz_xmu_from_f declines.
   template <Gate gate>
   static bool float_dz_sums(const BatchNormGeom& g, const T* dy, const T* x, const T* y, int64_t c, double m,
-                            const PreAct& pre, double& sum_dz, double& sum_dz_xmu) {
+                            const PreAct& pre, double& sum_dz, double& sum_dz_xmu, const uint32_t* bits = nullptr) {
     if constexpr (!std::is_same_v<T, float>) {
       return false;
     } else {
       double a = 0, b = 0;
-      dz_sums_f<gate>(g, dy, x, y, c, 0, g.N, float(m), pre, a, b);
+      dz_sums_f<gate>(g, dy, x, y, c, 0, g.N, float(m), pre, a, b, bits);
       return dz_xmu_from_f(a, b, m, sum_dz, sum_dz_xmu);
     }
   }
@@ -323,9 +329,11 @@ template <class T, class VF> struct BnKernels {
   // arithmetic, so that for float64 both paths give the same mean and variance (the inverse std is
   // computed here, by the ops layer's torch ops in the other path: they may differ in the last bit).
   static void train_forward(const BatchNormGeom& g, const T* x, const double* weight, const double* bias, double eps,
-                            const T* residual, bool relu, T* y, double* mean, double* var, double* invstd) {
+                            const T* residual, bool relu, T* y, uint32_t* relu_bits, double* mean, double* var,
+                            double* invstd) {
     const BnSplit sp = bn_split(g);
     const double inv_count = 1.0 / double(g.count());
+    const int64_t words = batch_norm_relu_bit_words(g.L);
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < g.C; ++c) {
       if (!float_moments(g, x, c, mean[c], var[c])) double_moments(g, sp, x, c, inv_count, mean[c], var[c]);
@@ -333,15 +341,103 @@ template <class T, class VF> struct BnKernels {
       const double scale = (weight ? weight[c] : 1.0) * invstd[c], beta = bias ? bias[c] : 0.0;
       for (int64_t n = 0; n < g.N; ++n) {
         const int64_t o = (n * g.C + c) * g.L;
-        apply_plane(x + o, mean[c], scale, beta, residual ? residual + o : nullptr, relu, y + o, g.L);
+        if (relu_bits)
+          apply_plane_bits(x + o, mean[c], scale, beta, residual + o, y + o, relu_bits + (n * g.C + c) * words, g.L);
+        else
+          apply_plane(x + o, mean[c], scale, beta, residual ? residual + o : nullptr, relu, y + o, g.L);
       }
     }
   }
 
+  // apply_plane for residual and ReLU (float32) that also writes the plane's gate bits (batch_norm.h:
+  // batch_norm_relu_bit_words): the same operations in the same order in Vec<float>, so the same y.
+  // Packing them in a second sweep over y instead cost more than backward saved (forward 2.3 -> 3.1 ms at
+  // 16x64x56x56 on the CI host).
+  static void apply_plane_bits(const T* p, double m_, double s_, double b_, const T* r, T* q, uint32_t* pm,
+                               int64_t L) {
+    if constexpr (std::is_same_v<T, float>) {
+      using R = typename VF::R;
+      constexpr int64_t W = VF::W;
+      const PreAct pre(m_, s_, b_);
+      const R hi = VF::set1(pre.m.hi), lo = VF::set1(pre.m.lo), s = VF::set1(pre.s), b = VF::set1(pre.b);
+      const R half = VF::set1(0.5f);
+      const auto value = [&](int64_t l, int64_t n) {
+        const R pre_v = VF::add(VF::mul(VF::sub(VF::sub(load_n<VF>(p + l, n, 0.0f), hi), lo), s), b);
+        const R v = VF::add(pre_v, load_n<VF>(r + l, n, 0.0f));
+        return VF::mul(half, VF::add(v, VF::abs(v)));  // relu_of
+      };
+      int64_t l = 0;
+      for (; l + 32 <= L; l += 32) {  // whole words: a fixed trip count the compiler unrolls
+        uint32_t word = 0;
+        for (int64_t j = 0; j < 32; j += W) {
+          const R y = value(l + j, W);
+          VF::store(q + l + j, y);
+          word |= VF::positive_bits(y) << j;
+        }
+        pm[l >> 5] = word;
+      }
+      if (l < L) {  // the plane's last, partial word
+        uint32_t word = 0;
+        for (int64_t j = 0; l + j < L; j += W) {
+          const int64_t n = std::min<int64_t>(W, L - l - j);
+          const R y = value(l + j, n);
+          if (n == W) VF::store(q + l + j, y); else VF::store_tail(q + l + j, y, n);
+          uint32_t lanes = VF::positive_bits(y);
+          if (n < W) lanes &= (uint32_t(1) << n) - 1u;  // nothing past the plane's end
+          word |= lanes << j;
+        }
+        pm[l >> 5] = word;
+      }
+    }
+  }
+
+  // backward_plane for the bit gate (float32): the same operations in the same order, in Vec<float>.
+  static void backward_plane_bits(const T* pd, const T* px, const uint32_t* pm, const PreAct& pre, double a_,
+                                  double b_, double k_, T* gi, T* gr, int64_t L) {
+    if constexpr (std::is_same_v<T, float>) {
+      using R = typename VF::R;
+      constexpr int64_t W = VF::W;
+      const R a = VF::set1(float(a_)), b = VF::set1(float(b_)), k = VF::set1(float(k_));
+      const R hi = VF::set1(pre.m.hi), lo = VF::set1(pre.m.lo);
+      for (int64_t l = 0; l < L; l += W) {
+        const int64_t n = std::min<int64_t>(W, L - l);
+        const R dz = VF::keep_where_bits(load_n<VF>(pd + l, n, 0.0f), pm[l >> 5] >> (l & 31));
+        if (gi) {
+          const R xm = VF::sub(VF::sub(load_n<VF>(px + l, n, 0.0f), hi), lo);
+          const R v = VF::add(VF::add(VF::mul(dz, a), VF::mul(xm, b)), k);
+          if (n == W) VF::store(gi + l, v); else VF::store_tail(gi + l, v, n);
+        }
+        if (gr) {
+          if (n == W) VF::store(gr + l, dz); else VF::store_tail(gr + l, dz, n);
+        }
+      }
+    }
+  }
+
+  // Channel c's sum dz and sum dz * (x - m) in double with the bit gate: the float path's fallback for
+  // kGateBits (a float sum overflowed or met NaN/inf), plain sums in plane order.
+  static void double_dz_sums_bits(const BatchNormGeom& g, const T* dy, const T* x, const uint32_t* bits, int64_t c,
+                                  double m, double& sum_dz, double& sum_dz_xmu) {
+    const int64_t words = batch_norm_relu_bit_words(g.L);
+    double a = 0, b = 0;
+    for (int64_t n = 0; n < g.N; ++n) {
+      const int64_t o = (n * g.C + c) * g.L;
+      const uint32_t* pm = bits + (n * g.C + c) * words;
+      for (int64_t l = 0; l < g.L; ++l) {
+        const double dz = double(dz_t<true>(dy[o + l], T((pm[l >> 5] >> (l & 31)) & 1u)));
+        a += dz;
+        b += dz * (double(x[o + l]) - m);
+      }
+    }
+    sum_dz = a;
+    sum_dz_xmu = b;
+  }
+
   template <Gate gate>
-  static void train_backward_impl(const BatchNormGeom& g, const T* dy, const T* x, const T* y, const double* mean,
-                                  const double* invstd, const double* weight, const double* bias, double* sum_dz,
-                                  double* sum_dz_xmu, T* grad_input, T* grad_residual) {
+  static void train_backward_impl(const BatchNormGeom& g, const T* dy, const T* x, const T* y, const uint32_t* bits,
+                                  const double* mean, const double* invstd, const double* weight, const double* bias,
+                                  double* sum_dz, double* sum_dz_xmu, T* grad_input, T* grad_residual) {
+    const int64_t words = batch_norm_relu_bit_words(g.L);
     const BnSplit sp = bn_split(g);
     const double n_total = double(g.count());
 #pragma omp parallel for schedule(static)
@@ -350,31 +446,45 @@ template <class T, class VF> struct BnKernels {
       const double k_dz = (weight ? weight[c] : 1.0) * invstd[c];
       const PreAct pre(mean[c], k_dz, bias ? bias[c] : 0.0);
       double a = 0, b = 0;
-      if (!float_dz_sums<gate>(g, dy, x, y, c, mean[c], pre, a, b))
+      if constexpr (gate == kGateBits) {
+        if (!float_dz_sums<gate>(g, dy, x, y, c, mean[c], pre, a, b, bits))
+          double_dz_sums_bits(g, dy, x, bits, c, mean[c], a, b);
+      } else if (!float_dz_sums<gate>(g, dy, x, y, c, mean[c], pre, a, b)) {
         double_dz_sums<gate>(g, sp, dy, x, y, c, mean[c], pre, a, b);
+      }
       sum_dz[c] = a;
       sum_dz_xmu[c] = b;
       // the ops layer's formulas, in the same order: k_x = -(k_dz * invstd * invstd * sum_dz_xmu / n)
       const double k_x = -(k_dz * invstd[c] * invstd[c] * b / n_total), k_1 = -(k_dz * a / n_total);
       for (int64_t n = 0; n < g.N; ++n) {
         const int64_t o = (n * g.C + c) * g.L;
-        backward_plane<gate>(dy + o, x + o, y + o, pre, k_dz, k_x, k_1, grad_input ? grad_input + o : nullptr,
-                             grad_residual ? grad_residual + o : nullptr, g.L);
+        if constexpr (gate == kGateBits)
+          backward_plane_bits(dy + o, x + o, bits + (n * g.C + c) * words, pre, k_dz, k_x, k_1,
+                              grad_input ? grad_input + o : nullptr, grad_residual ? grad_residual + o : nullptr, g.L);
+        else
+          backward_plane<gate>(dy + o, x + o, y + o, pre, k_dz, k_x, k_1, grad_input ? grad_input + o : nullptr,
+                               grad_residual ? grad_residual + o : nullptr, g.L);
       }
     }
   }
 
-  // y == nullptr with relu: the gate is recomputed from x (batch_norm_relu without a residual only).
-  static void train_backward(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu, const double* mean,
-                             const double* invstd, const double* weight, const double* bias, double* sum_dz,
-                             double* sum_dz_xmu, T* grad_input, T* grad_residual) {
+  // With relu: the gate from bits (float32) if given, else from y if given, else recomputed from x
+  // (batch_norm_relu without a residual only).
+  static void train_backward(const BatchNormGeom& g, const T* dy, const T* x, const T* y, const uint32_t* bits,
+                             bool relu, const double* mean, const double* invstd, const double* weight,
+                             const double* bias, double* sum_dz, double* sum_dz_xmu, T* grad_input, T* grad_residual) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (relu && bits)
+        return train_backward_impl<kGateBits>(g, dy, x, dy, bits, mean, invstd, weight, bias, sum_dz, sum_dz_xmu,
+                                              grad_input, grad_residual);
+    }
     if (relu && y)
-      return train_backward_impl<kGateY>(g, dy, x, y, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,
-                                         grad_residual);
+      return train_backward_impl<kGateY>(g, dy, x, y, nullptr, mean, invstd, weight, bias, sum_dz, sum_dz_xmu,
+                                         grad_input, grad_residual);
     if (relu)
-      return train_backward_impl<kGateX>(g, dy, x, dy, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,
-                                         grad_residual);
-    train_backward_impl<kNoRelu>(g, dy, x, dy, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,
+      return train_backward_impl<kGateX>(g, dy, x, dy, nullptr, mean, invstd, weight, bias, sum_dz, sum_dz_xmu,
+                                         grad_input, grad_residual);
+    train_backward_impl<kNoRelu>(g, dy, x, dy, nullptr, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input,
                                  grad_residual);
   }
 
@@ -627,15 +737,15 @@ template <class T, class VF> struct BnKernels {
   using BnK_##SUFFIX##_##T = BnKernels<T, NS::Vec<float>>;                                                            \
   void batch_norm_train_forward_##SUFFIX(const BatchNormGeom& g, const T* x, const double* weight,                    \
                                          const double* bias, double eps, const T* residual, bool relu, T* y,          \
-                                         double* mean, double* var, double* invstd) {                                 \
-    BnK_##SUFFIX##_##T::train_forward(g, x, weight, bias, eps, residual, relu, y, mean, var, invstd);                 \
+                                         uint32_t* relu_bits, double* mean, double* var, double* invstd) {            \
+    BnK_##SUFFIX##_##T::train_forward(g, x, weight, bias, eps, residual, relu, y, relu_bits, mean, var, invstd);      \
   }                                                                                                                   \
-  void batch_norm_train_backward_##SUFFIX(const BatchNormGeom& g, const T* dy, const T* x, const T* y, bool relu,     \
-                                          const double* mean, const double* invstd, const double* weight,             \
-                                          const double* bias, double* sum_dz, double* sum_dz_xmu, T* grad_input,      \
-                                          T* grad_residual) {                                                         \
-    BnK_##SUFFIX##_##T::train_backward(g, dy, x, y, relu, mean, invstd, weight, bias, sum_dz, sum_dz_xmu, grad_input, \
-                                 grad_residual);                                                                      \
+  void batch_norm_train_backward_##SUFFIX(const BatchNormGeom& g, const T* dy, const T* x, const T* y,                \
+                                          const uint32_t* relu_bits, bool relu, const double* mean,                   \
+                                          const double* invstd, const double* weight, const double* bias,             \
+                                          double* sum_dz, double* sum_dz_xmu, T* grad_input, T* grad_residual) {      \
+    BnK_##SUFFIX##_##T::train_backward(g, dy, x, y, relu_bits, relu, mean, invstd, weight, bias, sum_dz, sum_dz_xmu,  \
+                                       grad_input, grad_residual);                                                    \
   }                                                                                                                   \
   void batch_norm_stats_##SUFFIX(const BatchNormGeom& g, const T* x, double* mean, double* var, double* work) {       \
     BnK_##SUFFIX##_##T::stats(g, x, mean, var, work);                                                                 \

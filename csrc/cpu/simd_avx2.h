@@ -66,6 +66,17 @@ template <> struct Vec<float> {
   static R keep_where_positive(R v, R gate) {
     return _mm256_and_ps(v, _mm256_cmp_ps(gate, _mm256_setzero_ps(), _CMP_GT_OQ));
   }
+  // Bit i set where lane i > 0 (clear for NaN): with keep_where_bits, a ReLU gate kept as one bit a value.
+  static uint32_t positive_bits(R v) {
+    return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ)));
+  }
+  static R abs(R v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }  // the sign bit cleared
+  // v's lanes i where bit i of bits is set, +0.0 elsewhere (bits 8 and up are ignored).
+  static R keep_where_bits(R v, uint32_t bits) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(int(bits)), lane_bit), lane_bit);
+    return _mm256_and_ps(v, _mm256_castsi256_ps(set));
+  }
   static R exp(R x) {
     const R lo = set1(-87.33654f);
     R xc = _mm256_max_ps(lo, _mm256_min_ps(set1(88.0f), x));

@@ -60,6 +60,11 @@ template <> struct Vec<float> {
   static R keep_where_positive(R v, R gate) {
     return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(gate, _mm512_setzero_ps(), _CMP_GT_OQ), v);
   }
+  // Bit i set where lane i > 0 (clear for NaN): with keep_where_bits, a ReLU gate kept as one bit a value.
+  static uint32_t positive_bits(R v) { return uint32_t(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ)); }
+  static R abs(R v) { return _mm512_abs_ps(v); }
+  // v's lanes i where bit i of bits is set, +0.0 elsewhere (bits 16 and up are ignored).
+  static R keep_where_bits(R v, uint32_t bits) { return _mm512_maskz_mov_ps(__mmask16(bits & 0xFFFFu), v); }
   static T reduce_add(R v) { return _mm512_reduce_add_ps(v); }
   static T reduce_max(R v) { return _mm512_reduce_max_ps(v); }
   // exp(x) for the softmax range x <= 0: exp(x) = 2^y, y = x log2(e) split as n + f with n = round(y),

@@ -11,6 +11,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/full.h>
@@ -226,6 +227,28 @@ Tensor relu_output(const char* op, const optional<Tensor>& output, bool relu, co
   return in_layout(*output, lay);
 }
 
+// A relu_mask argument: int32 bit words (N, C, ceil(L / 32)) on input's device, made for a planar layout.
+Tensor checked_relu_mask(const char* op, const Tensor& mask, const Tensor& input, const Layout& lay) {
+  const std::vector<int64_t> want{lay.g.N, lay.g.C, cpu::batch_norm_relu_bit_words(lay.g.L)};
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kInt, "dlkernels.", op, ": relu_mask must be int32 (bit words), got ",
+                   mask.scalar_type());
+  TORCH_CHECK(mask.device() == input.device(), "dlkernels.", op, ": relu_mask is on ", mask.device(),
+              " but input is on ", input.device());
+  TORCH_CHECK_VALUE(mask.sizes() == c10::IntArrayRef(want), "dlkernels.", op, ": relu_mask must have shape ",
+                    c10::IntArrayRef(want), " for input of shape ", input.sizes(), ", got ", mask.sizes());
+  TORCH_CHECK_VALUE(!lay.g.channels_last, "dlkernels.", op, ": relu_mask is only made for planar (NCHW-contiguous) "
+                    "input, got input of shape ", input.sizes(), " and strides ", input.strides());
+  return mask.contiguous();
+}
+
+// The gate bits expanded into a 0/1 tensor like input (planar), standing in for output: y > 0 where set.
+Tensor gate_from_bits(const Tensor& bits, const Tensor& input, const Layout& lay) {
+  const Tensor shifts = at::arange(32, bits.options());
+  const Tensor one_bit = bits.unsqueeze(-1).bitwise_right_shift(shifts).bitwise_and(1);  // (N, C, words, 32)
+  return one_bit.reshape({lay.g.N, lay.g.C, -1}).narrow(2, 0, lay.g.L).to(input.scalar_type()).reshape(input.sizes())
+      .contiguous();
+}
+
 void check_grad(const char* op, const Tensor& grad_output, const Tensor& input) {
   check_like(op, "grad_output", grad_output, input);
 }
@@ -292,7 +315,7 @@ Tensor batch_norm_elemt(const Tensor& input, const Tensor& mean, const Tensor& i
   return apply_impl(op, in_layout(input, lay), lay, mean.contiguous(), scale, channel_f64(bias, input, 0.0), r, relu);
 }
 
-std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& input, const optional<Tensor>& weight,
+std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& input, const optional<Tensor>& weight,
                                                       const optional<Tensor>& bias,
                                                       const optional<Tensor>& running_mean,
                                                       const optional<Tensor>& running_var, bool training,
@@ -321,10 +344,11 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& input, const
     r = in_layout(*residual, lay);
   }
   Tensor mean, invstd;
+  const Tensor no_mask = at::empty({0}, x.options().dtype(at::kInt));
   if (training) {
     if (lay.g.count() == 0) {  // empty batch: empty output, running statistics untouched (as torch)
       mean = at::zeros({lay.g.C}, x.options().dtype(at::kDouble));
-      return {empty_in_layout(x, lay), mean, mean.clone()};
+      return {empty_in_layout(x, lay), mean, mean.clone(), no_mask};
     }
     Tensor var;
     if (x.is_cpu() && cpu::batch_norm_fused_fits(lay.g, x.element_size())) {
@@ -334,14 +358,20 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& input, const
       std::vector<double> var64(lay.g.C);
       const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
       Tensor y = empty_in_layout(x, lay);
+      // batch_norm_add_relu in float32: the gate as bits, so that backward need not read y
+      const bool bits = relu && r.defined() && x.scalar_type() == at::kFloat;
+      Tensor mask = bits ? at::empty({lay.g.N, lay.g.C, cpu::batch_norm_relu_bit_words(lay.g.L)},
+                                     x.options().dtype(at::kInt))
+                         : no_mask;
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.batch_norm", [&] {
         cpu::batch_norm_train_forward<scalar_t>(lay.g, x.data_ptr<scalar_t>(), w64.data(), b64.data(), eps,
                                                 r.defined() ? r.data_ptr<scalar_t>() : nullptr, relu,
-                                                y.data_ptr<scalar_t>(), mean.data_ptr<double>(), var64.data(),
-                                                invstd.data_ptr<double>());
+                                                y.data_ptr<scalar_t>(),
+                                                bits ? reinterpret_cast<uint32_t*>(mask.data_ptr<int32_t>()) : nullptr,
+                                                mean.data_ptr<double>(), var64.data(), invstd.data_ptr<double>());
       });
       update_running_cpu(running_mean, running_var, f64(mean), var64.data(), momentum, lay.g.count());
-      return {y, mean, invstd};
+      return {y, mean, invstd, mask};
     }
     std::tie(mean, var) = stats_impl(op, x, lay);
     invstd = at::rsqrt(var + eps);
@@ -352,7 +382,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& input, const
   }
   const Tensor scale = channel_f64(weight, input, 1.0) * invstd;
   Tensor y = apply_impl(op, x, lay, mean, scale, channel_f64(bias, input, 0.0), r, relu);
-  return {y, mean, invstd};
+  return {y, mean, invstd, no_mask};
 }
 
 std::tuple<Tensor, Tensor> batch_norm_backward_reduce(const Tensor& grad_output, const Tensor& input,
@@ -396,7 +426,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
                                                                const optional<Tensor>& weight, const Tensor& save_mean,
                                                                const Tensor& save_invstd, bool training, bool relu,
                                                                std::array<bool, 4> output_mask,
-                                                               const optional<Tensor>& bias, bool relu_from_input) {
+                                                               const optional<Tensor>& bias, bool relu_from_input,
+                                                               const optional<Tensor>& relu_mask) {
   const char* op = "batch_norm_backward";
   check_input(op, input);
   check_grad(op, grad_output, input);
@@ -405,7 +436,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
   if (weight.has_value() && weight->defined()) check_channel(op, "weight", *weight, input);
   if (bias.has_value() && bias->defined()) check_channel(op, "bias", *bias, input);
   const Layout lay = layout_of(input);
-  const Tensor y = relu_output(op, output, relu, input, lay);
+  const Tensor bits = relu && relu_mask.has_value() && relu_mask->defined() && relu_mask->numel() > 0
+                          ? checked_relu_mask(op, *relu_mask, input, lay)
+                          : Tensor();
+  // the gate from bits on the fused path; anywhere else (never, for the forward's own masks: they are made
+  // on that path) expanded into a 0/1 tensor that stands in for output
+  const bool bits_fused = bits.defined() && training && output_mask[0] && input.scalar_type() == at::kFloat &&
+                          cpu::batch_norm_fused_fits(lay.g, input.element_size());
+  const Tensor y = !bits.defined() ? relu_output(op, output, relu, input, lay)
+                   : bits_fused    ? Tensor()
+                                   : gate_from_bits(bits, input, lay);
   const Tensor dy = in_layout(grad_output, lay), x = in_layout(input, lay), mean = save_mean.contiguous();
   const auto empty = [&] { return at::empty({0}, input.options()); };
   Tensor gw = empty(), gb = empty();
@@ -426,10 +466,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
     Tensor gi = empty_in_layout(x, lay), gr = output_mask[3] ? empty_in_layout(x, lay) : empty();
     const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
     const Tensor invstd = save_invstd.contiguous();
-    const bool mask_from_output = relu && !relu_from_input;
+    const bool mask_from_output = relu && !relu_from_input && !bits_fused;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dlkernels.batch_norm_backward", [&] {
       cpu::batch_norm_train_backward<scalar_t>(lay.g, dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                               mask_from_output ? y.data_ptr<scalar_t>() : nullptr, relu, f64(mean),
+                                               mask_from_output ? y.data_ptr<scalar_t>() : nullptr,
+                                               bits_fused ? reinterpret_cast<const uint32_t*>(bits.data_ptr<int32_t>())
+                                                          : nullptr,
+                                               relu, f64(mean),
                                                f64(invstd), w64.data(), b64.data(), sum_dz.data(), sum_dz_xmu.data(),
                                                gi.data_ptr<scalar_t>(),
                                                output_mask[3] ? gr.data_ptr<scalar_t>() : nullptr);

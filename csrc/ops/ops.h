@@ -87,11 +87,15 @@ namespace dlk::ops {
 // ---- batch normalization (csrc/ops/batch_norm.cpp); input (N, C, ...) with 2 to 5 dims.
 // Saved statistics (mean, invstd) and the backward sums are float64 (C,). relu: fused ReLU whose
 // backward mask comes from `output`; residual: added before the ReLU (batch_norm_add_relu).
+// batch_norm_forward's relu_mask: the gate output > 0 as int32 bit words (N, C, ceil(L / 32)), produced
+// exactly when batch_norm_relu_mask_expected (CPU float32 training, residual and relu, planar layout, a
+// channel within the fused path's size), else an empty tensor; batch_norm_backward takes it in place of
+// output (a 32nd of the bytes to read).
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input);
 at::Tensor batch_norm_elemt(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& invstd,
                             const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
                             const c10::optional<at::Tensor>& residual, bool relu);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
     const at::Tensor& input, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
     const c10::optional<at::Tensor>& running_mean, const c10::optional<at::Tensor>& running_var, bool training,
     double momentum, double eps, const c10::optional<at::Tensor>& residual, bool relu);
@@ -106,6 +110,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_backward_elemt(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const c10::optional<at::Tensor>& output,
     const c10::optional<at::Tensor>& weight, const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
-    bool relu, std::array<bool, 4> output_mask, const c10::optional<at::Tensor>& bias, bool relu_from_input);
+    bool relu, std::array<bool, 4> output_mask, const c10::optional<at::Tensor>& bias, bool relu_from_input,
+    const c10::optional<at::Tensor>& relu_mask);
 
 }  // namespace dlk::ops
