@@ -61,6 +61,10 @@ struct PoolLanes {
     if (stream) {
       for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
       for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+    } else {
+      // vector moves: GCC turns the plain loop into a memmove call (perf: 40% of average pooling's
+      // kernel time with the input cached)
+      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_loadu_ps(src + i));
     }
     for (; i < n; ++i) dst[i] = src[i];
   }
@@ -76,6 +80,9 @@ struct PoolLanes {
     }
     for (; i < n; ++i) dst[i] = src[i];
   }
+  // A hint to fetch the 64-byte line at p into the cache (no fault for any address).
+  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+
   // Orders this thread's streaming stores before whatever it does next (e.g. the end of the parallel region).
   static void done(bool stream) {
     if (stream) _mm_sfence();
