@@ -47,16 +47,8 @@ template <class T_> struct Vec {
   // Bit 0 set where v > 0 (clear for NaN): with keep_where_bits, a ReLU gate kept as one bit a value.
   static uint32_t positive_bits(R v) { return uint32_t(v > T(0)); }
   static R abs(R v) { return std::fabs(v); }
-  // v where bit 0 of bits is set, +0.0 elsewhere (v's bits and-ed, as in keep_where_positive).
-  static R keep_where_bits(R v, uint32_t bits) {
-    using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-    Bits b;
-    std::memcpy(&b, &v, sizeof(T));
-    b &= Bits(0) - Bits(bits & 1u);
-    T out;
-    std::memcpy(&out, &b, sizeof(T));
-    return out;
-  }
+  // v where bit 0 of bits is set, +0.0 elsewhere (keep_where_positive with the bit as its gate).
+  static R keep_where_bits(R v, uint32_t bits) { return keep_where_positive(v, T(bits & 1u)); }
 };
 
 }  // namespace dlk::cpu::scalar

@@ -439,10 +439,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
   const Tensor bits = relu && relu_mask.has_value() && relu_mask->defined() && relu_mask->numel() > 0
                           ? checked_relu_mask(op, *relu_mask, input, lay)
                           : Tensor();
+  // the CPU path that takes a channel at a time (below)
+  const bool fused = training && output_mask[0] && input.is_cpu() &&
+                     cpu::batch_norm_fused_fits(lay.g, input.element_size());
   // the gate from bits on the fused path; anywhere else (never, for the forward's own masks: they are made
   // on that path) expanded into a 0/1 tensor that stands in for output
-  const bool bits_fused = bits.defined() && training && output_mask[0] && input.scalar_type() == at::kFloat &&
-                          cpu::batch_norm_fused_fits(lay.g, input.element_size());
+  const bool bits_fused = bits.defined() && fused && input.scalar_type() == at::kFloat;
   const Tensor y = !bits.defined() ? relu_output(op, output, relu, input, lay)
                    : bits_fused    ? Tensor()
                                    : gate_from_bits(bits, input, lay);
@@ -457,7 +459,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
     return {gi, gw, gb, gr};
   }
   const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
-  if (training && output_mask[0] && x.is_cpu() && cpu::batch_norm_fused_fits(lay.g, x.element_size())) {
+  if (fused) {
     // a channel at a time, the two sums and the gradient in one sweep (csrc/cpu/batch_norm.h). With
     // relu_from_input (the caller's word that the forward added no residual) the ReLU mask is recomputed
     // from x: the forward's arithmetic on the same saved statistics, weight and bias, so the same bits

@@ -88,8 +88,8 @@ namespace dlk::ops {
 // Saved statistics (mean, invstd) and the backward sums are float64 (C,). relu: fused ReLU whose
 // backward mask comes from `output`; residual: added before the ReLU (batch_norm_add_relu).
 // batch_norm_forward's relu_mask: the gate output > 0 as int32 bit words (N, C, ceil(L / 32)), produced
-// exactly when batch_norm_relu_mask_expected (CPU float32 training, residual and relu, planar layout, a
-// channel within the fused path's size), else an empty tensor; batch_norm_backward takes it in place of
+// exactly where the CPU fused path runs with float32, residual and relu (training, planar layout, a
+// channel within cpu::batch_norm_fused_fits; dlkernels/_ops.py's fake mirrors this), else an empty tensor; batch_norm_backward takes it in place of
 // output (a 32nd of the bytes to read).
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats(const at::Tensor& input);
 at::Tensor batch_norm_elemt(const at::Tensor& input, const at::Tensor& mean, const at::Tensor& invstd,
