@@ -142,6 +142,29 @@ def test_isa_paths_match_scalar(width):
             assert torch.equal(a.isnan(), b.isnan()), isa
 
 
+@pytest.mark.parametrize("width", [8, 19, 40])
+def test_max_pool_nan_anywhere_and_signed_zero_ties(width):
+    """Max pooling's AVX lanes take a plain max on planes without NaN and the exact test on planes with
+    one, so the copy that looks for NaN must see every column (whole vectors and the row's tail), and a
+    tie of -0.0 and +0.0 must keep the first, as torch does: outputs bitwise and indices equal to torch's
+    on every ISA."""
+    gen = torch.Generator().manual_seed(width)
+    x = torch.where(torch.rand(4, 5, 9, width, generator=gen) < 0.5, -0.0, 0.0)  # batch 0: signed zeros
+    x[1:] = torch.randn(3, 5, 9, width, generator=gen)
+    x[1, :, ::2] = x[1, :, ::2].abs().neg().clamp(max=-0.0) * 0  # rows of -0.0 among values of both signs
+    for c in range(5):  # batch 2: one NaN per plane, at a different row and column each
+        x[2, c, (2 * c + 1) % 9, (7 * c + 3) % width] = float("nan")
+    x[3, :, 4, width - 1] = float("nan")  # batch 3: the last column, in the copy's scalar tail when it has one
+    for isa in dlkernels.supported_cpu_isas():
+        with dlkernels.use_cpu_isa(isa):
+            for k, s, p in ((3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 1, 0)):
+                o, oi = DF.max_pool2d(x, k, s, p, return_indices=True)
+                r, ri = F.max_pool2d(x, k, s, p, return_indices=True)
+                assert torch.equal(o.view(torch.int32), r.view(torch.int32)), (isa, k, s, p)
+                assert torch.equal(oi, ri), (isa, k, s, p)
+    assert x[0].signbit().any() and (~x[0].signbit()).any()
+
+
 def test_outputs_above_the_cache_are_streamed():
     """Outputs and gradients above 32 MiB leave the AVX kernels through non-temporal stores with a
     scalar head up to the first aligned address and a scalar tail: odd sizes put both at every plane."""

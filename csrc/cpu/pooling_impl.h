@@ -4,7 +4,9 @@
 // or 2 goes through PoolLanes instead (L, hand-written: pooling_lanes_avx2.h): each plane is first
 // copied into a scratch plane padded left and right (-inf for max, 0 for average), so that every
 // block of outputs reads whole vectors with no edge cases, and the taps are visited in the generic
-// loops' order, so the results are the same bits. Internal linkage: the ISA copies never meet at link time.
+// loops' order, so the results are the same bits (max pooling takes a plain vector max on planes the
+// copy found free of NaN, which gives the same bits there; see max_blocks). Internal linkage: the
+// ISA copies never meet at link time.
 // Semantics are torch's: max keeps the first maximum and lets NaN win (the last NaN's index); avg
 // divides by the window clipped to the padded input (count_include_pad) or to the input, or by
 // divisor_override; a window that covers no input gives 0.
@@ -13,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -120,9 +123,14 @@ template <class T, class L> struct PoolKernels {
     }
   }
 
+  // The plane of n values at p set to +0.0 (all bits zero) by memset: the AVX files turn off GCC's
+  // rewrite of a zeroing loop into the memset call, and their loop zeroed the 50 KB scratch planes of the
+  // backward passes 10-15% slower (in alternating processes, 16x64x112x112).
+  static void zero(T* p, int64_t n) { std::memset(p, 0, size_t(n) * sizeof(T)); }
+
   // One plane's max-pooling gradient: gi zeroed, then each output's gradient added at its index.
   static void max_scatter(const T* go, const int64_t* idx, int64_t plane_in, int64_t plane_out, T* gi) {
-    for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
+    zero(gi, plane_in);
     for (int64_t o = 0; o < plane_out; ++o) {
       const int64_t i = idx[o];
       if (i >= 0 && i < plane_in) gi[i] += go[o];  // an empty window's index may point nowhere
@@ -196,7 +204,7 @@ template <class T, class L> struct PoolKernels {
       for (int64_t pl = 0; pl < g.planes(); ++pl) {
         T* gi = grad_in + pl * plane_in;
         const T* go = grad_out + pl * plane_out;
-        for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
+        zero(gi, plane_in);
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           for (int64_t ow = 0; ow < g.OW; ++ow) {
             int64_t h0, h1, w0, w1;
@@ -219,22 +227,47 @@ template <class T, class L> struct PoolKernels {
     static constexpr bool kOn = true;
     static constexpr int64_t kW = Ln::W;
 
-    // Scratch plane geometry: OWr outputs per row rounded up to whole blocks; a block at ow reads
-    // padded columns ow * S + kw * DW .. + S * kW - 1, so Wp columns cover every block's reads and
-    // the input's PW + W.
+    // Scratch plane geometry: OWr outputs per row rounded up to whole blocks; a block at ow reads padded
+    // columns ow * S + kw * DW + j * S (j < kW), so Wp columns cover every block's reads and the input's
+    // PW + W. A scratch row is Wr wide: the padded row itself, or with kSplit (average pooling's
+    // gradient at S = 2) the padded row's even columns, then its odd columns, Wh of each (a multiple of
+    // kW), so that a tap of a block (kW columns 2 apart) is one plain load and store. The forwards keep
+    // whole rows and shuffle at each tap: splitting while copying the input in made them 10-20% slower
+    // (in-process A/B, 16x64x112x112), the backward 12% faster (its merge happens once per row, on the
+    // way out, instead of two shuffles and a second load and store per tap).
     struct Pad {
-      int64_t OWr, Wp;
-      template <int64_t S> static Pad of(const Pool2dGeom& g, int64_t DW) {
+      int64_t OWr, Wp, Wh, Wr;
+      template <int64_t S, bool kSplit> static Pad of(const Pool2dGeom& g, int64_t DW) {
         const int64_t OWr = (g.OW + kW - 1) / kW * kW;
-        return Pad{OWr, std::max(OWr * S + (g.KW - 1) * DW, g.PW + g.W)};
+        const int64_t Wp = std::max(OWr * S + (g.KW - 1) * DW, g.PW + g.W);
+        const int64_t Wh = (Wp + 2 * kW - 1) / (2 * kW) * kW;
+        return Pad{OWr, Wp, Wh, kSplit ? 2 * Wh : Wp};
       }
     };
 
-    // Whether the scratch planes (padded input or gradient, H x Wp; outputs and divisors, OH x OWr)
+    // Offset in a scratch row of padded column c (the block's kW columns c, c + S, ... follow it).
+    template <bool kSplit> static int64_t col(const Pad& p, int64_t c) {
+      if constexpr (kSplit) {
+        return (c & 1) * p.Wh + (c >> 1);
+      } else {
+        return c;
+      }
+    }
+
+    // The kW values of a tap in a whole scratch row: padded columns c, c + S, ...
+    template <int64_t S> static typename Ln::R load_tap(const T* xr, int64_t c) {
+      if constexpr (S == 1) {
+        return Ln::load(xr + c);
+      } else {
+        return Ln::load_even(xr + c);
+      }
+    }
+
+    // Whether the scratch planes (padded input or gradient, H x Wr; outputs and divisors, OH x OWr)
     // stay within kLaneScratch elements.
     template <int64_t S> static bool fits(const Pool2dGeom& g, int64_t DW) {
-      const Pad p = Pad::template of<S>(g, DW);
-      return p.Wp <= kLaneScratch && g.H <= kLaneScratch / p.Wp && p.OWr <= kLaneScratch &&
+      const Pad p = Pad::template of<S, S == 2>(g, DW);  // the larger rows, whichever layout is taken
+      return p.Wr <= kLaneScratch && g.H <= kLaneScratch / p.Wr && p.OWr <= kLaneScratch &&
              g.OH <= kLaneScratch / p.OWr;  // (divisions: the products could overflow)
     }
 
@@ -248,16 +281,23 @@ template <class T, class L> struct PoolKernels {
       for (int64_t b = (bytes * k / parts) & ~int64_t(63); b < b1; b += 64) Ln::prefetch(p + b);
     }
 
-    // xp = the plane with PW columns of fill on the left and the rest of each Wp-wide row filled.
-    static void pad_plane(const Pool2dGeom& g, const Pad& p, const T* x, T* xp, T fill) {
+    // xp = the plane in whole scratch rows: PW columns of fill, the input row, fill up to Wr. With
+    // check_nan, returns whether the plane holds a NaN (max pooling then takes the exact blocks for it).
+    static bool pad_plane(const Pool2dGeom& g, const Pad& p, const T* x, T* xp, T fill, bool check_nan) {
+      bool nan = false;
       for (int64_t h = 0; h < g.H; ++h) {
-        T* r = xp + h * p.Wp;
+        T* r = xp + h * p.Wr;
         for (int64_t w = 0; w < g.PW; ++w) r[w] = fill;
-        // Ln::copy's vector moves: GCC made the plain loop a memmove call per row, whose start-up cost was
-        // most of the copy for 112-wide rows (perf: memmove 58% of avg pooling's kernel time, input cached)
-        Ln::copy(r + g.PW, x + h * g.W, g.W, false);
-        for (int64_t w = g.PW + g.W; w < p.Wp; ++w) r[w] = fill;
+        // Ln's vector moves: GCC made the plain loop a memmove call per row, whose start-up cost was most
+        // of the copy for 112-wide rows (the lanes' files also turn off its loop-to-memcpy rewrite)
+        if (check_nan) {
+          nan |= Ln::copy_has_nan(r + g.PW, x + h * g.W, g.W);
+        } else {
+          Ln::copy(r + g.PW, x + h * g.W, g.W, false);
+        }
+        for (int64_t w = g.PW + g.W; w < p.Wr; ++w) r[w] = fill;
       }
+      return nan;
     }
 
     // The common kernel widths 2 and 3 at dilation 1 are compiled with the width known (KWc), so the
@@ -271,26 +311,39 @@ template <class T, class L> struct PoolKernels {
     template <int64_t S, int64_t KWc>
     static void max_forward_k(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
       const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
-      const Pad p = Pad::template of<S>(g, g.DW);
+      const Pad p = Pad::template of<S, false>(g, g.DW);
       const bool stream = plane_out * g.planes() * int64_t(sizeof(T) + sizeof(int64_t)) > kStreamBytes;
 #pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
       {
         // Output plane scratch: each row's blocks are stored at its start, the last block spilling
         // into the next row, which is written after it (OWr < OW + kW, so kW extra is enough).
-        std::vector<T> xp(g.H * p.Wp), yp(plane_out + kW);
-        std::vector<int32_t> rp(plane_out + kW), first_col(p.OWr);
-        for (int64_t ow = 0; ow < p.OWr; ++ow) first_col[ow] = int32_t(first_tap(ow * S - g.PW, g.DW));
+        std::vector<T> xp(g.H * p.Wr), yp(plane_out + kW);
+        std::vector<int32_t> rp(plane_out + kW), first_off(p.OWr);
+        // column of output ow's first tap inside the input, relative to its window's first column
+        for (int64_t ow = 0; ow < p.OWr; ++ow) {
+          const int64_t w0 = ow * S - g.PW;
+          first_off[ow] = int32_t(first_tap(w0, g.DW) - w0);
+        }
 #pragma omp for schedule(static)
         for (int64_t pl = 0; pl < g.planes(); ++pl) {
-          pad_plane(g, p, in + pl * plane_in, xp.data(), -std::numeric_limits<T>::infinity());
+          const bool nan = pad_plane(g, p, in + pl * plane_in, xp.data(), -std::numeric_limits<T>::infinity(), true);
           const T* next = pl + 1 < g.planes() ? in + (pl + 1) * plane_in : nullptr;
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            if (next) prefetch_part(next, plane_in, oh, g.OH);
-            T* y = yp.data() + oh * g.OW;
-            int32_t* r = rp.data() + oh * g.OW;
-            int64_t ow = 0;
-            for (; ow + 2 * kW <= p.OWr; ow += 2 * kW) max_blocks<S, KWc, 2>(g, p, xp.data(), first_col.data(), oh, ow, y, r);
-            if (ow < p.OWr) max_blocks<S, KWc, 1>(g, p, xp.data(), first_col.data(), oh, ow, y, r);
+          const auto plane_blocks = [&](auto exact) {
+            constexpr bool kExact = decltype(exact)::value;
+            for (int64_t oh = 0; oh < g.OH; ++oh) {
+              if (next) prefetch_part(next, plane_in, oh, g.OH);
+              T* y = yp.data() + oh * g.OW;
+              int32_t* r = rp.data() + oh * g.OW;
+              int64_t ow = 0;
+              for (; ow + 2 * kW <= p.OWr; ow += 2 * kW)
+                max_blocks<S, KWc, 2, kExact>(g, p, xp.data(), first_off.data(), oh, ow, y, r);
+              if (ow < p.OWr) max_blocks<S, KWc, 1, kExact>(g, p, xp.data(), first_off.data(), oh, ow, y, r);
+            }
+          };
+          if (nan) {
+            plane_blocks(std::true_type{});
+          } else {
+            plane_blocks(std::false_type{});
           }
           Ln::copy(out + pl * plane_out, yp.data(), plane_out, stream);
           Ln::copy(indices + pl * plane_out, rp.data(), plane_out, stream);
@@ -299,40 +352,49 @@ template <class T, class L> struct PoolKernels {
       }
     }
 
-    // B blocks of kW outputs from ow on (two at once keep two independent compare-blend chains in
-    // flight). Each block's best value and position stay in registers across its taps (torch's order:
-    // input row outer, kernel column inner); positions are those of the unpadded plane. A padding
-    // column holds -inf, which never replaces anything (strictly greater is needed), so a window of
-    // -inf inputs keeps torch's first-tap position, as in the generic loop.
-    template <int64_t S, int64_t KWc, int B>
-    static void max_blocks(const Pool2dGeom& g, const Pad& p, const T* xp, const int32_t* first_col, int64_t oh,
+    // B blocks of kW outputs from ow on (two at once keep two independent chains in flight). Each
+    // block's best value and its tap stay in registers across the taps (torch's order: input row outer,
+    // kernel column inner); the tap is kept as h * W + kw * DW, and the lane's own first column added
+    // at the end gives the position in the unpadded plane. A padding column holds -inf, which never
+    // replaces anything (strictly greater is needed), so a window of -inf inputs keeps torch's first-tap
+    // position, as in the generic loop. Planes without NaN (kExact false) take a plain max, whose chain
+    // from one tap to the next is one instruction: the exact test (greater, or NaN) and its blend made
+    // a chain five deep per tap, and the compute bound the forward, not memory.
+    template <int64_t S, int64_t KWc, int B, bool kExact>
+    static void max_blocks(const Pool2dGeom& g, const Pad& p, const T* xp, const int32_t* first_off, int64_t oh,
                            int64_t ow, T* y, int32_t* r) {
       const int64_t KW = KWc ? KWc : g.KW, DW = KWc ? 1 : g.DW;
       const int64_t h_lo = oh * g.SH - g.PH;
       const int64_t h_hi = std::min(h_lo + (g.KH - 1) * g.DH + 1, g.H);
       const int64_t h0 = first_tap(h_lo, g.DH);
-      const auto steps = Ln::lane_steps(int32_t(S));
       typename Ln::R best[B];
-      typename Ln::I pos[B];
+      typename Ln::I tap[B];
       for (int b = 0; b < B; ++b) {
         best[b] = Ln::set1(-std::numeric_limits<T>::infinity());
-        pos[b] = Ln::add_i(Ln::set1_i(int32_t(h0 * g.W)), Ln::load_i(first_col + ow + b * kW));
+        tap[b] = Ln::add_i(Ln::set1_i(int32_t(h0 * g.W)), Ln::load_i(first_off + ow + b * kW));
       }
       for (int64_t h = h0; h < h_hi; h += g.DH) {
-        const T* row = xp + h * p.Wp + ow * S;             // padded column of block 0, lane 0, kw 0
-        const auto at = Ln::add_i(Ln::set1_i(int32_t(h * g.W + ow * S - g.PW)), steps);  // its position
-        for (int64_t kw = 0; kw < KW; ++kw)
+        const T* xr = xp + h * p.Wr;
+        for (int64_t kw = 0; kw < KW; ++kw) {
+          const auto t = Ln::set1_i(int32_t(h * g.W + kw * DW));
           for (int b = 0; b < B; ++b) {
-            const int64_t d = b * kW * S + kw * DW;
-            const auto v = Ln::template load<S>(row + d);
-            const auto take = Ln::take(v, best[b]);
-            best[b] = Ln::select(take, v, best[b]);
-            pos[b] = Ln::select_i(take, Ln::add_i(at, Ln::set1_i(int32_t(d))), pos[b]);
+            const auto v = load_tap<S>(xr, (ow + b * kW) * S + kw * DW);
+            if constexpr (kExact) {
+              const auto take = Ln::take(v, best[b]);
+              best[b] = Ln::select(take, v, best[b]);
+              tap[b] = Ln::select_i(take, t, tap[b]);
+            } else {
+              tap[b] = Ln::select_i(Ln::gt(v, best[b]), t, tap[b]);
+              best[b] = Ln::max_no_nan(v, best[b]);
+            }
           }
+        }
       }
+      const auto steps = Ln::lane_steps(int32_t(S));
       for (int b = 0; b < B; ++b) {
         Ln::store(y + ow + b * kW, best[b]);
-        Ln::store_i(r + ow + b * kW, pos[b]);
+        const auto lane_col = Ln::add_i(Ln::set1_i(int32_t((ow + b * kW) * S - g.PW)), steps);
+        Ln::store_i(r + ow + b * kW, Ln::add_i(tap[b], lane_col));
       }
     }
 
@@ -360,15 +422,15 @@ template <class T, class L> struct PoolKernels {
     template <int64_t S, int64_t KWc>
     static void avg_forward_k(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {
       const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
-      const Pad p = Pad::template of<S>(g, 1);
+      const Pad p = Pad::template of<S, false>(g, 1);
       const bool stream = plane_out * g.planes() * int64_t(sizeof(T)) > kStreamBytes;
 #pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
       {
-        std::vector<T> xp(g.H * p.Wp), yp(plane_out + kW);  // as max_forward's
+        std::vector<T> xp(g.H * p.Wr), yp(plane_out + kW);  // as max_forward's
         const std::vector<T> div = divisors(g, o, p);
 #pragma omp for schedule(static)
         for (int64_t pl = 0; pl < g.planes(); ++pl) {
-          pad_plane(g, p, in + pl * plane_in, xp.data(), T(0));
+          pad_plane(g, p, in + pl * plane_in, xp.data(), T(0), false);
           const T* next = pl + 1 < g.planes() ? in + (pl + 1) * plane_in : nullptr;
           for (int64_t oh = 0; oh < g.OH; ++oh) {
             if (next) prefetch_part(next, plane_in, oh, g.OH);
@@ -395,31 +457,33 @@ template <class T, class L> struct PoolKernels {
       typename Ln::R acc[B];
       for (int b = 0; b < B; ++b) acc[b] = Ln::set1(T(0));
       for (int64_t h = h0; h < h1; ++h) {
-        const T* row = xp + h * p.Wp + ow * S;
+        const T* xr = xp + h * p.Wr;
         for (int64_t kw = 0; kw < KW; ++kw)
-          for (int b = 0; b < B; ++b) acc[b] = Ln::add(acc[b], Ln::template load<S>(row + b * kW * S + kw));
+          for (int b = 0; b < B; ++b) acc[b] = Ln::add(acc[b], load_tap<S>(xr, (ow + b * kW) * S + kw));
       }
       for (int b = 0; b < B; ++b) {
-        const auto dv = Ln::template load<1>(d + ow + b * kW);
+        const auto dv = Ln::load(d + ow + b * kW);
         Ln::store(y + ow + b * kW, Ln::select(Ln::nan_mask(dv), Ln::set1(T(0)), Ln::div(acc[b], dv)));
       }
     }
 
-    // Shares spread into a zeroed padded plane in the generic loop's order, then its inner columns
-    // copied out. Lanes past the row's end carry share 0; an empty window's taps (NaN share) all land
-    // in padding (no input row or no input column in it), which is dropped.
+    // Shares spread into a zeroed scratch plane (rows as the forward's) in the generic loop's order,
+    // then each row's input columns copied out (at S = 2 merged back into one row first). Lanes past
+    // the row's end carry share 0; an empty window's taps (NaN share) all land in padding (no input
+    // row or no input column in it), which is dropped.
     template <int64_t S>
     static void avg_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in) {
+      constexpr bool kSplit = S == 2;
       const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
-      const Pad p = Pad::template of<S>(g, 1);
+      const Pad p = Pad::template of<S, kSplit>(g, 1);
       const bool stream = plane_in * g.planes() * int64_t(sizeof(T)) > kStreamBytes;
 #pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
       {
-        std::vector<T> gp(g.H * p.Wp), share(p.OWr, T(0));
+        std::vector<T> gp(g.H * p.Wr), row(p.Wr), share(p.OWr, T(0));
         const std::vector<T> div = divisors(g, o, p);
 #pragma omp for schedule(static)
         for (int64_t pl = 0; pl < g.planes(); ++pl) {
-          std::fill(gp.begin(), gp.end(), T(0));
+          zero(gp.data(), int64_t(gp.size()));
           const T* go = grad_out + pl * plane_out;
           for (int64_t oh = 0; oh < g.OH; ++oh) {
             for (int64_t ow = 0; ow < g.OW; ++ow) share[ow] = go[oh * g.OW + ow] / div[oh * p.OWr + ow];
@@ -428,10 +492,16 @@ template <class T, class L> struct PoolKernels {
             for (int64_t h = std::max<int64_t>(h_lo, 0); h < h_hi; ++h)
               for (int64_t kw = 0; kw < g.KW; ++kw)
                 for (int64_t ow = 0; ow < p.OWr; ow += kW)
-                  Ln::template add_to<S>(gp.data() + h * p.Wp + ow * S + kw, Ln::template load<1>(share.data() + ow));
+                  Ln::add_to(gp.data() + h * p.Wr + col<kSplit>(p, ow * S + kw), Ln::load(share.data() + ow));
           }
-          for (int64_t h = 0; h < g.H; ++h)
-            Ln::copy(grad_in + pl * plane_in + h * g.W, gp.data() + h * p.Wp + g.PW, g.W, stream);
+          for (int64_t h = 0; h < g.H; ++h) {
+            const T* src = gp.data() + h * p.Wr;
+            if constexpr (kSplit) {
+              Ln::merge(row.data(), src, src + p.Wh, p.Wh);
+              src = row.data();
+            }
+            Ln::copy(grad_in + pl * plane_in + h * g.W, src + g.PW, g.W, stream);
+          }
         }
         Ln::done(stream);
       }
@@ -507,7 +577,7 @@ template <class T, class L> struct PoolKernels {
     for (int64_t pl = 0; pl < g.planes(); ++pl) {
       T* gi = grad_in + pl * plane_in;
       const T* go = grad_out + pl * plane_out;
-      for (int64_t i = 0; i < plane_in; ++i) gi[i] = T(0);
+      zero(gi, plane_in);
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         const int64_t h0 = adaptive_start(oh, g.H, g.OH), h1 = adaptive_end(oh, g.H, g.OH);
         for (int64_t ow = 0; ow < g.OW; ++ow) {

@@ -1,8 +1,9 @@
-// The pooling kernels' float32 lanes on 256-bit registers: loads at column stride 1 or 2, the max
-// pooling take test, blends of values and 32-bit indices, and a stride-2 accumulate. Include only
-// after a target pragma that enables AVX2 (pooling_avx2.cpp, and pooling_avx512.cpp, which uses the
-// same 256-bit lanes: no AVX-512 machine was available to test 512-bit ones, and the kernels are
-// bound by memory traffic once vectorized).
+// The pooling kernels' float32 lanes on 256-bit registers: loads, the max pooling take test, blends
+// of values and 32-bit indices, copies (plain, NaN-testing, streamed, widening) and the merge of
+// stride-2 gradient rows kept as even and odd columns. Include only after a target pragma that enables
+// AVX2 (and GCC's no-tree-loop-distribute-patterns, or the copy loops become memcpy calls again):
+// pooling_avx2.cpp, and pooling_avx512.cpp, which uses the same 256-bit lanes (no AVX-512 machine was
+// available to test 512-bit ones, and the kernels are close to memory traffic once vectorized).
 #pragma once
 #include <immintrin.h>
 
@@ -27,22 +28,33 @@ struct PoolLanes {
   static I add_i(I a, I b) { return _mm256_add_epi32(a, b); }
   static I load_i(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-  // p[j * S] for j < 8: S = 1 is one load; S = 2 loads p[0..15] and keeps the even columns
-  // (the shuffle gives 0 2 8 10 | 4 6 12 14 per 128-bit half, the 64-bit permute puts them in order).
-  template <int64_t S> static R load(const float* p) {
-    static_assert(S == 1 || S == 2, "strides 1 and 2 only");
-    if constexpr (S == 1) {
-      return _mm256_loadu_ps(p);
-    } else {
-      const R a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
-      const R even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-      return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  // p[2 j] for j < 8: loads p[0..15] and keeps the even columns (the shuffle gives 0 2 8 10 | 4 6 12 14
+  // per 128-bit half, the 64-bit permute puts them in order).
+  static R load_even(const float* p) {
+    const R a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    const R even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+
+  // dst[2 i] = e[i], dst[2 i + 1] = o[i] for i < n (n a multiple of 8): a stride-2 gradient row kept as
+  // its even and odd columns (see pooling_impl.h, Pad) merged back into one.
+  static void merge(float* dst, const float* e, const float* o, int64_t n) {
+    for (int64_t i = 0; i < n; i += 8) {
+      const R a = _mm256_loadu_ps(e + i), b = _mm256_loadu_ps(o + i);
+      const R lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);  // e0 o0 e1 o1 | e4 o4 e5 o5, ...
+      _mm256_storeu_ps(dst + 2 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
+      _mm256_storeu_ps(dst + 2 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
     }
   }
 
   // torch's max pooling test: a later tap replaces the best so far when strictly greater, or NaN.
   static R nan_mask(R v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
   static R take(R v, R best) { return _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), nan_mask(v)); }
+  // Without NaN (the caller has checked), the take test and the blend of the value are one max:
+  // vmaxps a, b is a > b ? a : b, so a later equal value (a tie, or -0.0 after +0.0) never replaces.
+  static R max_no_nan(R v, R best) { return _mm256_max_ps(v, best); }
+  static R gt(R v, R best) { return _mm256_cmp_ps(v, best, _CMP_GT_OQ); }
   static R select(R m, R a, R b) { return _mm256_blendv_ps(b, a, m); }  // m ? a : b
   static I select_i(R m, I a, I b) {
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(a), m));
@@ -62,11 +74,28 @@ struct PoolLanes {
       for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
       for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
     } else {
-      // vector moves: GCC turns the plain loop into a memmove call (perf: 40% of average pooling's
-      // kernel time with the input cached)
+      // vector moves: GCC turns a plain loop into a memmove call, whose start-up cost per 112-float row
+      // was 40% of average pooling's kernel time with the input cached (and, without the including
+      // file's pragma, turns this one into a memcpy call too)
       for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_loadu_ps(src + i));
     }
     for (; i < n; ++i) dst[i] = src[i];
+  }
+  // The non-streaming copy that also says whether src holds a NaN.
+  static bool copy_has_nan(float* dst, const float* src, int64_t n) {
+    R un = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const R v = _mm256_loadu_ps(src + i);
+      un = _mm256_or_ps(un, nan_mask(v));
+      _mm256_storeu_ps(dst + i, v);
+    }
+    bool nan = _mm256_movemask_ps(un) != 0;
+    for (; i < n; ++i) {
+      dst[i] = src[i];
+      nan |= src[i] != src[i];
+    }
+    return nan;
   }
   static void copy(int64_t* dst, const int32_t* src, int64_t n, bool stream) {
     int64_t i = 0;
@@ -88,21 +117,8 @@ struct PoolLanes {
     if (stream) _mm_sfence();
   }
 
-  // p[j * S] += v[j] for j < 8. For S = 2 the odd columns p[1], p[3], ... are read and written back
-  // unchanged: v is spread to the even lanes with -0.0 between (x + -0.0 is x for every x, -0.0 and
-  // NaN included), so the caller must own the whole span p[0..15] (one plane, one thread).
-  template <int64_t S> static void add_to(float* p, R v) {
-    static_assert(S == 1 || S == 2, "strides 1 and 2 only");
-    if constexpr (S == 1) {
-      _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), v));
-    } else {
-      // v0 v1 v4 v5 | v2 v3 v6 v7, then unpack with -0.0: v0 . v1 . v2 . v3 . and v4 . v5 . v6 . v7 .
-      const R t = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
-      const R z = _mm256_set1_ps(-0.0f);
-      _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_unpacklo_ps(t, z)));
-      _mm256_storeu_ps(p + 8, _mm256_add_ps(_mm256_loadu_ps(p + 8), _mm256_unpackhi_ps(t, z)));
-    }
-  }
+  // p[j] += v[j] for j < 8.
+  static void add_to(float* p, R v) { _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), v)); }
 };
 
 }  // namespace
