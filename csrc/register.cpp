@@ -31,9 +31,10 @@ TORCH_LIBRARY(dlkernels, m) {
   m.def("rmsprop_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
         "Tensor(d!)[] momentum_buffers, Tensor(e!)[] state_steps, float lr, float alpha, float eps, "
         "float weight_decay, float momentum, bool centered, bool maximize) -> ()");
-  // Pooling on (N, C, H, W). max_pool2d returns the argmax as a flat index in the H*W plane, as torch.
+  // Pooling on (N, C, H, W). max_pool2d returns the argmax as a flat index in the H*W plane, as torch,
+  // or with tap_index (CPU) as a uint8 window tap kh * KW + kw (what autograd saves).
   m.def("max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-        "bool ceil_mode) -> (Tensor, Tensor)");
+        "bool ceil_mode, bool tap_index=False) -> (Tensor, Tensor)");
   m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, int[2] stride, "
         "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
   m.def("avg_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "

@@ -74,9 +74,9 @@ def _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 @torch.library.register_fake("dlkernels::max_pool2d_forward")
-def _max_pool2d_forward_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+def _max_pool2d_forward_fake(input, kernel_size, stride, padding, dilation, ceil_mode, tap_index=False):
     shape = _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.uint8 if tap_index else torch.int64)
 
 
 @torch.library.register_fake("dlkernels::max_pool2d_backward")

@@ -71,15 +71,18 @@ torch.library.register_autograd("dlkernels::cross_entropy_forward", CrossEntropy
 
 
 class MaxPool2dFunction(torch.autograd.Function):
-    """Max pooling; saves the argmax (flat index in the H*W plane) and routes gradients through it."""
+    """Max pooling; saves the argmax and routes gradients through it: torch's flat index in the H*W plane,
+    or with tap_index (CPU, when the caller does not want the indices) one byte per output naming the
+    window's tap, an eighth of the bytes for the forward to write and the backward to read."""
 
     @staticmethod
-    def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
-        return below_autograd(_ops.max_pool2d_forward, input, kernel_size, stride, padding, dilation, ceil_mode)
+    def forward(input, kernel_size, stride, padding, dilation, ceil_mode, tap_index):
+        return below_autograd(_ops.max_pool2d_forward, input, kernel_size, stride, padding, dilation, ceil_mode,
+                              tap_index)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation, ctx.ceil_mode = inputs
+        input, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation, ctx.ceil_mode = inputs[:6]
         ctx.save_for_backward(input, output[1])
         ctx.mark_non_differentiable(output[1])
 
@@ -89,7 +92,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         input, indices = ctx.saved_tensors
         grad = _ops.max_pool2d_backward(grad_output, input, indices, ctx.kernel_size, ctx.stride, ctx.padding,
                                         ctx.dilation, ctx.ceil_mode)
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 class AvgPool2dFunction(torch.autograd.Function):

@@ -228,8 +228,9 @@ def _pool_case(kind, shape, **kw):
             return run
 
         # minimal bytes: read x, write y (forward); read dy, write dx (backward); max also writes and
-        # reads the int64 indices
-        per = 2 * (x.numel() + out.numel()) * 4 + (2 * out.numel() * 8 if kind == "max" else 0)
+        # reads its argmax: the byte per output that our CPU autograd keeps (int64 indices on CUDA)
+        arg = (1 if torch.device(device).type == "cpu" else 8) if kind == "max" else 0
+        per = 2 * (x.numel() + out.numel()) * 4 + 2 * out.numel() * arg
         return dict(torch=step(torch_fn), ours=step(ours_fn), numpy=None, inputs=[x], bytes=per, flops=0)
     return make
 

@@ -139,8 +139,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched, cl = _pool_input(fn, input)
     k = _pair(fn, "kernel_size", kernel_size)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _pair(fn, "stride", stride)
+    # Without return_indices, autograd keeps a byte per output naming the window's tap (CPU) instead of
+    # torch's int64 flat index: the forward writes and the backward reads an eighth of those bytes.
+    taps = not return_indices and x.device.type == "cpu" and k[0] * k[1] <= 256
     out, indices = _autograd_apply(MaxPool2dFunction, x, k, s, _pair(fn, "padding", padding), _pair(fn, "dilation", dilation),
-                                           bool(ceil_mode))
+                                   bool(ceil_mode), taps)
     out = _pool_output(out, unbatched, cl)
     return (out, _pool_output(indices, unbatched, cl)) if return_indices else out
 

@@ -50,6 +50,64 @@ def test_max_pool2d_matches_torch(device, dtype, shape, k, s, p, d, ceil):
     assert torch.equal(ours, ref)
 
 
+def taps_from_indices(idx, w, k, s, p, d):
+    """torch's flat argmax in the H*W plane as the window tap kh * KW + kw of each output."""
+    oh = torch.arange(idx.shape[-2]).view(-1, 1)
+    ow = torch.arange(idx.shape[-1]).view(1, -1)
+    kh = (idx // w - (oh * s[0] - p[0])) // d[0]
+    kw = (idx % w - (ow * s[1] - p[1])) // d[1]
+    return (kh * k[1] + kw).to(torch.uint8)
+
+
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", MAX_CONFIGS, ids=[str(i) for i in range(len(MAX_CONFIGS))])
+def test_max_pool2d_tap_bytes(dtype, shape, k, s, p, d, ceil):
+    """What autograd saves without return_indices: a byte per output naming the window tap. On every
+    ISA path: the same output, the taps of torch's indices (first maximum, last NaN, an -inf window's
+    first tap inside the input), and a backward through them equal bit for bit to the one through the
+    int64 indices."""
+    x = torch.randn(shape, dtype=dtype)
+    x.view(-1)[::3] = x.view(-1)[::3].round()  # ties
+    if x.numel() > 4:
+        x.view(-1)[1] = float("-inf")
+        x.view(-1)[-2] = float("nan")
+    if x.shape[0] > 1:
+        x[1, 0] = float("-inf")  # windows of -inf only
+    args = (list(k), list(s), list(p), list(d), ceil)
+    ops = torch.ops.dlkernels
+    _, ref_idx = F.max_pool2d(x, *args, return_indices=True)
+    g = torch.randn(ref_idx.shape, dtype=dtype)
+    for isa in dlkernels.supported_cpu_isas():
+        with dlkernels.use_cpu_isa(isa):
+            out, idx = ops.max_pool2d_forward(x, *args)
+            out_t, taps = ops.max_pool2d_forward(x, *args, tap_index=True)
+            assert taps.dtype == torch.uint8 and torch.equal(idx, ref_idx), isa
+            assert torch.equal(out_t.nan_to_num(), out.nan_to_num()) and torch.equal(out_t.isnan(), out.isnan()), isa
+            assert torch.equal(taps, taps_from_indices(ref_idx, x.shape[-1], k, s, p, d)), isa
+            gi = ops.max_pool2d_backward(g, x, idx, *args)
+            gt = ops.max_pool2d_backward(g, x, taps, *args)
+            assert torch.equal(gt, gi), isa
+
+
+def test_max_pool2d_tap_bytes_out_of_the_window_are_skipped():
+    """The backward op is public: a tap byte past the window (never written by the forward) adds nothing
+    and writes nothing out of place, on the lanes (scratch padded around the plane) and the generic loop."""
+    x = torch.randn(2, 3, 9, 11)
+    ops = torch.ops.dlkernels
+    for isa in dlkernels.supported_cpu_isas():
+        with dlkernels.use_cpu_isa(isa):
+            for dtype in (torch.float32, torch.float64):
+                xx = x.to(dtype)
+                _, taps = ops.max_pool2d_forward(xx, [3, 3], [2, 2], [1, 1], [1, 1], False, True)
+                g = torch.randn(taps.shape, dtype=dtype)
+                bad = taps.clone().view(-1)
+                junk = torch.tensor([9, 200, 255, 17], dtype=torch.uint8)
+                bad[::4] = junk.repeat(bad.numel())[:bad[::4].numel()]
+                bad = bad.view_as(taps)
+                want = ops.max_pool2d_backward(g.masked_fill(bad >= 9, 0), xx, taps, [3, 3], [2, 2], [1, 1], [1, 1], False)
+                got = ops.max_pool2d_backward(g, xx, bad, [3, 3], [2, 2], [1, 1], [1, 1], False)
+                assert torch.equal(got, want), (isa, dtype)
+
+
 def test_max_pool2d_ties_nan_and_minus_inf(device):
     x = torch.zeros(1, 2, 6, 6, device=device)
     x[0, 0].random_(0, 3)                    # many ties: the first maximum must win
@@ -193,7 +251,10 @@ def test_planes_on_both_sides_of_the_lane_scratch_bound(hw):
         r, ri = F.max_pool2d(x, return_indices=True, **kw)
         assert torch.equal(o, r) and torch.equal(oi, ri)
         g = torch.randn_like(r)
-        assert torch.equal(torch.autograd.grad(o, x, g)[0], torch.autograd.grad(r, x, g)[0])
+        rg = torch.autograd.grad(r, x, g)[0]
+        assert torch.equal(torch.autograd.grad(o, x, g)[0], rg)
+        o = DF.max_pool2d(x, **kw)  # autograd keeps tap bytes: a padded scratch plane, or the generic loop past it
+        assert torch.equal(torch.autograd.grad(o, x, g)[0], rg)
         o, r = DF.avg_pool2d(x, **kw), F.avg_pool2d(x, **kw)
         torch.testing.assert_close(o, r)
         torch.testing.assert_close(torch.autograd.grad(o, x, g)[0], torch.autograd.grad(r, x, g)[0])
@@ -244,6 +305,11 @@ def test_opcheck(device):
     out, idx = ops.max_pool2d_forward(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)
     torch.library.opcheck(ops.max_pool2d_backward.default,
                           (torch.randn_like(out), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], True))
+    if device == "cpu":  # uint8 window taps: CPU only
+        torch.library.opcheck(ops.max_pool2d_forward.default, (x, [3, 2], [2, 2], [1, 1], [2, 1], True, True))
+        out, taps = ops.max_pool2d_forward(x.detach(), [3, 2], [2, 2], [1, 1], [2, 1], True, True)
+        torch.library.opcheck(ops.max_pool2d_backward.default,
+                              (torch.randn_like(out), x.detach(), taps, [3, 2], [2, 2], [1, 1], [2, 1], True))
     torch.library.opcheck(ops.avg_pool2d_forward.default, (x, [2, 3], [2, 1], [1, 0], False, False, None))
     y = ops.avg_pool2d_forward(x.detach(), [2, 3], [2, 1], [1, 0], False, False, 5)
     torch.library.opcheck(ops.avg_pool2d_backward.default,
@@ -314,6 +380,21 @@ def test_bad_inputs(device):
         (lambda: DF.adaptive_avg_pool2d(x, 0), ValueError, "output_size must be positive"),
         (lambda: DF.adaptive_avg_pool2d(x, (1, 2, 3)), ValueError, "output_size must be an int or a pair"),
         (lambda: DF.max_pool2d(torch.randn(2, 0, 4, 4, device=device), 2), ValueError, "non-zero C, H and W"),
+    ]
+    ops = torch.ops.dlkernels
+    big = torch.randn(1, 1, 20, 20, device=device)
+    out, idx = ops.max_pool2d_forward(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    taps_17 = torch.zeros(1, 1, 4, 4, dtype=torch.uint8, device=device)
+    cases += [
+        (lambda: ops.max_pool2d_forward(big, [17, 17], [1, 1], [0, 0], [1, 1], False, True),
+         ValueError if device == "cpu" else RuntimeError,
+         "tap_index needs kernel_size[0] * kernel_size[1] <= 256" if device == "cpu" else "tap_index (uint8 window taps) is CPU-only"),
+        (lambda: ops.max_pool2d_backward(out, x, idx.float(), [2, 2], [2, 2], [0, 0], [1, 1], False), ValueError,
+         "indices must be int64 (flat positions) or uint8 (window taps, CPU) of shape"),
+        (lambda: ops.max_pool2d_backward(out, x, idx[:1], [2, 2], [2, 2], [0, 0], [1, 1], False), ValueError,
+         "indices must be int64"),
+        (lambda: ops.max_pool2d_backward(torch.randn(1, 1, 4, 4, device=device), big, taps_17, [17, 17], [1, 1], [0, 0],
+                                         [1, 1], False), RuntimeError, "uint8 window taps need a CPU input and kernel_size"),
     ]
     for i, (call, exc, fragment) in enumerate(cases):
         with pytest.raises(exc) as info:

@@ -7,8 +7,13 @@
 
 namespace dlk::cpu {
 
+// Max pooling's argmax, one per output, in either of two forms: int64 flat positions in the H*W plane
+// (torch's indices, what return_indices gives), or one byte naming the window's tap, kh * KW + kw
+// (needs KH * KW <= 256): what autograd saves, an eighth of the bytes to write and read back.
 template <class T> void max_pool2d_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices);
+template <class T> void max_pool2d_forward(const Pool2dGeom& g, const T* in, T* out, uint8_t* taps);
 template <class T> void max_pool2d_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in);
+template <class T> void max_pool2d_backward(const Pool2dGeom& g, const T* grad_out, const uint8_t* taps, T* grad_in);
 template <class T> void avg_pool2d_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out);
 template <class T>
 void avg_pool2d_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in);
@@ -17,7 +22,9 @@ template <class T> void adaptive_avg_pool2d_backward(const Pool2dGeom& g, const 
 
 #define DLK_POOL_DECLARE(SUFFIX, T)                                                                             \
   void max_pool2d_forward_##SUFFIX(const Pool2dGeom&, const T*, T*, int64_t*);                                  \
+  void max_pool2d_forward_##SUFFIX(const Pool2dGeom&, const T*, T*, uint8_t*);                                  \
   void max_pool2d_backward_##SUFFIX(const Pool2dGeom&, const T*, const int64_t*, T*);                           \
+  void max_pool2d_backward_##SUFFIX(const Pool2dGeom&, const T*, const uint8_t*, T*);                           \
   void avg_pool2d_forward_##SUFFIX(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);                     \
   void avg_pool2d_backward_##SUFFIX(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);                    \
   void adaptive_avg_pool2d_forward_##SUFFIX(const Pool2dGeom&, const T*, T*);                                   \

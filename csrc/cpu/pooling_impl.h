@@ -77,19 +77,21 @@ template <class T, class L> struct PoolKernels {
   // A whole output row at a time: for each tap (h, kw) in torch's order (h outer, w inner), update
   // every output of the row that sees it. The loop over outputs has no dependences, so it vectorizes
   // (a strided load, a compare, two blends); visiting windows one by one did not, and cost 35 ms of
-  // the 3x3/s2 case's 39 ms.
-  static void max_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
+  // the 3x3/s2 case's 39 ms. A (the argmax type) is int64_t for flat positions in the plane, uint8_t
+  // for window taps kh * KW + kw (cpu/pooling.h).
+  template <class A> static void max_forward(const Pool2dGeom& g, const T* in, T* out, A* argmax) {
     const int64_t plane_in = g.H * g.W;
     // 32-bit positions in the hot loop keep index and value lanes the same width;
     // planes of 2^31 elements or more take the 64-bit loop.
-    if (plane_in >= (int64_t(1) << 31)) return max_forward_rows<int64_t>(g, in, out, indices);
+    if (plane_in >= (int64_t(1) << 31)) return max_forward_rows<int64_t>(g, in, out, argmax);
     if constexpr (Lanes<L>::kOn) {
-      if (with_lanes(g, g.DW, [&](auto s) { Lanes<L>::template max_forward<s.value>(g, in, out, indices); })) return;
+      if (with_lanes(g, g.DW, [&](auto s) { Lanes<L>::template max_forward<s.value>(g, in, out, argmax); })) return;
     }
-    max_forward_rows<int32_t>(g, in, out, indices);
+    max_forward_rows<int32_t>(g, in, out, argmax);
   }
 
-  template <class I> static void max_forward_rows(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
+  template <class I, class A> static void max_forward_rows(const Pool2dGeom& g, const T* in, T* out, A* argmax) {
+    constexpr bool kTaps = std::is_same_v<A, uint8_t>;
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
     {
@@ -100,15 +102,18 @@ template <class T, class L> struct PoolKernels {
         const T* x = in + pl * plane_in;
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           T* y = out + pl * plane_out + oh * g.OW;
-          int64_t* idx = indices + pl * plane_out + oh * g.OW;
-          const int64_t h0 = first_tap(oh * g.SH - g.PH, g.DH);
+          A* am = argmax + pl * plane_out + oh * g.OW;
+          const int64_t h_lo = oh * g.SH - g.PH, h0 = first_tap(h_lo, g.DH);
           for (int64_t ow = 0; ow < g.OW; ++ow) {
             y[ow] = -std::numeric_limits<T>::infinity();
-            ri[ow] = I(h0 * g.W + first_tap(ow * g.SW - g.PW, g.DW));  // torch's index for a window of -inf
+            const int64_t w_lo = ow * g.SW - g.PW, w0 = first_tap(w_lo, g.DW);  // torch's argmax for a window of -inf
+            ri[ow] = I(kTaps ? (h0 - h_lo) / g.DH * g.KW + (w0 - w_lo) / g.DW : h0 * g.W + w0);
           }
           for_each_tap(g, oh, g.DH, g.DW, [&](int64_t h, int64_t off, int64_t lo, int64_t hi) {
             const T* xr = x + h * g.W + off;
-            const I base = I(h * g.W + off), step = I(g.SW);
+            // the tap's argmax for output ow: base + ow * step (a tap's byte is the same for every output)
+            const I base = I(kTaps ? (h - h_lo) / g.DH * g.KW + (off + g.PW) / g.DW : h * g.W + off);
+            const I step = I(kTaps ? 0 : g.SW);
             for (int64_t ow = lo; ow <= hi; ++ow) {
               const T v = xr[ow * g.SW];
               const T best = y[ow];
@@ -117,7 +122,7 @@ template <class T, class L> struct PoolKernels {
               ri[ow] = take ? I(base + I(ow) * step) : ri[ow];
             }
           });
-          for (int64_t ow = 0; ow < g.OW; ++ow) idx[ow] = ri[ow];
+          for (int64_t ow = 0; ow < g.OW; ++ow) am[ow] = A(ri[ow]);
         }
       }
     }
@@ -128,23 +133,35 @@ template <class T, class L> struct PoolKernels {
   // backward passes 10-15% slower (in alternating processes, 16x64x112x112).
   static void zero(T* p, int64_t n) { std::memset(p, 0, size_t(n) * sizeof(T)); }
 
-  // One plane's max-pooling gradient: gi zeroed, then each output's gradient added at its index.
-  static void max_scatter(const T* go, const int64_t* idx, int64_t plane_in, int64_t plane_out, T* gi) {
+  // One plane's max-pooling gradient: gi zeroed, then each output's gradient added at its argmax, in
+  // output order (torch's). A position outside the plane, or a tap byte past the window (neither comes
+  // from the forward), is skipped.
+  static void max_scatter(const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi) {
+    const int64_t plane_in = g.H * g.W;
     zero(gi, plane_in);
-    for (int64_t o = 0; o < plane_out; ++o) {
+    for (int64_t o = 0; o < g.OH * g.OW; ++o) {
       const int64_t i = idx[o];
-      if (i >= 0 && i < plane_in) gi[i] += go[o];  // an empty window's index may point nowhere
+      if (i >= 0 && i < plane_in) gi[i] += go[o];
     }
   }
+  static void max_scatter(const Pool2dGeom& g, const T* go, const uint8_t* taps, T* gi) {
+    zero(gi, g.H * g.W);
+    for (int64_t oh = 0; oh < g.OH; ++oh)
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const int64_t t = taps[oh * g.OW + ow];
+        const int64_t h = oh * g.SH - g.PH + t / g.KW * g.DH, w = ow * g.SW - g.PW + t % g.KW * g.DW;
+        if (t < g.KH * g.KW && h >= 0 && h < g.H && w >= 0 && w < g.W) gi[h * g.W + w] += go[oh * g.OW + ow];
+      }
+  }
 
-  static void max_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in) {
+  template <class A> static void max_backward(const Pool2dGeom& g, const T* grad_out, const A* argmax, T* grad_in) {
     if constexpr (Lanes<L>::kOn) {
-      if (g.H * g.W <= kLaneScratch) return Lanes<L>::max_backward(g, grad_out, indices, grad_in);
+      if (g.H * g.W <= kLaneScratch) return Lanes<L>::max_backward(g, grad_out, argmax, grad_in);
     }
     const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes() * (plane_in + plane_out) > kPoolParallelGrain)
     for (int64_t pl = 0; pl < g.planes(); ++pl)
-      max_scatter(grad_out + pl * plane_out, indices + pl * plane_out, plane_in, plane_out, grad_in + pl * plane_in);
+      max_scatter(g, grad_out + pl * plane_out, argmax + pl * plane_out, grad_in + pl * plane_in);
   }
 
   // Window of output (oh, ow) clipped to the input, and the divisor torch uses for it.
@@ -302,27 +319,29 @@ template <class T, class L> struct PoolKernels {
 
     // The common kernel widths 2 and 3 at dilation 1 are compiled with the width known (KWc), so the
     // tap loop unrolls; KWc = 0 takes g.KW and g.DW at run time.
-    template <int64_t S> static void max_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
-      if (g.DW == 1 && g.KW == 2) return max_forward_k<S, 2>(g, in, out, indices);
-      if (g.DW == 1 && g.KW == 3) return max_forward_k<S, 3>(g, in, out, indices);
-      max_forward_k<S, 0>(g, in, out, indices);
+    template <int64_t S, class A> static void max_forward(const Pool2dGeom& g, const T* in, T* out, A* argmax) {
+      if (g.DW == 1 && g.KW == 2) return max_forward_k<S, 2>(g, in, out, argmax);
+      if (g.DW == 1 && g.KW == 3) return max_forward_k<S, 3>(g, in, out, argmax);
+      max_forward_k<S, 0>(g, in, out, argmax);
     }
 
-    template <int64_t S, int64_t KWc>
-    static void max_forward_k(const Pool2dGeom& g, const T* in, T* out, int64_t* indices) {
+    template <int64_t S, int64_t KWc, class A>
+    static void max_forward_k(const Pool2dGeom& g, const T* in, T* out, A* argmax) {
+      constexpr bool kTaps = std::is_same_v<A, uint8_t>;
       const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
       const Pad p = Pad::template of<S, false>(g, g.DW);
-      const bool stream = plane_out * g.planes() * int64_t(sizeof(T) + sizeof(int64_t)) > kStreamBytes;
+      const bool stream = plane_out * g.planes() * int64_t(sizeof(T) + sizeof(A)) > kStreamBytes;
 #pragma omp parallel if (g.planes() * plane_out * g.KH * g.KW > kPoolParallelGrain)
       {
         // Output plane scratch: each row's blocks are stored at its start, the last block spilling
         // into the next row, which is written after it (OWr < OW + kW, so kW extra is enough).
         std::vector<T> xp(g.H * p.Wr), yp(plane_out + kW);
-        std::vector<int32_t> rp(plane_out + kW), first_off(p.OWr);
-        // column of output ow's first tap inside the input, relative to its window's first column
+        std::vector<int32_t> rp(plane_out + kW), first_col(p.OWr);
+        // output ow's first tap inside the input: its column relative to the window's first column, or
+        // with tap bytes its kernel column
         for (int64_t ow = 0; ow < p.OWr; ++ow) {
-          const int64_t w0 = ow * S - g.PW;
-          first_off[ow] = int32_t(first_tap(w0, g.DW) - w0);
+          const int64_t w_lo = ow * S - g.PW, off = first_tap(w_lo, g.DW) - w_lo;
+          first_col[ow] = int32_t(kTaps ? off / g.DW : off);
         }
 #pragma omp for schedule(static)
         for (int64_t pl = 0; pl < g.planes(); ++pl) {
@@ -336,8 +355,8 @@ template <class T, class L> struct PoolKernels {
               int32_t* r = rp.data() + oh * g.OW;
               int64_t ow = 0;
               for (; ow + 2 * kW <= p.OWr; ow += 2 * kW)
-                max_blocks<S, KWc, 2, kExact>(g, p, xp.data(), first_off.data(), oh, ow, y, r);
-              if (ow < p.OWr) max_blocks<S, KWc, 1, kExact>(g, p, xp.data(), first_off.data(), oh, ow, y, r);
+                max_blocks<S, KWc, 2, kExact, kTaps>(g, p, xp.data(), first_col.data(), oh, ow, y, r);
+              if (ow < p.OWr) max_blocks<S, KWc, 1, kExact, kTaps>(g, p, xp.data(), first_col.data(), oh, ow, y, r);
             }
           };
           if (nan) {
@@ -346,7 +365,7 @@ template <class T, class L> struct PoolKernels {
             plane_blocks(std::false_type{});
           }
           Ln::copy(out + pl * plane_out, yp.data(), plane_out, stream);
-          Ln::copy(indices + pl * plane_out, rp.data(), plane_out, stream);
+          Ln::copy(argmax + pl * plane_out, rp.data(), plane_out, stream);
         }
         Ln::done(stream);
       }
@@ -355,13 +374,13 @@ template <class T, class L> struct PoolKernels {
     // B blocks of kW outputs from ow on (two at once keep two independent chains in flight). Each
     // block's best value and its tap stay in registers across the taps (torch's order: input row outer,
     // kernel column inner); the tap is kept as h * W + kw * DW, and the lane's own first column added
-    // at the end gives the position in the unpadded plane. A padding column holds -inf, which never
+    // at the end gives the position in the unpadded plane (kTaps: kept as kh * KW + kw, the byte). A padding column holds -inf, which never
     // replaces anything (strictly greater is needed), so a window of -inf inputs keeps torch's first-tap
     // position, as in the generic loop. Planes without NaN (kExact false) take a plain max, whose chain
     // from one tap to the next is one instruction: the exact test (greater, or NaN) and its blend made
     // a chain five deep per tap, and the compute bound the forward, not memory.
-    template <int64_t S, int64_t KWc, int B, bool kExact>
-    static void max_blocks(const Pool2dGeom& g, const Pad& p, const T* xp, const int32_t* first_off, int64_t oh,
+    template <int64_t S, int64_t KWc, int B, bool kExact, bool kTaps>
+    static void max_blocks(const Pool2dGeom& g, const Pad& p, const T* xp, const int32_t* first_col, int64_t oh,
                            int64_t ow, T* y, int32_t* r) {
       const int64_t KW = KWc ? KWc : g.KW, DW = KWc ? 1 : g.DW;
       const int64_t h_lo = oh * g.SH - g.PH;
@@ -371,12 +390,12 @@ template <class T, class L> struct PoolKernels {
       typename Ln::I tap[B];
       for (int b = 0; b < B; ++b) {
         best[b] = Ln::set1(-std::numeric_limits<T>::infinity());
-        tap[b] = Ln::add_i(Ln::set1_i(int32_t(h0 * g.W)), Ln::load_i(first_off + ow + b * kW));
+        tap[b] = Ln::add_i(Ln::set1_i(int32_t(kTaps ? (h0 - h_lo) / g.DH * KW : h0 * g.W)), Ln::load_i(first_col + ow + b * kW));
       }
       for (int64_t h = h0; h < h_hi; h += g.DH) {
         const T* xr = xp + h * p.Wr;
         for (int64_t kw = 0; kw < KW; ++kw) {
-          const auto t = Ln::set1_i(int32_t(h * g.W + kw * DW));
+          const auto t = Ln::set1_i(int32_t(kTaps ? (h - h_lo) / g.DH * KW + kw : h * g.W + kw * DW));
           for (int b = 0; b < B; ++b) {
             const auto v = load_tap<S>(xr, (ow + b * kW) * S + kw * DW);
             if constexpr (kExact) {
@@ -394,7 +413,7 @@ template <class T, class L> struct PoolKernels {
       for (int b = 0; b < B; ++b) {
         Ln::store(y + ow + b * kW, best[b]);
         const auto lane_col = Ln::add_i(Ln::set1_i(int32_t((ow + b * kW) * S - g.PW)), steps);
-        Ln::store_i(r + ow + b * kW, Ln::add_i(tap[b], lane_col));
+        Ln::store_i(r + ow + b * kW, kTaps ? tap[b] : Ln::add_i(tap[b], lane_col));
       }
     }
 
@@ -516,8 +535,53 @@ template <class T, class L> struct PoolKernels {
         std::vector<T> gp(plane_in);
 #pragma omp for schedule(static)
         for (int64_t pl = 0; pl < g.planes(); ++pl) {
-          max_scatter(grad_out + pl * plane_out, indices + pl * plane_out, plane_in, plane_out, gp.data());
+          max_scatter(g, grad_out + pl * plane_out, indices + pl * plane_out, gp.data());
           Ln::copy(grad_in + pl * plane_in, gp.data(), plane_in, stream);
+        }
+        Ln::done(stream);
+      }
+    }
+
+    // Tap bytes: each output's gradient added, in output order, into a scratch plane padded so that
+    // every tap of every window lands in it (rows from -PH, columns from -PW), at its window's origin
+    // plus the tap's offset from a table, with no range test (a byte past the window, which the forward
+    // never writes, is skipped); then the input's rows copied out. The same additions in the same
+    // order as the positions' scatter, so the same bits. Planes whose padded scratch would pass
+    // kLaneScratch take the generic scatter.
+    static void max_backward(const Pool2dGeom& g, const T* grad_out, const uint8_t* taps, T* grad_in) {
+      const int64_t plane_in = g.H * g.W, plane_out = g.OH * g.OW;
+      const int64_t Hp = std::max(g.PH + g.H, (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1);
+      const int64_t Wp = std::max(g.PW + g.W, (g.OW - 1) * g.SW + (g.KW - 1) * g.DW + 1);
+      if (Wp > kLaneScratch || Hp > kLaneScratch / Wp) {
+#pragma omp parallel for schedule(static) if (g.planes() * (plane_in + plane_out) > kPoolParallelGrain)
+        for (int64_t pl = 0; pl < g.planes(); ++pl)
+          max_scatter(g, grad_out + pl * plane_out, taps + pl * plane_out, grad_in + pl * plane_in);
+        return;
+      }
+      const bool stream = plane_in * g.planes() * int64_t(sizeof(T)) > kStreamBytes;
+      // the geometry in locals: read through g, GCC reloaded g.SW after every store to the plane
+      const int64_t K = g.KH * g.KW, OH = g.OH, OW = g.OW, SH = g.SH, SW = g.SW;
+      int64_t delta[256] = {};
+      for (int64_t t = 0; t < K; ++t) delta[t] = t / g.KW * g.DH * Wp + t % g.KW * g.DW;
+#pragma omp parallel if (g.planes() * (plane_in + plane_out) > kPoolParallelGrain)
+      {
+        std::vector<T> gp(Hp * Wp);
+#pragma omp for schedule(static)
+        for (int64_t pl = 0; pl < g.planes(); ++pl) {
+          zero(gp.data(), Hp * Wp);
+          const T* go = grad_out + pl * plane_out;
+          const uint8_t* tp = taps + pl * plane_out;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            T* origin = gp.data() + oh * SH * Wp;  // window origin of output (oh, 0), then of each next one
+            const uint8_t* tr = tp + oh * OW;
+            const T* gr = go + oh * OW;
+            for (int64_t ow = 0; ow < OW; ++ow, origin += SW) {
+              const int64_t t = tr[ow];
+              if (t < K) origin[delta[t]] += gr[ow];
+            }
+          }
+          for (int64_t h = 0; h < g.H; ++h)
+            Ln::copy(grad_in + pl * plane_in + h * g.W, gp.data() + (h + g.PH) * Wp + g.PW, g.W, stream);
         }
         Ln::done(stream);
       }
@@ -598,8 +662,14 @@ template <class T, class L> struct PoolKernels {
   void max_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, int64_t* idx) {                           \
     PoolKernels<T, LANES>::max_forward(g, in, out, idx);                                                               \
   }                                                                                                                    \
+  void max_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, uint8_t* taps) {                          \
+    PoolKernels<T, LANES>::max_forward(g, in, out, taps);                                                              \
+  }                                                                                                                    \
   void max_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi) {                     \
     PoolKernels<T, LANES>::max_backward(g, go, idx, gi);                                                               \
+  }                                                                                                                    \
+  void max_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const uint8_t* taps, T* gi) {                    \
+    PoolKernels<T, LANES>::max_backward(g, go, taps, gi);                                                              \
   }                                                                                                                    \
   void avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {                \
     PoolKernels<T, LANES>::avg_forward(g, o, in, out);                                                                 \

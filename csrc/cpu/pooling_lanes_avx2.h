@@ -109,6 +109,19 @@ struct PoolLanes {
     }
     for (; i < n; ++i) dst[i] = src[i];
   }
+  // dst[i] = src[i] narrowed to a byte (0 <= src[i] < 256: max pooling's tap bytes) for i < n, with
+  // plain stores (an eighth of the values' bytes: never streamed). Per 32 values: two saturating packs
+  // give a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7, a 32-bit permute puts them in order.
+  static void copy(uint8_t* dst, const int32_t* src, int64_t n, bool) {
+    int64_t i = 0;
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; i + 32 <= n; i += 32) {
+      const __m256i a = load_i(src + i), b = load_i(src + i + 8), c = load_i(src + i + 16), d = load_i(src + i + 24);
+      const __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_permutevar8x32_epi32(bytes, order));
+    }
+    for (; i < n; ++i) dst[i] = uint8_t(src[i]);
+  }
   // A hint to fetch the 64-byte line at p into the cache (no fault for any address).
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 

@@ -45,9 +45,11 @@ void rmsprop_(at::TensorList params, at::TensorList grads, at::TensorList square
 namespace dlk::ops {
 
 // ---- pooling (csrc/ops/pooling.cpp); input (N, C, H, W)
+// max_pool2d_forward's second output: int64 flat positions in the H*W plane (torch's indices), or with
+// tap_index (CPU, KH * KW <= 256) uint8 window taps kh * KW + kw; the backward takes either.
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                                      at::IntArrayRef dilation, bool ceil_mode);
+                                                      at::IntArrayRef dilation, bool ceil_mode, bool tap_index);
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
                                at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation, bool ceil_mode);

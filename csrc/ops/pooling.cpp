@@ -75,14 +75,25 @@ AvgPoolOptions avg_options(const char* op, bool count_include_pad, c10::optional
 }  // namespace
 
 std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
-                                              IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
+                                              IntArrayRef padding, IntArrayRef dilation, bool ceil_mode,
+                                              bool tap_index) {
   const Pool2dGeom g = make_geom("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
+  if (tap_index) {
+    TORCH_CHECK(input.is_cpu(), "dlkernels.max_pool2d: tap_index (uint8 window taps) is CPU-only, got input on ",
+                input.device());
+    TORCH_CHECK_VALUE(g.KH * g.KW <= 256, "dlkernels.max_pool2d: tap_index needs kernel_size[0] * kernel_size[1] <= 256, "
+                      "got kernel_size ", kernel_size);
+  }
   const Tensor x = input.contiguous();
   Tensor out = empty_output({g.N, g.C, g.OH, g.OW}, x.options());
-  Tensor indices = empty_output({g.N, g.C, g.OH, g.OW}, x.options().dtype(at::kLong));
+  Tensor indices = empty_output({g.N, g.C, g.OH, g.OW}, x.options().dtype(tap_index ? at::kByte : at::kLong));
   run_on_device("max_pool2d", x, [&](auto tag) {
     using scalar_t = decltype(tag);
-    cpu::max_pool2d_forward<scalar_t>(g, x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+    if (tap_index) {
+      cpu::max_pool2d_forward<scalar_t>(g, x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), indices.data_ptr<uint8_t>());
+    } else {
+      cpu::max_pool2d_forward<scalar_t>(g, x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+    }
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(max_pool2d_forward(dt, g, x.data_ptr(), out.data_ptr(), indices.data_ptr<int64_t>(), stream));
   });
@@ -94,16 +105,28 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
                            bool ceil_mode) {
   const Pool2dGeom g = make_geom("max_pool2d_backward", input, kernel_size, stride, padding, dilation, ceil_mode);
   check_grad("max_pool2d_backward", grad_output, input, g);
-  TORCH_CHECK_VALUE(indices.scalar_type() == at::kLong && indices.sizes() == grad_output.sizes() &&
+  const bool taps = indices.scalar_type() == at::kByte;
+  TORCH_CHECK_VALUE((indices.scalar_type() == at::kLong || taps) && indices.sizes() == grad_output.sizes() &&
                         indices.device() == input.device(),
-                    "dlkernels.max_pool2d_backward: indices must be int64 of shape ", grad_output.sizes(), ", got ",
-                    indices.scalar_type(), " of shape ", indices.sizes());
+                    "dlkernels.max_pool2d_backward: indices must be int64 (flat positions) or uint8 (window taps, "
+                    "CPU) of shape ", grad_output.sizes(), " on ", input.device(), ", got ", indices.scalar_type(),
+                    " of shape ", indices.sizes(), " on ", indices.device());
+  if (taps) {
+    TORCH_CHECK(input.is_cpu() && g.KH * g.KW <= 256, "dlkernels.max_pool2d_backward: uint8 window taps need a CPU "
+                "input and kernel_size[0] * kernel_size[1] <= 256, got input on ", input.device(), " and kernel_size ",
+                kernel_size);
+  }
   const Tensor go = grad_output.contiguous(), idx = indices.contiguous();
   Tensor grad_input = empty_output(input.sizes(), input.options());
   run_on_device("max_pool2d_backward", input, [&](auto tag) {
     using scalar_t = decltype(tag);
-    cpu::max_pool2d_backward<scalar_t>(g, go.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
-                                       grad_input.data_ptr<scalar_t>());
+    if (taps) {
+      cpu::max_pool2d_backward<scalar_t>(g, go.data_ptr<scalar_t>(), idx.data_ptr<uint8_t>(),
+                                         grad_input.data_ptr<scalar_t>());
+    } else {
+      cpu::max_pool2d_backward<scalar_t>(g, go.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
+                                         grad_input.data_ptr<scalar_t>());
+    }
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(max_pool2d_backward(dt, g, go.data_ptr(), idx.data_ptr<int64_t>(), grad_input.data_ptr(), stream));
   });
