@@ -92,10 +92,12 @@ def test_small_filter_gemms_on_both_sides_of_the_bound(device, dtype, x_shape, w
 
 
 # The CPU's direct forward (ops/conv.cpp small_direct; conv_impl.h direct_forward): one group, stride 1,
-# dilation 1, at most 32 input values per output and 16 filters, and one case past each bound. Filter
-# counts around the tile's 6 (1, 5, 6, 7, 13, 16), output widths around the 16- (AVX2) and 32-column
-# (AVX-512) tiles (1, 15, 16, 17, 31, 32, 33), padding symmetric, asymmetric ('same' with an even kernel)
-# and larger than the kernel, 1xK and Kx1 kernels, batch 1.
+# dilation 1, and either at most 32 input values per output and 16 filters, or at most 64 filters with
+# one output row's input rows within 24 KiB (cpu::conv_direct_fits), and cases past those bounds.
+# Filter counts around the 6-filter tile (1, 5, 6, 7, 13, 16, 17) and the 12-filter one of rows of one
+# vector (11, 16, 25, 64), output widths around the one-vector rows (7, 8, 9) and the 16- (AVX2) and
+# 32-column (AVX-512) tiles (1, 15, 16, 17, 28, 31, 32, 33), up to 64 channels, padding symmetric,
+# asymmetric ('same' with an even kernel) and larger than the kernel, 1xK and Kx1 kernels, batch 1.
 DIRECT_CONFIGS = [((64, 1, 28, 28), (6, 1, 5, 5), dict()),                          # LeNet's first layer
                   ((2, 1, 9, 5), (1, 1, 5, 5), dict()),                             # OW 1
                   ((3, 2, 7, 19), (5, 2, 3, 4), dict(padding=1)),                   # OW 18
@@ -106,8 +108,15 @@ DIRECT_CONFIGS = [((64, 1, 28, 28), (6, 1, 5, 5), dict()),                      
                   ((2, 4, 6, 32), (6, 4, 2, 4), dict(padding=(0, 1))),              # OW 31, 32 values
                   ((2, 2, 5, 32), (9, 2, 4, 1), dict(padding=(2, 0))),              # OW 32
                   ((1, 1, 6, 33), (12, 1, 5, 1), dict(padding=(6, 0))),             # OW 33, padding > kernel
-                  ((2, 3, 8, 8), (17, 3, 3, 3), dict(padding=1)),                   # 17 filters: past the bound
-                  ((2, 4, 8, 8), (6, 4, 3, 3), dict(padding=1)),                    # 36 values: past the bound
+                  ((2, 3, 8, 8), (17, 3, 3, 3), dict(padding=1)),                   # 17 filters, OW 8
+                  ((2, 4, 8, 8), (6, 4, 3, 3), dict(padding=1)),                    # 36 values
+                  ((2, 16, 8, 8), (16, 16, 3, 3), dict(padding=1)),                 # ResNet-like, OW 8
+                  ((2, 32, 5, 7), (25, 32, 3, 3), dict(padding=1)),                 # OW 7, 25 filters
+                  ((1, 64, 9, 9), (64, 64, 3, 3), dict(padding=1)),                 # 64 filters, OW 9
+                  ((2, 24, 16, 16), (13, 24, 3, 3), dict(padding=1)),               # OW 16, 216 values
+                  ((1, 16, 4, 30), (11, 16, 3, 3), dict(padding=(1, 0))),           # OW 28
+                  ((2, 4, 8, 8), (65, 4, 3, 3), dict(padding=1)),                   # 65 filters: past the bound
+                  ((1, 64, 4, 56), (8, 64, 3, 3), dict(padding=1)),                 # 50 KiB of rows: past it
                   ((2, 1, 12, 12), (6, 1, 3, 3), dict(stride=2)),                   # strided: not direct
                   ((2, 1, 12, 12), (6, 1, 3, 3), dict(dilation=2))]                 # dilated: not direct
 

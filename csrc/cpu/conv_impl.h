@@ -209,65 +209,75 @@ template <class V> struct ConvKernels {
       }
   }
 
-  // Direct convolution of layers with few input values per output (conv_direct_fits): stride 1,
-  // dilation 1, one group, no padding (the ops layer pads first, also on the right, so that every input
-  // row holds at least round_up(OW, kConvDirectColumns) + KW - 1 values). out (N, OC, OH, OW) =
-  // bias[oc] + sum over (c, kh, kw), in that order, of w[oc, c, kh, kw] * in[n, c, oh + kh, ow + kw],
-  // with OH = H - KH + 1. A task is one output row of one image; a register tile holds kDirF filters x
-  // kDirNV vectors of that row, and each input vector loaded serves kDirF filters. No column matrix:
-  // LeNet's first layer wrote and read back a 3.7 MB one for 11 MFLOP of work.
-  static constexpr int kDirF = 6, kDirNV = 2;
+  // Direct convolution (conv_direct_fits: stride 1, dilation 1, one group), on an input padded first
+  // (the ops layer pads, also on the right, so that every input row holds at least
+  // round_up(OW, kConvDirectColumns) + KW - 1 values). out (N, OC, OH, OW) = bias[oc] + sum over
+  // (c, kh, kw), in that order, of w[oc, c, kh, kw] * in[n, c, oh + kh, ow + kw], with OH = H - KH + 1.
+  // A task is one output row of one image; a register tile holds F filters x NV vectors of that row,
+  // and each input vector loaded serves F filters. No column matrix: LeNet's first layer wrote and read
+  // back a 3.7 MB one for 11 MFLOP of work, and a 16-filter 3x3 layer on 32x32 images ran its forward
+  // 3x faster without it. Rows of at most one vector take 12 filters x 1 vector (two vectors would be
+  // half padding), others 6 x 2: 12 accumulators either way, enough to cover the FMA latency.
   static void direct_forward(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OW, int64_t OC, int64_t KH,
                              int64_t KW, const T* in, const T* w, const T* bias, T* out) {
+    if (OW <= V::W) return direct_forward_t<12, 1>(N, C, H, W, OW, OC, KH, KW, in, w, bias, out);
+    direct_forward_t<6, 2>(N, C, H, W, OW, OC, KH, KW, in, w, bias, out);
+  }
+
+  template <int F, int NV>
+  static void direct_forward_t(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OW, int64_t OC, int64_t KH,
+                               int64_t KW, const T* in, const T* w, const T* bias, T* out) {
     const int64_t OH = H - KH + 1, taps = C * KH * KW;
-    constexpr int64_t kGroup = kDirNV * V::W;
+    constexpr int64_t kGroup = NV * V::W;
     static_assert(kConvDirectColumns % kGroup == 0, "a tile never reads past the padded row");
-    const int64_t groups = (OW + kGroup - 1) / kGroup, fblocks = (OC + kDirF - 1) / kDirF;
-    // the filters packed by block, tap-major: block fb's tap r at packed[(fb * taps + r) * kDirF + i],
+    const int64_t groups = (OW + kGroup - 1) / kGroup, fblocks = (OC + F - 1) / F;
+    // the filters packed by block, tap-major: block fb's tap r at packed[(fb * taps + r) * F + i],
     // zeros for the filters past OC, so that the tile's loops have fixed bounds and stay in registers
-    std::vector<T> packed(size_t(fblocks * taps * kDirF), T(0));
+    std::vector<T> packed(size_t(fblocks * taps * F), T(0));
     for (int64_t f = 0; f < OC; ++f)
-      for (int64_t r = 0; r < taps; ++r) packed[((f / kDirF) * taps + r) * kDirF + f % kDirF] = w[f * taps + r];
+      for (int64_t r = 0; r < taps; ++r) packed[((f / F) * taps + r) * F + f % F] = w[f * taps + r];
 #pragma omp parallel for schedule(static) if (N * OH * OW * OC * taps > kConvParallelGrain)
     for (int64_t t = 0; t < N * OH; ++t) {
       const int64_t n = t / OH, oh = t % OH;
       const T* image = in + (n * C * H + oh) * W;  // input row (c, oh + kh) at image + (c * H + kh) * W
       for (int64_t fb = 0; fb < fblocks; ++fb) {
-        const int64_t f0 = fb * kDirF, nf = std::min<int64_t>(kDirF, OC - f0);
+        const int64_t f0 = fb * F, nf = std::min<int64_t>(F, OC - f0);
         for (int64_t gi = 0; gi < groups; ++gi) {
           const int64_t ow0 = gi * kGroup;
-          direct_tile(image + ow0, C, H, W, KH, KW, packed.data() + fb * taps * kDirF, bias ? bias + f0 : nullptr,
-                      nf, out + ((n * OC + f0) * OH + oh) * OW + ow0, OH * OW, OW - ow0);
+          direct_tile<F, NV>(image + ow0, C, H, W, KH, KW, packed.data() + fb * taps * F, bias ? bias + f0 : nullptr,
+                             nf, out + ((n * OC + f0) * OH + oh) * OW + ow0, OH * OW, OW - ow0);
         }
       }
     }
   }
 
-  // One register tile of direct_forward: nf (<= kDirF) filters x the row's next kGroup outputs, of which
-  // the first `cols` are stored. row: the input row (c = 0, kh = 0) at the tile's first column (whole
-  // vectors are read: the padded row is long enough); wk: the filter block's packed taps; o: filter 0's
-  // output row at the tile's first column, the other filters' ostride apart. Loops with fixed bounds, so
-  // the accumulators stay in registers (with masked loads in the loop, GCC kept them on the stack).
+  // One register tile of direct_forward: nf (<= F) filters x the row's next NV vectors of outputs, of
+  // which the first `cols` are stored. row: the input row (c = 0, kh = 0) at the tile's first column
+  // (whole vectors are read: the padded row is long enough); wk: the filter block's packed taps; o:
+  // filter 0's output row at the tile's first column, the other filters' ostride apart. Loops with
+  // fixed bounds, so the accumulators stay in registers (with masked loads in the loop, GCC kept them
+  // on the stack).
+  template <int F, int NV>
   static void direct_tile(const T* row, int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, const T* wk,
                           const T* bias, int64_t nf, T* o, int64_t ostride, int64_t cols) {
-    R acc[kDirF][kDirNV];
-    for (int i = 0; i < kDirF; ++i)
-      for (int v = 0; v < kDirNV; ++v) acc[i][v] = V::set1(i < nf && bias ? bias[i] : T(0));
+    R acc[F][NV];
+    for (int i = 0; i < F; ++i)
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::set1(i < nf && bias ? bias[i] : T(0));
     for (int64_t c = 0; c < C; ++c)
       for (int64_t kh = 0; kh < KH; ++kh) {
         const T* r = row + (c * H + kh) * W;
-        for (int64_t kw = 0; kw < KW; ++kw, wk += kDirF) {
-          R xv[kDirNV];
-          for (int v = 0; v < kDirNV; ++v) xv[v] = V::load(r + kw + v * V::W);
-          for (int i = 0; i < kDirF; ++i) {
+        for (int64_t kw = 0; kw < KW; ++kw, wk += F) {
+          R xv[NV];
+          for (int v = 0; v < NV; ++v) xv[v] = V::load(r + kw + v * V::W);
+          for (int i = 0; i < F; ++i) {
             const R wi = V::set1(wk[i]);
-            for (int v = 0; v < kDirNV; ++v) acc[i][v] = V::fmadd(wi, xv[v], acc[i][v]);
+            for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(wi, xv[v], acc[i][v]);
           }
         }
       }
-    for (int i = 0; i < kDirF; ++i) {
+    for (int i = 0; i < F; ++i) {
       if (i >= nf) break;
-      for (int v = 0; v < kDirNV; ++v) {
+      for (int v = 0; v < NV; ++v) {
         if (cols >= (v + 1) * V::W) {
           V::store(o + i * ostride + v * V::W, acc[i][v]);
         } else if (cols > v * V::W) {  // a vector wholly past the row is not addressed
