@@ -91,9 +91,10 @@ def test_small_filter_gemms_on_both_sides_of_the_bound(device, dtype, x_shape, w
                   dtype=dtype, error_vs_torch=True)
 
 
-# The CPU's direct forward (ops/conv.cpp small_direct; conv_impl.h direct_forward): one group, stride 1,
-# dilation 1, and either at most 32 input values per output and 16 filters, or at most 64 filters with
-# one output row's input rows within 24 KiB (cpu::conv_direct_fits), and cases past those bounds.
+# The CPU's direct forward (ops/conv.cpp small_direct; conv_impl.h direct_forward): one group, dilation
+# 1, column stride 1 or 2 (2: rows split into even and odd columns), any row stride, and either at most
+# 32 input values per output and 16 filters, or at most 64 filters with one output row's input rows
+# within 24 KiB (cpu::conv_direct_fits), and cases past those bounds.
 # Filter counts around the 6-filter tile (1, 5, 6, 7, 13, 16, 17) and the 12-filter one of rows of one
 # vector (11, 16, 25, 64), output widths around the one-vector rows (7, 8, 9) and the 16- (AVX2) and
 # 32-column (AVX-512) tiles (1, 15, 16, 17, 28, 31, 32, 33), up to 64 channels, padding symmetric,
@@ -117,7 +118,16 @@ DIRECT_CONFIGS = [((64, 1, 28, 28), (6, 1, 5, 5), dict()),                      
                   ((1, 16, 4, 30), (11, 16, 3, 3), dict(padding=(1, 0))),           # OW 28
                   ((2, 4, 8, 8), (65, 4, 3, 3), dict(padding=1)),                   # 65 filters: past the bound
                   ((1, 64, 4, 56), (8, 64, 3, 3), dict(padding=1)),                 # 50 KiB of rows: past it
-                  ((2, 1, 12, 12), (6, 1, 3, 3), dict(stride=2)),                   # strided: not direct
+                  ((2, 1, 12, 12), (6, 1, 3, 3), dict(stride=2)),                   # stride 2, no padding
+                  ((2, 16, 32, 32), (32, 16, 3, 3), dict(stride=2, padding=1)),     # ResNet downsampling, OW 16
+                  ((2, 3, 9, 11), (5, 3, 3, 3), dict(stride=2, padding=1)),         # odd width, OW 6
+                  ((1, 4, 8, 7), (7, 4, 4, 4), dict(stride=2, padding=2)),          # even kernel and padding
+                  ((2, 5, 6, 13), (13, 5, 5, 5), dict(stride=(1, 2), padding=(0, 2))),  # column stride only
+                  ((2, 8, 12, 12), (6, 8, 3, 3), dict(stride=(3, 2), padding=1)),   # row stride 3
+                  ((2, 6, 9, 40), (9, 6, 3, 2), dict(stride=(2, 1), padding=1)),    # row stride only, OW 41
+                  ((1, 2, 11, 67), (3, 2, 3, 3), dict(stride=2, padding=1)),        # OW 34: two 32-output tiles
+                  ((1, 3, 7, 8), (4, 3, 1, 1), dict(stride=2)),                     # 1x1 at stride 2: im2col
+                  ((2, 4, 10, 10), (5, 4, 3, 3), dict(stride=3, padding=1)),        # column stride 3: im2col
                   ((2, 1, 12, 12), (6, 1, 3, 3), dict(dilation=2))]                 # dilated: not direct
 
 

@@ -28,10 +28,8 @@ DLK_ISA_DISPATCH(conv_gemm_wide,
 DLK_ISA_DISPATCH(conv_gemm_dots, (int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* work),
                  (M, K, N, A, B, C, work))
 
-DLK_ISA_DISPATCH(conv_direct_forward,
-                 (int64_t N, int64_t C, int64_t H, int64_t W, int64_t OW, int64_t OC, int64_t KH, int64_t KW,
-                  const T* in, const T* w, const T* bias, T* out),
-                 (N, C, H, W, OW, OC, KH, KW, in, w, bias, out))
+DLK_ISA_DISPATCH(conv_direct_forward, (const DirectGeom& d, const T* in, const T* w, const T* bias, T* out),
+                 (d, in, w, bias, out))
 
 int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N) {
   constexpr int64_t kDot = ConvKernels<scalar::Vec<float>>::kDot;
@@ -48,8 +46,7 @@ bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64
   template void channel_sum<T>(int64_t, int64_t, int64_t, const T*, T*);                        \
   template void conv_gemm_wide<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*); \
   template void conv_gemm_dots<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);               \
-  template void conv_direct_forward<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                       const T*, const T*, const T*, T*);
+  template void conv_direct_forward<T>(const DirectGeom&, const T*, const T*, const T*, T*);
 DLK_CONV_INSTANTIATE(float)
 DLK_CONV_INSTANTIATE(double)
 #undef DLK_CONV_INSTANTIATE

@@ -33,25 +33,33 @@ int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N);
 bool conv_gemm_small_fits(int64_t OCg, int64_t Rg);
 constexpr int64_t kConvTileMaxFilters = 64;
 
-// Direct convolution (conv_impl.h, direct_forward): stride 1, dilation 1, one group, no padding: in
-// (N, C, H, W), rows W long, of which the first OW + KW - 1 are the image and the rest (at least up to
-// round_up(OW, kConvDirectColumns) + KW - 1) zeros, read but never used; w (OC, C, KH, KW); out (N, OC,
-// H - KH + 1, OW); bias may be nullptr. Each output is bias + one sum in (c, kh, kw) order
-// (deterministic). For the forward of the layers conv_direct_fits accepts.
-constexpr int64_t kConvDirectColumns = 32;
-template <class T>
-void conv_direct_forward(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OW, int64_t OC, int64_t KH, int64_t KW,
-                         const T* in, const T* w, const T* bias, T* out);
-// The layers whose forward runs on it: those with at most 32 input values per output (C * KH * KW) and
-// 16 filters, whose column matrix is (KH * KW)x the input for little arithmetic (LeNet's first layer);
-// and those with at most 64 filters whose input rows for one output row's 16-output tiles, C * KH rows
-// of round_up(OW, 16) + KW - 1 values, stay within 24 KiB (in L1 with the tile's filters, while every
-// filter block reuses them): ResNet layers of 16-64 channels on 8x8 to 32x32 images, whose forward ran
-// 1.3-3x faster direct than through im2col and the GEMM (in-process A/B on the CI host). 64 channels
-// at 56x56 (50 KiB of rows) ran 10% slower direct, and layers past 64 filters run on MKL's GEMM.
-inline bool conv_direct_fits(int64_t C, int64_t KH, int64_t KW, int64_t OC, int64_t OW, int64_t elem_bytes) {
-  if (C * KH * KW <= 32 && OC <= 16) return true;
-  return OC <= 64 && C * KH * ((OW + 15) / 16 * 16 + KW - 1) * elem_bytes <= 24 * 1024;
+// Direct convolution (conv_impl.h, direct_forward): stride SH (rows) and 1 or 2 (columns), dilation 1,
+// one group, no padding: in (N, C, H, W); w (OC, C, KH, KW); out (N, OC, OH, OW); bias may be nullptr.
+// Each output is bias + one sum in (c, kh, kw) order (deterministic) of w[oc, c, kh, kw] times input
+// row oh * SH + kh, column ow * S + kw. At column stride 1 (half = 0) a row holds the image's OW + KW - 1
+// columns, then zeros up to at least conv_direct_columns(OW) + KW - 1, read but never used. At
+// column stride 2 a row holds the padded row's even columns, then its odd ones, half = W / 2 of each,
+// each at least conv_direct_columns(OW) + (KW - 1) / 2 long: a tap's outputs then read consecutive
+// values. For the forward of the layers conv_direct_fits accepts.
+// The outputs a row's tiles cover, on every ISA: 16 for rows of up to 16 (AVX-512 float32 tiles rows of
+// at most one vector with one vector), else whole 32-output tiles (its two-vector ones).
+inline int64_t conv_direct_columns(int64_t OW) { return OW <= 16 ? 16 : (OW + 31) / 32 * 32; }
+struct DirectGeom {
+  int64_t N, C, H, W, OH, OW, OC, KH, KW, SH, half;
+};
+template <class T> void conv_direct_forward(const DirectGeom& d, const T* in, const T* w, const T* bias, T* out);
+// The layers whose forward runs on it (column stride S = 1 or 2): those with at most 32 input values per
+// output (C * KH * KW) and 16 filters at S = 1, whose column matrix is (KH * KW)x the input for little
+// arithmetic (LeNet's first layer); and those with at most 64 filters whose input rows for one output
+// row's 16-output tiles, C * KH rows of S * round_up(OW, 16) + KW - 1 values, stay within 24 KiB (in L1
+// with the tile's filters, while every filter block reuses them): ResNet layers of 16-64 channels on
+// 8x8 to 32x32 images, whose forward ran 1.3-3x faster direct than through im2col and the GEMM
+// (in-process A/B on the CI host). 64 channels at 56x56 (50 KiB of rows) ran 10% slower direct, and
+// layers past 64 filters run on MKL's GEMM.
+inline bool conv_direct_fits(int64_t C, int64_t KH, int64_t KW, int64_t OC, int64_t OW, int64_t S, int64_t elem_bytes) {
+  if (S == 1 && C * KH * KW <= 32 && OC <= 16) return true;
+  // (a 1x1 layer at stride 2 keeps im2col, a strided copy: the direct kernel's padded copy cost more)
+  return OC <= 64 && KH * KW > 1 && C * KH * (S * ((OW + 15) / 16 * 16) + KW - 1) * elem_bytes <= 24 * 1024;
 }
 
 #define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
@@ -62,8 +70,7 @@ inline bool conv_direct_fits(int64_t C, int64_t KH, int64_t KW, int64_t OC, int6
   void channel_sum_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);                           \
   void conv_gemm_wide_##SUFFIX(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*); \
   void conv_gemm_dots_##SUFFIX(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);               \
-  void conv_direct_forward_##SUFFIX(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                    const T*, const T*, const T*, T*);
+  void conv_direct_forward_##SUFFIX(const DirectGeom&, const T*, const T*, const T*, T*);
 DLK_CONV_DECLARE(scalar, float)
 DLK_CONV_DECLARE(scalar, double)
 DLK_CONV_DECLARE(avx2, float)

@@ -209,72 +209,71 @@ template <class V> struct ConvKernels {
       }
   }
 
-  // Direct convolution (conv_direct_fits: stride 1, dilation 1, one group), on an input padded first
-  // (the ops layer pads, also on the right, so that every input row holds at least
-  // round_up(OW, kConvDirectColumns) + KW - 1 values). out (N, OC, OH, OW) = bias[oc] + sum over
-  // (c, kh, kw), in that order, of w[oc, c, kh, kw] * in[n, c, oh + kh, ow + kw], with OH = H - KH + 1.
-  // A task is one output row of one image; a register tile holds F filters x NV vectors of that row,
-  // and each input vector loaded serves F filters. No column matrix: LeNet's first layer wrote and read
-  // back a 3.7 MB one for 11 MFLOP of work, and a 16-filter 3x3 layer on 32x32 images ran its forward
-  // 3x faster without it. Rows of at most one vector take 12 filters x 1 vector (two vectors would be
-  // half padding), others 6 x 2: 12 accumulators either way, enough to cover the FMA latency.
-  static void direct_forward(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OW, int64_t OC, int64_t KH,
-                             int64_t KW, const T* in, const T* w, const T* bias, T* out) {
-    if (OW <= V::W) return direct_forward_t<12, 1>(N, C, H, W, OW, OC, KH, KW, in, w, bias, out);
-    direct_forward_t<6, 2>(N, C, H, W, OW, OC, KH, KW, in, w, bias, out);
+  // Direct convolution (cpu/conv.h: DirectGeom, conv_direct_fits), on an input padded (and at column
+  // stride 2 split into even and odd columns) by the ops layer. A task is one output row of one image; a
+  // register tile holds F filters x NV vectors of that row, and each input vector loaded serves F
+  // filters. No column matrix: LeNet's first layer wrote and read back a 3.7 MB one for 11 MFLOP of work,
+  // and a 16-filter 3x3 layer on 32x32 images ran its forward 3x faster without it. Rows of at most one
+  // vector take 12 filters x 1 vector (two vectors would be half padding), others 6 x 2: 12
+  // accumulators either way, enough to cover the FMA latency.
+  static void direct_forward(const DirectGeom& d, const T* in, const T* w, const T* bias, T* out) {
+    if (d.OW <= V::W) return direct_forward_t<12, 1>(d, in, w, bias, out);
+    direct_forward_t<6, 2>(d, in, w, bias, out);
   }
 
   template <int F, int NV>
-  static void direct_forward_t(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OW, int64_t OC, int64_t KH,
-                               int64_t KW, const T* in, const T* w, const T* bias, T* out) {
-    const int64_t OH = H - KH + 1, taps = C * KH * KW;
-    constexpr int64_t kGroup = NV * V::W;
-    static_assert(kConvDirectColumns % kGroup == 0, "a tile never reads past the padded row");
+  static void direct_forward_t(const DirectGeom& d, const T* in, const T* w, const T* bias, T* out) {
+    const int64_t taps = d.C * d.KH * d.KW, OH = d.OH, OW = d.OW, OC = d.OC;
+    constexpr int64_t kGroup = NV * V::W;  // divides conv_direct_columns(OW): no tile reads past the padded row
     const int64_t groups = (OW + kGroup - 1) / kGroup, fblocks = (OC + F - 1) / F;
     // the filters packed by block, tap-major: block fb's tap r at packed[(fb * taps + r) * F + i],
     // zeros for the filters past OC, so that the tile's loops have fixed bounds and stay in registers
     std::vector<T> packed(size_t(fblocks * taps * F), T(0));
     for (int64_t f = 0; f < OC; ++f)
       for (int64_t r = 0; r < taps; ++r) packed[((f / F) * taps + r) * F + f % F] = w[f * taps + r];
-#pragma omp parallel for schedule(static) if (N * OH * OW * OC * taps > kConvParallelGrain)
-    for (int64_t t = 0; t < N * OH; ++t) {
+    // where kernel column kw's values for a tile's first output start in a row
+    std::vector<int64_t> col(size_t(d.KW));
+    for (int64_t kw = 0; kw < d.KW; ++kw) col[kw] = d.half ? (kw & 1) * d.half + (kw >> 1) : kw;
+#pragma omp parallel for schedule(static) if (d.N * OH * OW * OC * taps > kConvParallelGrain)
+    for (int64_t t = 0; t < d.N * OH; ++t) {
       const int64_t n = t / OH, oh = t % OH;
-      const T* image = in + (n * C * H + oh) * W;  // input row (c, oh + kh) at image + (c * H + kh) * W
+      const T* image = in + (n * d.C * d.H + oh * d.SH) * d.W;  // input row (c, oh * SH + kh) at image + (c * H + kh) * W
       for (int64_t fb = 0; fb < fblocks; ++fb) {
         const int64_t f0 = fb * F, nf = std::min<int64_t>(F, OC - f0);
         for (int64_t gi = 0; gi < groups; ++gi) {
           const int64_t ow0 = gi * kGroup;
-          direct_tile<F, NV>(image + ow0, C, H, W, KH, KW, packed.data() + fb * taps * F, bias ? bias + f0 : nullptr,
-                             nf, out + ((n * OC + f0) * OH + oh) * OW + ow0, OH * OW, OW - ow0);
+          direct_tile<F, NV>(d, image + ow0, col.data(), packed.data() + fb * taps * F, bias ? bias + f0 : nullptr,
+                             nf, out + ((n * OC + f0) * OH + oh) * OW + ow0, OW - ow0);
         }
       }
     }
   }
 
   // One register tile of direct_forward: nf (<= F) filters x the row's next NV vectors of outputs, of
-  // which the first `cols` are stored. row: the input row (c = 0, kh = 0) at the tile's first column
-  // (whole vectors are read: the padded row is long enough); wk: the filter block's packed taps; o:
-  // filter 0's output row at the tile's first column, the other filters' ostride apart. Loops with
-  // fixed bounds, so the accumulators stay in registers (with masked loads in the loop, GCC kept them
-  // on the stack).
+  // which the first `cols` are stored. row: the input row (c = 0, kh = 0) at the tile's first output's
+  // column (whole vectors are read: the padded row is long enough), kernel column kw's values col[kw]
+  // further; wk: the filter block's packed taps; o: filter 0's output row at the tile's first column,
+  // the other filters' OH * OW apart. Loops with fixed bounds, so the accumulators stay in registers
+  // (with masked loads in the loop, GCC kept them on the stack).
   template <int F, int NV>
-  static void direct_tile(const T* row, int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW, const T* wk,
-                          const T* bias, int64_t nf, T* o, int64_t ostride, int64_t cols) {
+  static void direct_tile(const DirectGeom& d, const T* row, const int64_t* col, const T* wk, const T* bias, int64_t nf,
+                          T* o, int64_t cols) {
     R acc[F][NV];
     for (int i = 0; i < F; ++i)
       for (int v = 0; v < NV; ++v) acc[i][v] = V::set1(i < nf && bias ? bias[i] : T(0));
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t kh = 0; kh < KH; ++kh) {
-        const T* r = row + (c * H + kh) * W;
-        for (int64_t kw = 0; kw < KW; ++kw, wk += F) {
+    for (int64_t c = 0; c < d.C; ++c)
+      for (int64_t kh = 0; kh < d.KH; ++kh) {
+        const T* r = row + (c * d.H + kh) * d.W;
+        for (int64_t kw = 0; kw < d.KW; ++kw, wk += F) {
           R xv[NV];
-          for (int v = 0; v < NV; ++v) xv[v] = V::load(r + kw + v * V::W);
+          for (int v = 0; v < NV; ++v) xv[v] = V::load(r + col[kw] + v * V::W);
           for (int i = 0; i < F; ++i) {
             const R wi = V::set1(wk[i]);
             for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(wi, xv[v], acc[i][v]);
           }
         }
       }
+    const int64_t ostride = d.OH * d.OW;
     for (int i = 0; i < F; ++i) {
       if (i >= nf) break;
       for (int v = 0; v < NV; ++v) {
@@ -395,9 +394,8 @@ template <class V> struct TileGemm {
 #define DLK_CONV_DEFINE(SUFFIX, NS, T)                                                                      \
   void im2col_##SUFFIX(const Im2colGeom& g, const T* in, T* col) { ConvKernels<NS::Vec<T>>::im2col(g, in, col); } \
   void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<NS::Vec<T>>::col2im(g, col, out); } \
-  void conv_direct_forward_##SUFFIX(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OW, int64_t OC,    \
-                                    int64_t KH, int64_t KW, const T* in, const T* w, const T* bias, T* out) { \
-    ConvKernels<NS::Vec<T>>::direct_forward(N, C, H, W, OW, OC, KH, KW, in, w, bias, out);                   \
+  void conv_direct_forward_##SUFFIX(const DirectGeom& d, const T* in, const T* w, const T* bias, T* out) {   \
+    ConvKernels<NS::Vec<T>>::direct_forward(d, in, w, bias, out);                                         \
   }                                                                                                       \
   void conv_rows_to_images_##SUFFIX(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) { \
     ConvKernels<NS::Vec<T>>::rows_to_images(B, OC, L, rows, bias, out);                                            \

@@ -171,31 +171,45 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
 // images, keeps its per-image accumulation (one GEMM would first need both operands moved to rows).
 bool batched_direct(const ConvGeom& c, bool tile) { return c.direct && c.G == 1 && !tile; }
 
-// On the CPU, a one-group layer with stride 1 and dilation 1 that cpu::conv_direct_fits accepts (LeNet's
-// first layer; ResNet layers of up to 64 filters on small images) runs its forward on the direct kernel,
-// on the input padded first: no column matrix (in-process A/B on the CI host: LeNet's 64x1x28x28 -> 6
-// 5x5 forward 1.8x faster, forward + backward 1.14-1.25x; 32x16x32x32 -> 16 3x3 forward 3.2 -> 1.1 ms,
-// 32x32x16x16 -> 32 2.0 -> 1.1 ms, 32x64x8x8 -> 64 1.7 -> 1.3 ms). Its backward keeps the column matrix.
+// On the CPU, a one-group layer with dilation 1 and column stride 1 or 2 that cpu::conv_direct_fits
+// accepts (LeNet's first layer; ResNet layers of up to 64 filters on small images) runs its forward on
+// the direct kernel, on the input padded first (at column stride 2 also split into even and odd
+// columns): no column matrix (in-process A/B on the CI host: LeNet's 64x1x28x28 -> 6 5x5 forward 1.8x
+// faster, forward + backward 1.14-1.25x; 32x16x32x32 -> 16 3x3 forward 3.2 -> 1.1 ms, 32x32x16x16 -> 32
+// 2.0 -> 1.1 ms, 32x64x8x8 -> 64 1.7 -> 1.3 ms; at stride 2, 32x16x32x32 -> 32 1.5 -> 0.8 ms, 32x32x16x16
+// -> 64 1.2 -> 0.9 ms). Its backward keeps the column matrix.
 bool small_direct(const ConvGeom& c, const Tensor& x) {
   const Im2colGeom& g = c.g;
-  return x.is_cpu() && !c.direct && c.G == 1 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 &&
-         cpu::conv_direct_fits(g.C, g.KH, g.KW, c.OC, g.OW, int64_t(x.element_size()));
+  return x.is_cpu() && !c.direct && c.G == 1 && (g.SW == 1 || g.SW == 2) && g.DH == 1 && g.DW == 1 &&
+         cpu::conv_direct_fits(g.C, g.KH, g.KW, c.OC, g.OW, g.SW, int64_t(x.element_size()));
 }
 
 void small_direct_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& out) {
   const Im2colGeom& g = c.g;
-  // bottom padding from the output size (stride 1: OH = H + top + bottom - KH + 1); on the right, zeros
-  // up to the kernel's whole tiles of kConvDirectColumns outputs
-  const int64_t pb = g.OH + g.KH - 1 - g.H - g.PH;
-  const int64_t cols = (g.OW + cpu::kConvDirectColumns - 1) / cpu::kConvDirectColumns * cpu::kConvDirectColumns;
-  const int64_t Wp = cols + g.KW - 1, pr = Wp - g.W - g.PW;
-  TORCH_INTERNAL_ASSERT(pb >= 0 && pr >= 0, "conv2d: negative bottom/right padding");
-  Tensor xp = at::zeros({c.N, g.C, g.H + g.PH + pb, Wp}, x.options());
-  xp.narrow(2, g.PH, g.H).narrow(3, g.PW, g.W).copy_(x);
+  // rows: every one an output reads (oh * SH + kh) and the image's; columns: the kernel's whole tiles
+  // (cpu::conv_direct_columns) and the image's
+  const int64_t Hp = std::max(g.PH + g.H, (g.OH - 1) * g.SH + g.KH);
+  const int64_t cols = cpu::conv_direct_columns(g.OW);
+  cpu::DirectGeom d{c.N, g.C, Hp, 0, g.OH, g.OW, c.OC, g.KH, g.KW, g.SH, 0};
+  Tensor xp;
+  if (g.SW == 1) {
+    d.W = std::max(cols + g.KW - 1, g.PW + g.W);
+    xp = at::zeros({c.N, g.C, Hp, d.W}, x.options());
+    xp.narrow(2, g.PH, g.H).narrow(3, g.PW, g.W).copy_(x);
+  } else {
+    // padded column p = w + PW goes to the even half at p / 2 or the odd half at W / 2 + p / 2
+    d.half = std::max(cols + (g.KW - 1) / 2, (g.PW + g.W + 1) / 2);
+    d.W = 2 * d.half;
+    xp = at::zeros({c.N, g.C, Hp, d.W}, x.options());
+    Tensor rows = xp.narrow(2, g.PH, g.H);
+    for (int64_t w0 = 0; w0 < std::min<int64_t>(2, g.W); ++w0) {  // image columns w0, w0 + 2, ...
+      const int64_t p = w0 + g.PW, n = (g.W - w0 + 1) / 2;
+      rows.narrow(3, (p & 1) * d.half + p / 2, n).copy_(x.slice(3, w0, g.W, 2));
+    }
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
-    cpu::conv_direct_forward<scalar_t>(c.N, g.C, xp.size(2), Wp, g.OW, c.OC, g.KH, g.KW, xp.data_ptr<scalar_t>(),
-                                       w.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
-                                       out.data_ptr<scalar_t>());
+    cpu::conv_direct_forward<scalar_t>(d, xp.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                       b.defined() ? b.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>());
   });
 }
 
