@@ -94,7 +94,9 @@ def test_small_filter_gemms_on_both_sides_of_the_bound(device, dtype, x_shape, w
 # The CPU's direct forward (ops/conv.cpp small_direct; conv_impl.h direct_forward): one group, dilation
 # 1, column stride 1 or 2 (2: rows split into even and odd columns), any row stride, and either at most
 # 32 input values per output and 16 filters, or at most 64 filters with one output row's input rows
-# within 24 KiB (cpu::conv_direct_fits), and cases past those bounds.
+# within 24 KiB (cpu::conv_direct_fits), and cases past those bounds. The input gradient of stride-1
+# layers of at least 8 channels runs on the same kernel (a convolution of grad_output with the flipped
+# filters: ops/conv.cpp direct_input_grad) when it fits there, checked by the same cases.
 # Filter counts around the 6-filter tile (1, 5, 6, 7, 13, 16, 17) and the 12-filter one of rows of one
 # vector (11, 16, 25, 64), output widths around the one-vector rows (7, 8, 9) and the 16- (AVX2) and
 # 32-column (AVX-512) tiles (1, 15, 16, 17, 28, 31, 32, 33), up to 64 channels, padding symmetric,
@@ -117,6 +119,8 @@ DIRECT_CONFIGS = [((64, 1, 28, 28), (6, 1, 5, 5), dict()),                      
                   ((2, 24, 16, 16), (13, 24, 3, 3), dict(padding=1)),               # OW 16, 216 values
                   ((1, 16, 4, 30), (11, 16, 3, 3), dict(padding=(1, 0))),           # OW 28
                   ((2, 4, 8, 8), (65, 4, 3, 3), dict(padding=1)),                   # 65 filters: past the bound
+                  ((1, 8, 6, 9), (10, 8, 3, 3), dict(padding=(3, 0))),              # padding past the kernel
+                  ((2, 8, 7, 10), (9, 8, 4, 4), dict(padding="same")),              # even kernel, 'same'
                   ((1, 64, 4, 56), (8, 64, 3, 3), dict(padding=1)),                 # 50 KiB of rows: past it
                   ((2, 1, 12, 12), (6, 1, 3, 3), dict(stride=2)),                   # stride 2, no padding
                   ((2, 16, 32, 32), (32, 16, 3, 3), dict(stride=2, padding=1)),     # ResNet downsampling, OW 16

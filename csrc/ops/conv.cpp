@@ -213,6 +213,37 @@ void small_direct_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, c
   });
 }
 
+// The input gradient of a stride-1 layer is itself a stride-1 convolution: of grad_output, padded by
+// KH - 1 - top rows and KW - 1 - left columns (negative: cropped), with the filters flipped and their
+// two channel dimensions swapped. On the CPU, when the direct kernel takes that convolution (C filters
+// of OC * KH * KW taps, rows W wide), it runs there instead of a GEMM into the column matrix and col2im
+// (in-process A/B: 32x32x16x16 -> 32 3x3 input gradient 1.9 -> 0.9 ms). Each value is then one sum in
+// (oc, kh, kw) order: deterministic, rounded differently from the GEMM path. Layers of fewer than 8
+// input channels (LeNet's first) keep the GEMM: their transposed convolution would fill one of the
+// tile's 6 or 12 filters.
+bool direct_input_grad(const ConvGeom& c, const Tensor& x) {
+  const Im2colGeom& g = c.g;
+  return x.is_cpu() && !c.direct && c.G == 1 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 &&
+         g.C >= 8 && cpu::conv_direct_fits(c.OC, g.KH, g.KW, g.C, g.W, 1, int64_t(x.element_size()));
+}
+
+void direct_input_grad_run(const ConvGeom& c, const Tensor& go, const Tensor& w, const Tensor& grad_input) {
+  const Im2colGeom& g = c.g;
+  const int64_t top = g.KH - 1 - g.PH, left = g.KW - 1 - g.PW;  // grad_output row oh sits at row oh + top
+  const int64_t Hp = g.H + g.KH - 1;
+  cpu::DirectGeom d{c.N, c.OC, Hp, cpu::conv_direct_columns(g.W) + g.KW - 1, g.H, g.W, g.C, g.KH, g.KW, 1, 0};
+  Tensor gp = at::zeros({c.N, c.OC, Hp, d.W}, go.options());
+  const int64_t r0 = std::max<int64_t>(top, 0), r1 = std::min(Hp, top + g.OH);
+  const int64_t c0 = std::max<int64_t>(left, 0), c1 = std::min(d.W, left + g.OW);
+  if (r1 > r0 && c1 > c0)
+    gp.narrow(2, r0, r1 - r0).narrow(3, c0, c1 - c0).copy_(go.narrow(2, r0 - top, r1 - r0).narrow(3, c0 - left, c1 - c0));
+  const Tensor wt = w.flip({2, 3}).transpose(0, 1).contiguous();  // (C, OC, KH, KW)
+  AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "conv2d_backward", [&] {
+    cpu::conv_direct_forward<scalar_t>(d, gp.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), nullptr,
+                                       grad_input.data_ptr<scalar_t>());
+  });
+}
+
 // On the CPU, layers with up to cpu::kConvTileMaxFilters filters per group run the forward and the
 // input-gradient GEMMs on the hand-written register-tile GEMM (cpu::conv_gemm_wide): MKL's general
 // kernels run these thin products at half the machine's rate or less, or pack more than they multiply
@@ -397,6 +428,11 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     k.channel_sum(c.N, c.OC, L, go, grad_bias);
   }
   if (c.N == 0 || !(output_mask[0] || output_mask[1])) return {grad_input, grad_weight, grad_bias};
+  const bool direct_gi = output_mask[0] && direct_input_grad(c, x);
+  if (direct_gi) {
+    direct_input_grad_run(c, go, w, grad_input);
+    if (!output_mask[1]) return {grad_input, grad_weight, grad_bias};
+  }
   Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();
   const Tensor w3 = w.view({c.G, OCg, Rg}), wT3 = w3.transpose(1, 2);  // (G, OCg, Rg), (G, Rg, OCg)
   const bool small = small_gemm(c, x), tile = tile_gemm(c, x);
@@ -431,7 +467,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
         gemm_accumulate(gw3, gy, col.transpose(1, 2));
       }
     }
-    if (output_mask[0] && !batched) {
+    if (output_mask[0] && !batched && !direct_gi) {
       if (c.direct) {
         Tensor gi = grad_input[n0].view({c.G, Rg, L});
         tile ? tile_gemm_out(gi, w3, true, gy) : gemm(gi, wT3, gy);
