@@ -50,6 +50,9 @@ def every_op(d):
 
 def test_bitwise_deterministic_across_runs_and_thread_counts():
     d = _inputs()
+    # every_op's u.sin() is torch's: in torch 2.13 (CPU, 2 threads, AVX-512 host) the first sin call of a
+    # process gave other bits in about one process in seven, so it is made once before the runs compared
+    torch.linspace(-3, 3, 1 << 16).sin()
     before = torch.get_num_threads()
     runs = []
     try:

@@ -31,6 +31,10 @@ template <class T> void conv_gemm_dots(int64_t M, int64_t K, int64_t N, const T*
 int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N);
 // Whether a group's weight-gradient GEMM (OCg filters of Rg = C/G * KH * KW rows) takes conv_gemm_dots.
 bool conv_gemm_small_fits(int64_t OCg, int64_t Rg);
+// The most filters per group whose forward and input-gradient GEMMs take conv_gemm_wide, on every ISA.
+// (AVX-512's 8-row tile ran 128-filter products 1.3-1.5x faster than MKL in a standalone A/B with the
+// operands cached, but the 3x3/s2 benchmark layer's 128-filter GEMMs ran 10-30% slower on it than on
+// MKL inside the layer, where B streams from memory: measured and not taken.)
 constexpr int64_t kConvTileMaxFilters = 64;
 
 // Direct convolution (conv_impl.h, direct_forward): stride SH (rows) and 1 or 2 (columns), dilation 1,

@@ -13,6 +13,7 @@ template <> struct Vec<float> {
   using T = float;
   using R = __m256;
   static constexpr int W = 8;
+  static constexpr int kRegisters = 16;  // vector registers (ymm0-15): how large a register tile fits
   static __m256i mask(int64_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n < W ? n : W)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
@@ -32,6 +33,10 @@ template <> struct Vec<float> {
   static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static R fmadd(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  // The even lanes of a then b (lanes 0, 2, 4, ... of their concatenation): a stride-2 gather.
+  static R evens(R a, R b) {  // [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs in order
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+  }
   static R max(R a, R b) { return _mm256_max_ps(a, b); }
   static R min(R a, R b) { return _mm256_min_ps(a, b); }
   static R div(R a, R b) { return _mm256_div_ps(a, b); }
@@ -103,6 +108,7 @@ template <> struct Vec<double> {
   using T = double;
   using R = __m256d;
   static constexpr int W = 4;
+  static constexpr int kRegisters = 16;  // vector registers (ymm0-15): how large a register tile fits
   static __m256i mask(int64_t n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n < W ? n : W), _mm256_setr_epi64x(0, 1, 2, 3));
   }
@@ -120,6 +126,8 @@ template <> struct Vec<double> {
   static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
   static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
   static R fmadd(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  // The even lanes of a then b (lanes 0, 2, 4, ... of their concatenation): a stride-2 gather.
+  static R evens(R a, R b) { return _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), 0xD8); }  // [a0 b0 a2 b2] reordered
   static R max(R a, R b) { return _mm256_max_pd(a, b); }
   static R min(R a, R b) { return _mm256_min_pd(a, b); }
   static R div(R a, R b) { return _mm256_div_pd(a, b); }

@@ -14,6 +14,7 @@ template <> struct Vec<float> {
   using T = float;
   using R = __m512;
   static constexpr int W = 16;
+  static constexpr int kRegisters = 32;  // vector registers (zmm0-31): how large a register tile fits
   // The first n lanes; n <= 0 gives none (as the AVX2 and scalar tails do), n >= W all.
   static __mmask16 mask(int64_t n) {
     return n >= W ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
@@ -31,6 +32,10 @@ template <> struct Vec<float> {
   static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static R fmadd(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  // The even lanes of a then b (lanes 0, 2, 4, ... of their concatenation): a stride-2 gather.
+  static R evens(R a, R b) {
+    return _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+  }
   static R max(R a, R b) { return _mm512_max_ps(a, b); }
   static R min(R a, R b) { return _mm512_min_ps(a, b); }
   static R div(R a, R b) { return _mm512_div_ps(a, b); }
@@ -94,6 +99,7 @@ template <> struct Vec<double> {
   using T = double;
   using R = __m512d;
   static constexpr int W = 8;
+  static constexpr int kRegisters = 32;  // vector registers (zmm0-31): how large a register tile fits
   static __mmask8 mask(int64_t n) { return n >= W ? __mmask8(0xFF) : n <= 0 ? __mmask8(0) : __mmask8((1u << n) - 1u); }
   static R set1(T v) { return _mm512_set1_pd(v); }
   static R load(const T* p) { return _mm512_loadu_pd(p); }
@@ -106,6 +112,8 @@ template <> struct Vec<double> {
   static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
   static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
   static R fmadd(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  // The even lanes of a then b (lanes 0, 2, 4, ... of their concatenation): a stride-2 gather.
+  static R evens(R a, R b) { return _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 2, 4, 6, 8, 10, 12, 14), b); }
   static R max(R a, R b) { return _mm512_max_pd(a, b); }
   static R min(R a, R b) { return _mm512_min_pd(a, b); }
   static R div(R a, R b) { return _mm512_div_pd(a, b); }

@@ -12,6 +12,7 @@ template <class T_> struct Vec {
   using T = T_;
   using R = T_;
   static constexpr int W = 1;
+  static constexpr int kRegisters = 16;  // as AVX2: register tiles keep their AVX2 shape
   static R set1(T v) { return v; }
   static R load(const T* p) { return *p; }
   static void store(T* p, R v) { *p = v; }
@@ -24,6 +25,7 @@ template <class T_> struct Vec {
   static R mul(R a, R b) { return a * b; }
   static R div(R a, R b) { return a / b; }
   static R fmadd(R a, R b, R c) { return a * b + c; }
+  static R evens(R a, R) { return a; }  // lane 0 of the concatenation (the stride-2 gather of one lane)
   static R max(R a, R b) { return a > b ? a : b; }
   static R min(R a, R b) { return a < b ? a : b; }
   static R sqrt(R a) { return std::sqrt(a); }
