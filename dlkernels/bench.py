@@ -3,7 +3,7 @@
     python -m dlkernels.bench [--op NAME] [--all] [--device cpu|cuda] [--json FILE] [--markdown FILE]
 
 Every case is defined once in CASES and used here, by bench/bench_*.py (pytest-benchmark) and by the
-README table. Timing: warm-up runs, then the median of many; CUDA events on the GPU; inputs rotated
+README table. Timing: warm-up runs, then the median of many, torch's and ours alternated; CUDA events on the GPU; inputs rotated
 through enough copies to overflow the last-level cache, so that no run finds its data already cached.
 The machine's limits are measured once per run: memory bandwidth (bytes read + written per second, the
 better of a large tensor copy and a large in-place update, which is spared the copy's write-allocate
@@ -27,7 +27,29 @@ import torch.nn.functional as F
 import dlkernels
 import dlkernels.functional as DF
 
-CACHE_FLUSH_BYTES = 128 << 20  # rotate inputs through at least this much memory (> any L3 here)
+
+
+def last_level_cache_bytes():
+    """The CPU's largest cache as the OS reports it (0 where it does not say)."""
+    import glob
+
+    sizes = [0]
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes)
+
+
+# Rotate inputs through at least this much memory: twice the last-level cache (a 2026 AVX-512 Xeon host
+# here reports 260 MiB of L3, more than the 128 MiB this used to be), and at least 128 MiB.
+CACHE_FLUSH_BYTES = max(128 << 20, 2 * last_level_cache_bytes())
 
 
 @dataclasses.dataclass
@@ -45,29 +67,53 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_fn(fn, inputs_list, device, warmup=3, min_runs=10, min_seconds=1.0, max_runs=200):
-    """Median milliseconds of fn(*inputs) cycling through inputs_list (fresh buffers each run)."""
-    for i in range(warmup):
+def _timed_ms(fn, args, device):
+    """Milliseconds of one fn(*args): CUDA events on the GPU, the wall clock on the CPU."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _warm_up(fn, inputs_list, device, warmup):
+    """Warm-up runs, once through every copy at least: on this project's VM hosts the first touch of
+    guest memory never used before costs ~5 ms per MB (52 MB: 250 ms, then 12 ms with huge pages, 30 ms
+    without), so a run whose gradient lands on such memory times the hypervisor, not the kernel."""
+    for i in range(max(warmup, len(inputs_list))):
         fn(*inputs_list[i % len(inputs_list)])
     _sync(device)
+
+
+def time_fn(fn, inputs_list, device, warmup=3, min_runs=10, min_seconds=1.0, max_runs=200):
+    """Median milliseconds of fn(*inputs) cycling through inputs_list (fresh buffers each run)."""
+    _warm_up(fn, inputs_list, device, warmup)
     times = []
     start_all = time.perf_counter()
-    i = 0
     while (len(times) < min_runs or time.perf_counter() - start_all < min_seconds) and len(times) < max_runs:
-        args = inputs_list[i % len(inputs_list)]
-        i += 1
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(*args)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn(*args)
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append(_timed_ms(fn, inputs_list[len(times) % len(inputs_list)], device))
     return statistics.median(times)
+
+
+def time_pair(fn_a, fn_b, inputs_list, device, warmup=3, min_runs=10, min_seconds=2.0, max_runs=200):
+    """Median milliseconds of fn_a and of fn_b, their runs alternated (a, b, a, b, ...) over the same
+    rotation of inputs, so that both see the same phases of a shared host whose speed moves (timed one
+    after the other, torch's 3x3 convolution came out at 49 ms in one run and 64 in the next, and the
+    ratio moved 0.66-0.82x)."""
+    _warm_up(fn_a, inputs_list, device, warmup)
+    _warm_up(fn_b, inputs_list, device, warmup)
+    times = ([], [])
+    start_all = time.perf_counter()
+    while (len(times[0]) < min_runs or time.perf_counter() - start_all < min_seconds) and len(times[0]) < max_runs:
+        args = inputs_list[len(times[0]) % len(inputs_list)]
+        for fn, out in zip((fn_a, fn_b), times):
+            out.append(_timed_ms(fn, args, device))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 _LIMITS = {}
@@ -77,7 +123,7 @@ def machine_limits(device):
     """Copy bandwidth (GB/s, read + write) and float32 GEMM rate (GFLOP/s), measured once per device."""
     if device in _LIMITS:
         return _LIMITS[device]
-    n = (256 << 20) // 4
+    n = max(256 << 20, CACHE_FLUSH_BYTES) // 4  # each of source and destination past the cache
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
     # The limit is what the machine can do, so take the best of a few medians: on a shared host a
@@ -105,7 +151,9 @@ def _fresh_copies(inputs, nbytes):
     plain clone of a tensor that requires grad would route every backward through CloneBackward into
     the original's .grad, adding an accumulation of the whole gradient (a read and a write of it) to
     every timed run after the first."""
-    copies = max(1, math.ceil(CACHE_FLUSH_BYTES / max(nbytes, 1)))
+    if nbytes == 0:  # nothing to copy (the optimizer cases keep their state in the optimizer)
+        return [inputs]
+    copies = max(1, math.ceil(CACHE_FLUSH_BYTES / nbytes))
     out = [inputs]
     for _ in range(copies - 1):
         out.append([x.detach().clone().requires_grad_(x.requires_grad) if isinstance(x, torch.Tensor) else x
@@ -379,8 +427,7 @@ def run_case(case, device, with_numpy=True):
     spec = case.make(device)
     nbytes = sum(x.numel() * x.element_size() for x in spec["inputs"] if isinstance(x, torch.Tensor))
     inputs_list = _fresh_copies(spec["inputs"], nbytes)
-    torch_ms = time_fn(spec["torch"], inputs_list, device)
-    ours_ms = time_fn(spec["ours"], inputs_list, device)
+    torch_ms, ours_ms = time_pair(spec["torch"], spec["ours"], inputs_list, device)
     numpy_ms = None
     if with_numpy and spec.get("numpy") is not None:
         numpy_ms = time_fn(spec["numpy"], [()], "cpu", warmup=1, min_runs=3, min_seconds=0.2, max_runs=10)

@@ -68,7 +68,7 @@ def test_conv2d_matches_torch(device, dtype, x_shape, w_shape, s, p, d, groups, 
 # takes the hand-written dot-product GEMM, the others at::mm; the forward and input-gradient GEMMs of
 # layers with at most 64 filters per group take the hand-written register-tile GEMM, the others at::mm:
 # both sides of each bound, grouped and direct (1x1) too, over batches whose column count
-# (N * positions) is no multiple of the tile's column strip, filter counts no multiple of its 6 rows.
+# (N * positions) is no multiple of the tile's column strip, filter counts no multiple of its 4 (AVX-512: 8) rows.
 SMALL_GEMM_CONFIGS = [((3, 4, 13, 11), (8, 4, 4, 4), 1, 1), ((3, 4, 13, 11), (9, 4, 4, 4), 1, 1),
                       ((3, 7, 13, 11), (5, 7, 3, 3), 1, 1), ((3, 8, 13, 11), (5, 8, 3, 3), 1, 1),
                       ((3, 6, 13, 11), (6, 3, 5, 5), 2, 2), ((5, 3, 9, 7), (6, 3, 1, 1), 1, 0),
