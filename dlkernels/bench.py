@@ -3,8 +3,9 @@
     python -m dlkernels.bench [--op NAME] [--all] [--device cpu|cuda] [--json FILE] [--markdown FILE]
 
 Every case is defined once in CASES and used here, by bench/bench_*.py (pytest-benchmark) and by the
-README table. Timing: warm-up runs, then the median of many, torch's and ours alternated; CUDA events on the GPU; inputs rotated
-through enough copies to overflow the last-level cache, so that no run finds its data already cached.
+README table. Timing: warm-up runs, then the median of many, torch's and ours in alternating blocks;
+CUDA events on the GPU; inputs rotated through enough copies to overflow the last-level cache, so that
+no run finds its data already cached.
 The machine's limits are measured once per run: memory bandwidth (bytes read + written per second, the
 better of a large tensor copy and a large in-place update, which is spared the copy's write-allocate
 reads) and the float32 GEMM rate (torch.mm), and each case reports its rate as a percentage of the
@@ -100,19 +101,22 @@ def time_fn(fn, inputs_list, device, warmup=3, min_runs=10, min_seconds=1.0, max
     return statistics.median(times)
 
 
-def time_pair(fn_a, fn_b, inputs_list, device, warmup=3, min_runs=10, min_seconds=2.0, max_runs=200):
-    """Median milliseconds of fn_a and of fn_b, their runs alternated (a, b, a, b, ...) over the same
-    rotation of inputs, so that both see the same phases of a shared host whose speed moves (timed one
-    after the other, torch's 3x3 convolution came out at 49 ms in one run and 64 in the next, and the
-    ratio moved 0.66-0.82x)."""
+def time_pair(fn_a, fn_b, inputs_list, device, warmup=3, rounds=3, block_runs=4, block_seconds=0.4, max_block_runs=70):
+    """Median milliseconds of fn_a and of fn_b, timed in alternating blocks (a's block, b's block, three
+    rounds) over the same rotation of inputs, so that both see the same phases of a shared host whose
+    speed moves (timed one after the other once, torch's 3x3 convolution came out at 49 ms in one run
+    and 64 in the next, and the ratio moved 0.66-0.82x). Blocks, not single runs alternated: a run just
+    after the other function's finds the cache full of its dirty lines, which cost our max pooling 25%
+    (11.6 -> 14.5 ms) when runs alternated one by one."""
     _warm_up(fn_a, inputs_list, device, warmup)
     _warm_up(fn_b, inputs_list, device, warmup)
     times = ([], [])
-    start_all = time.perf_counter()
-    while (len(times[0]) < min_runs or time.perf_counter() - start_all < min_seconds) and len(times[0]) < max_runs:
-        args = inputs_list[len(times[0]) % len(inputs_list)]
+    for _ in range(rounds):
         for fn, out in zip((fn_a, fn_b), times):
-            out.append(_timed_ms(fn, args, device))
+            start, n = time.perf_counter(), 0
+            while (n < block_runs or time.perf_counter() - start < block_seconds) and n < max_block_runs:
+                out.append(_timed_ms(fn, inputs_list[len(out) % len(inputs_list)], device))
+                n += 1
     return statistics.median(times[0]), statistics.median(times[1])
 
 
