@@ -149,6 +149,20 @@ def test_inputs_beyond_float_sums(device, kind, relu, n):
         torch.testing.assert_close(a.double(), e, rtol=1e-5, atol=1e-5 * scale, msg=f"{kind} {name}")
 
 
+@pytest.mark.parametrize("n", [16, 17], ids=["fused", "two_pass"])
+def test_zero_mean_large_inputs_keep_their_mean(device, n):
+    """Channels whose mean is ~500x below their values (randn * 1e10): the float path sums e = x exactly
+    there (shift 0). With the first values' mean as the shift, e = x - s rounded by the same amount
+    across each binade (s's low bits against x's ulp): the means came out 40-170 off, biased, where
+    torch's are 1-7 off; unbiased roundings of 2^18 values average far below one ulp of the values."""
+    x = (torch.randn(n, 64, 64, 64, dtype=torch.float64) * 1e10).float()
+    truth = x.double().mean((0, 2, 3))
+    _, mean, _, _ = torch.ops.dlkernels.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5, None, False)
+    err = (mean.double() - truth).abs().max().item()
+    bound = 2.0**-30 * x.abs().max().item()  # about 45 here: a 32nd of an ulp of the largest value
+    assert err <= bound, f"mean off by {err} (bound {bound})"
+
+
 def test_no_affine_no_running_stats_and_momentum(device):
     x = torch.randn(6, 4, 5, 3, device=device)
     for momentum in (0.0, 0.25, 1.0):

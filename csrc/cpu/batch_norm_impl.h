@@ -178,12 +178,23 @@ template <class T, class VF> struct BnKernels {
     b_out = b;
   }
 
-  // float32, planar: the float path's shift for channel c, the mean of its first (up to 64) values.
+  // float32, planar: the float path's shift for channel c, the mean of its first (up to 64) values, or
+  // 0 where that mean is within half their spread of 0. Why 0 there: e = x - s is rounded to float, and
+  // where |x| is far above |s| every e of a binade rounds by the same amount (s's low bits against x's
+  // ulp), so the rounding is biased, not random: zero-mean inputs of size 1e10 had their means off by
+  // 40-170 (torch's double sums: 1-7), past float32 accuracy relative to the mean itself. With s = 0,
+  // e = x exactly; a shift is only needed against cancellation, where the mean is large against the
+  // spread, and then values near s subtract exactly (Sterbenz).
   static float head_shift(const BatchNormGeom& g, const T* x, int64_t c) {
     const int64_t head = std::min<int64_t>(g.L, 64);
-    double s = 0;
-    for (int64_t l = 0; l < head; ++l) s += double(x[c * g.L + l]);
-    return float(s / double(head));
+    double s = 0, q = 0;
+    for (int64_t l = 0; l < head; ++l) {
+      const double v = double(x[c * g.L + l]);
+      s += v;
+      q += v * v;
+    }
+    const double mean = s / double(head), var = q / double(head) - mean * mean;
+    return 4 * mean * mean <= var ? 0.0f : float(mean);
   }
 
   // float32, planar: sums of e = x - s and of e^2 over planes [n0, n1) of channel c, from float runs
