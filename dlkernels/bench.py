@@ -14,6 +14,7 @@ relevant one.
 import argparse
 import dataclasses
 import datetime
+import glob
 import json
 import math
 import platform
@@ -29,11 +30,8 @@ import dlkernels
 import dlkernels.functional as DF
 
 
-
 def last_level_cache_bytes():
     """The CPU's largest cache as the OS reports it (0 where it does not say)."""
-    import glob
-
     sizes = [0]
     for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
         try:
