@@ -66,7 +66,8 @@ def test_conv2d_matches_torch(device, dtype, x_shape, w_shape, s, p, d, groups, 
 
 # On the CPU, the weight gradient of layers with at most 8 filters per group and at most 64 column rows
 # takes the hand-written dot-product GEMM, the others at::mm; the forward and input-gradient GEMMs of
-# layers with at most 64 filters per group take the hand-written register-tile GEMM, the others at::mm:
+# layers with at most 64 filters per group take the hand-written register-tile GEMM, the others at::mm,
+# except the forward of a layer with a column matrix, which takes it up to 128 filters per group:
 # both sides of each bound, grouped and direct (1x1) too, over batches whose column count
 # (N * positions) is no multiple of the tile's column strip, filter counts no multiple of its 4 (AVX-512: 8) rows.
 SMALL_GEMM_CONFIGS = [((3, 4, 13, 11), (8, 4, 4, 4), 1, 1), ((3, 4, 13, 11), (9, 4, 4, 4), 1, 1),
@@ -75,6 +76,8 @@ SMALL_GEMM_CONFIGS = [((3, 4, 13, 11), (8, 4, 4, 4), 1, 1), ((3, 4, 13, 11), (9,
                       ((64, 1, 28, 28), (6, 1, 5, 5), 1, 0),
                       ((3, 9, 7, 5), (64, 9, 3, 3), 1, 1), ((3, 9, 7, 5), (65, 9, 3, 3), 1, 1),
                       ((2, 10, 9, 7), (128, 5, 3, 3), 2, 1), ((2, 10, 9, 7), (130, 5, 3, 3), 2, 1),
+                      ((2, 6, 9, 7), (128, 6, 3, 3), 1, 1), ((2, 6, 9, 7), (129, 6, 3, 3), 1, 1),
+                      ((3, 5, 6, 5), (100, 5, 1, 1), 1, 0),
                       ((3, 17, 5, 7), (64, 17, 1, 1), 1, 0), ((3, 17, 5, 7), (65, 17, 1, 1), 1, 0),
                       ((1, 3, 1, 1), (64, 3, 1, 1), 1, 0)]
 

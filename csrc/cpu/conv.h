@@ -32,10 +32,13 @@ int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N);
 // Whether a group's weight-gradient GEMM (OCg filters of Rg = C/G * KH * KW rows) takes conv_gemm_dots.
 bool conv_gemm_small_fits(int64_t OCg, int64_t Rg);
 // The most filters per group whose forward and input-gradient GEMMs take conv_gemm_wide, on every ISA.
-// (AVX-512's 8-row tile ran 128-filter products 1.3-1.5x faster than MKL in a standalone A/B with the
-// operands cached, but the 3x3/s2 benchmark layer's 128-filter GEMMs ran 10-30% slower on it than on
-// MKL inside the layer, where B streams from memory: measured and not taken.)
 constexpr int64_t kConvTileMaxFilters = 64;
+// The forward of a layer with a column matrix (not 1x1/stride 1/no padding) takes conv_gemm_wide up to
+// this many filters per group. In-process A/B on an AMD EPYC (Zen 4) host, 3x3/s2 16x128x28x28 -> 128:
+// the forward 7.5 -> 6.4-6.7 ms on the tile GEMM, but its input gradient no faster and the full
+// backward 13.8 -> 14.5-15.5 ms, so the input gradient keeps MKL above 64 filters. (On the Xeon host
+// of earlier sessions the 128-filter GEMMs ran 10-30% slower than MKL inside the layer.)
+constexpr int64_t kConvTileMaxForwardFilters = 128;
 
 // Direct convolution (conv_impl.h, direct_forward): stride SH (rows) and 1 or 2 (columns), dilation 1,
 // one group, no padding: in (N, C, H, W); w (OC, C, KH, KW); out (N, OC, OH, OW); bias may be nullptr.

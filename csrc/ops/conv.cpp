@@ -248,10 +248,15 @@ void direct_input_grad_run(const ConvGeom& c, const Tensor& go, const Tensor& w,
 // input-gradient GEMMs on the hand-written register-tile GEMM (cpu::conv_gemm_wide): MKL's general
 // kernels run these thin products at half the machine's rate or less, or pack more than they multiply
 // (in-process A/B of forward + backward on the CI host: ResNet-on-32x32 layers 5-18% faster, LeNet's
-// first layer 1.85 -> 1.66 ms; above 64 filters MKL is as fast or faster, so it keeps those).
+// first layer 1.85 -> 1.66 ms; above 64 filters MKL is as fast or faster, so it keeps those, except the
+// forward of a layer with a column matrix up to cpu::kConvTileMaxForwardFilters).
 // grad_weight takes the hand-written dot-product kernel only for the smallest layers
 // (cpu::conv_gemm_small_fits), else MKL. All take contiguous (G, rows, cols) operands.
 bool tile_gemm(const ConvGeom& c, const Tensor& x) { return x.is_cpu() && c.OC / c.G <= cpu::kConvTileMaxFilters; }
+// The forward of a layer with a column matrix goes further, up to cpu::kConvTileMaxForwardFilters (see there).
+bool tile_gemm_forward(const ConvGeom& c, const Tensor& x) {
+  return tile_gemm(c, x) || (x.is_cpu() && !c.direct && c.OC / c.G <= cpu::kConvTileMaxForwardFilters);
+}
 bool small_gemm(const ConvGeom& c, const Tensor& x) {
   return x.is_cpu() && cpu::conv_gemm_small_fits(c.OC / c.G, c.rows_per_group());
 }
@@ -369,7 +374,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   }
   const Kernels k{x};
   const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
-  const bool tile = tile_gemm(c, x);
+  const bool tile = tile_gemm_forward(c, x);
   if (batched_direct(c, tile)) {
     Tensor y = out.view({c.N, c.OC, L});
     at::bmm_out(y, w3.select(0, 0).expand({c.N, c.OC, rows}), x.view({c.N, rows, L}));
