@@ -145,7 +145,10 @@ def test_avg_pool2d_matches_torch(device, dtype, shape, k, s, p, ceil, include_p
 
 
 @pytest.mark.parametrize("shape,out", [((2, 3, 7, 7), 1), ((2, 3, 10, 9), (4, 3)), ((1, 2, 5, 13), (None, 6)),
-                                       ((3, 4, 4, 4), (8, 8)), ((16, 8, 7, 7), (1, 1)), ((1, 1, 1, 1), 3)])
+                                       ((3, 4, 4, 4), (8, 8)), ((16, 8, 7, 7), (1, 1)), ((1, 1, 1, 1), 3),
+                                       # global pooling's 8 partial sums: planes of 1, 7, 8, 15 and 1024 values
+                                       ((2, 3, 1, 1), 1), ((3, 2, 1, 7), 1), ((2, 3, 2, 4), 1), ((2, 5, 3, 5), 1),
+                                       ((2, 3, 32, 32), 1)])
 def test_adaptive_avg_pool2d_matches_torch(device, dtype, shape, out):
     x = torch.randn(shape, dtype=dtype, device=device)
     check_fwd_bwd(lambda a: DF.adaptive_avg_pool2d(a, out), lambda a: F.adaptive_avg_pool2d(a, out), [x], dtype=dtype)
@@ -170,7 +173,7 @@ ISA_CASES = [
     lambda a: DF.avg_pool2d(a, 3, 2, 1), lambda a: DF.avg_pool2d(a, 2), lambda a: DF.avg_pool2d(a, 3, 1, 1),
     lambda a: DF.avg_pool2d(a, 3, 2, 1, ceil_mode=True, count_include_pad=False),
     lambda a: DF.avg_pool2d(a, (2, 4), (2, 1), (1, 2), divisor_override=3), lambda a: DF.avg_pool2d(a, 3, 3, 1),
-    lambda a: DF.adaptive_avg_pool2d(a, (5, 4)),
+    lambda a: DF.adaptive_avg_pool2d(a, (5, 4)), lambda a: DF.adaptive_avg_pool2d(a, 1),
 ]
 
 
