@@ -340,28 +340,31 @@ def test_chunking_with_a_tiny_workspace_gives_the_same_results(shape, w_shape, k
     torch.testing.assert_close(whole[0], ref, rtol=1e-12, atol=1e-12)
 
 
-# A one-group 1x1 layer beyond the tile GEMM's filter bound (64) runs the forward and the input gradient
-# as one batched GEMM with the filter broadcast over the batch (ops/conv.cpp, batched_direct): every
-# subset of the three gradients, a channels_last input, batch 1 and an empty batch, against torch.
+# A 1x1 layer beyond the tile GEMM's filter bound (64) runs the forward and the input gradient on the
+# tile GEMM over the whole batch when its images have at most 256 positions (ops/conv.cpp, tile_direct:
+# 7x9, column strips that run on into the next image; two groups too), else, with one group, as one
+# batched GEMM with the filter broadcast over the batch (batched_direct: 17x16): every subset of the
+# three gradients, a channels_last input, batch 1 and an empty batch, against torch.
+@pytest.mark.parametrize("hw,groups", [((7, 9), 1), ((7, 9), 2), ((17, 16), 1)])
 @pytest.mark.parametrize("n", [0, 1, 5])
-def test_direct_1x1_batched_gemm_each_gradient_subset(device, n):
+def test_direct_1x1_batched_gemm_each_gradient_subset(device, n, hw, groups):
     gen = torch.Generator().manual_seed(11 + n)
-    x = torch.randn(n, 24, 7, 9, generator=gen, dtype=torch.float64).to(device)
-    w = torch.randn(72, 24, 1, 1, generator=gen, dtype=torch.float64).to(device)
-    b = torch.randn(72, generator=gen, dtype=torch.float64).to(device)
-    gy = torch.randn(n, 72, 7, 9, generator=gen, dtype=torch.float64).to(device)
+    x = torch.randn(n, 24, *hw, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(144, 24 // groups, 1, 1, generator=gen, dtype=torch.float64).to(device)
+    b = torch.randn(144, generator=gen, dtype=torch.float64).to(device)
+    gy = torch.randn(n, 144, *hw, generator=gen, dtype=torch.float64).to(device)
     ops = torch.ops.dlkernels
-    ref_y = F.conv2d(x, w, b)
+    ref_y = F.conv2d(x, w, b, groups=groups)
     for xin in (x, x.to(memory_format=torch.channels_last)):
-        torch.testing.assert_close(ops.conv2d_forward(xin, w, b, [1, 1], [0, 0], [1, 1], 1), ref_y,
+        torch.testing.assert_close(ops.conv2d_forward(xin, w, b, [1, 1], [0, 0], [1, 1], groups), ref_y,
                                    rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(ops.conv2d_forward(xin, w, None, [1, 1], [0, 0], [1, 1], 1), ref_y - b.view(-1, 1, 1),
-                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ops.conv2d_forward(xin, w, None, [1, 1], [0, 0], [1, 1], groups),
+                                   ref_y - b.view(-1, 1, 1), rtol=1e-12, atol=1e-12)
     xr, wr, br = (t.clone().requires_grad_(True) for t in (x, w, b))
-    ref = torch.autograd.grad(F.conv2d(xr, wr, br), (xr, wr, br), gy)
+    ref = torch.autograd.grad(F.conv2d(xr, wr, br, groups=groups), (xr, wr, br), gy)
     for mask in ([True, True, True], [True, False, False], [False, True, False], [False, False, True],
                  [True, True, False]):
-        got = ops.conv2d_backward(gy, x, w, [1, 1], [0, 0], [1, 1], 1, mask)
+        got = ops.conv2d_backward(gy, x, w, [1, 1], [0, 0], [1, 1], groups, mask)
         for want, have, on in zip(ref, got, mask):
             if on:
                 torch.testing.assert_close(have, want, rtol=1e-12, atol=1e-12)

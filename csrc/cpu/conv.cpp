@@ -23,8 +23,9 @@ DLK_ISA_DISPATCH(conv_images_to_rows, (int64_t B, int64_t OC, int64_t L, const T
                   (B, OC, L, images, rows))
 DLK_ISA_DISPATCH(channel_sum, (int64_t N, int64_t C, int64_t L, const T* in, T* out), (N, C, L, in, out))
 DLK_ISA_DISPATCH(conv_gemm_wide,
-                 (int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C),
-                 (M, K, N, A, sam, sak, B, C))
+                 (int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C,
+                  int64_t batch, int64_t bstride, int64_t cstride),
+                 (M, K, N, A, sam, sak, B, C, batch, bstride, cstride))
 DLK_ISA_DISPATCH(conv_gemm_dots, (int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* work),
                  (M, K, N, A, B, C, work))
 
@@ -44,7 +45,8 @@ bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64
   template void conv_rows_to_images<T>(int64_t, int64_t, int64_t, const T*, const T*, T*);       \
   template void conv_images_to_rows<T>(int64_t, int64_t, int64_t, const T*, T*);                 \
   template void channel_sum<T>(int64_t, int64_t, int64_t, const T*, T*);                        \
-  template void conv_gemm_wide<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*); \
+  template void conv_gemm_wide<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*, int64_t, \
+                                  int64_t, int64_t);                                             \
   template void conv_gemm_dots<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);               \
   template void conv_direct_forward<T>(const DirectGeom&, const T*, const T*, const T*, T*);
 DLK_CONV_INSTANTIATE(float)

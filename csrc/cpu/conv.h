@@ -23,9 +23,11 @@ template <class T> void channel_sum(int64_t N, int64_t C, int64_t L, const T* in
 
 // The forward and input-gradient GEMMs of layers with at most kConvTileMaxFilters filters per group, a
 // register-tile GEMM (conv_impl.h, TileGemm): C (M x N) = A (M x K) @ B (K x N), A's element (m, k) at
-// A[m * sam + k * sak], B and C rows N long. Each output is one sum in k order (deterministic).
+// A[m * sam + k * sak], B and C rows N long. Each output is one sum in k order (deterministic). With
+// batch > 1, C_n = A @ B_n for each n < batch, B_n at B + n * bstride and C_n at C + n * cstride.
 template <class T>
-void conv_gemm_wide(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C);
+void conv_gemm_wide(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C,
+                    int64_t batch = 1, int64_t bstride = 0, int64_t cstride = 0);
 // C (M x K) += A (M x N) @ B (K x N)^T; work holds conv_gemm_dots_work(M, K, N) doubles. Deterministic.
 template <class T> void conv_gemm_dots(int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* work);
 int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N);
@@ -75,7 +77,8 @@ inline bool conv_direct_fits(int64_t C, int64_t KH, int64_t KW, int64_t OC, int6
   void conv_rows_to_images_##SUFFIX(int64_t, int64_t, int64_t, const T*, const T*, T*);          \
   void conv_images_to_rows_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);                    \
   void channel_sum_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);                           \
-  void conv_gemm_wide_##SUFFIX(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*); \
+  void conv_gemm_wide_##SUFFIX(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*, int64_t, int64_t, \
+                               int64_t);                                                         \
   void conv_gemm_dots_##SUFFIX(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);               \
   void conv_direct_forward_##SUFFIX(const DirectGeom&, const T*, const T*, const T*, T*);
 DLK_CONV_DECLARE(scalar, float)

@@ -349,7 +349,13 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
   using R = typename V::R;
   static constexpr int kMR = MR, kNV = NV, kNR = kNV * V::W;
 
-  static void run(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C) {
+  // C_n = A @ B_n for n < batch, with B_n = B + n * bstride and C_n = C + n * cstride (batch 1: one
+  // product). The images' columns are taken as one row of batch * N and cut into strips of kNR, so
+  // that a strip may span two or more images: packing gathers its columns, and its outputs go through
+  // a per-thread block, then out to each image's part. One image's N = 196 columns (14x14, a ResNet
+  // 1x1 layer) would make 5 strips, the last one 4 columns wide, for 2 threads.
+  static void run(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak, const T* B, T* C,
+                  int64_t batch = 1, int64_t bstride = 0, int64_t cstride = 0) {
     const int64_t panels = (M + kMR - 1) / kMR;
     std::vector<T> packed(size_t(panels * K * kMR));
     T* Ap = packed.data();
@@ -359,17 +365,30 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
           const int64_t m = p * kMR + i;
           Ap[(p * K + k) * kMR + i] = m < M ? A[m * sam + k * sak] : T(0);
         }
-    const int64_t strips = (N + kNR - 1) / kNR;
-#pragma omp parallel if (M * K * N > kConvParallelGrain)
+    const int64_t cols = batch * N, strips = (cols + kNR - 1) / kNR;
+#pragma omp parallel if (M * K * cols > kConvParallelGrain)
     {
       std::vector<T> strip_buf(size_t(K * kNR));  // this thread's packed B strip
+      std::vector<T> out_buf;                     // and its outputs, for a strip that spans images
 #pragma omp for schedule(static)
       for (int64_t s = 0; s < strips; ++s) {
-        const int64_t j0 = s * kNR;
-        if (j0 + kNR <= N) {
-          strip<true>(M, K, N, Ap, B + j0, C + j0, kNR, strip_buf.data());
+        const int64_t j0 = s * kNR, n = j0 / N, c0 = j0 % N, nr = std::min<int64_t>(kNR, cols - j0);
+        const T* b = B + n * bstride + c0;
+        T* c = C + n * cstride + c0;
+        if (c0 + nr <= N) {  // within one image
+          pack_strip(K, N, b, nr, strip_buf.data());
+          nr == kNR ? multiply<true>(M, K, Ap, strip_buf.data(), c, N, nr)
+                    : multiply<false>(M, K, Ap, strip_buf.data(), c, N, nr);
         } else {
-          strip<false>(M, K, N, Ap, B + j0, C + j0, N - j0, strip_buf.data());
+          out_buf.resize(size_t(M * kNR));
+          gather_strip(K, N, B, bstride, n, c0, nr, strip_buf.data());
+          multiply<true>(M, K, Ap, strip_buf.data(), out_buf.data(), kNR, kNR);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t off = 0, img = n, col = c0; off < nr; ++img, col = 0) {
+              const int64_t len = std::min(nr - off, N - col);
+              copy_row(C + img * cstride + m * N + col, out_buf.data() + m * kNR + off, len);
+              off += len;
+            }
         }
       }
     }
@@ -380,13 +399,43 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
     return nr > v * V::W ? V::load_tail(row + v * V::W, nr - v * V::W, T(0)) : V::set1(T(0));
   }
 
-  // Columns [0, nr) of B and C (already offset to the strip); full: nr == kNR. The strip is first
-  // copied to `packed` (K x kNR, zeros past nr), so only the stores of a partial strip are masked.
+  static void copy_row(T* d, const T* src, int64_t len) {
+    int64_t i = 0;
+    for (; i + V::W <= len; i += V::W) V::store(d + i, V::load(src + i));
+    if (i < len) V::store_tail(d + i, V::load_tail(src + i, len - i, T(0)), len - i);
+  }
+
+  // The strip's B columns (rows ldb apart) copied to `packed` (K x kNR, zeros past nr), so that its rows
+  // do not alias in L1.
+  static void pack_strip(int64_t K, int64_t ldb, const T* B, int64_t nr, T* packed) {
+    if (nr == kNR) {
+      for (int64_t k = 0; k < K; ++k)
+        for (int v = 0; v < kNV; ++v) V::store(packed + k * kNR + v * V::W, V::load(B + k * ldb + v * V::W));
+    } else {
+      for (int64_t k = 0; k < K; ++k)
+        for (int v = 0; v < kNV; ++v) V::store(packed + k * kNR + v * V::W, tail(B + k * ldb, nr, v));
+    }
+  }
+
+  // The same for a strip that starts at column c0 of image n and runs on into the next ones.
+  static void gather_strip(int64_t K, int64_t N, const T* B, int64_t bstride, int64_t n, int64_t c0, int64_t nr,
+                           T* packed) {
+    for (int64_t k = 0; k < K; ++k) {
+      T* d = packed + k * kNR;
+      int64_t off = 0;
+      for (int64_t img = n, col = c0; off < nr; ++img, col = 0) {
+        const int64_t len = std::min(nr - off, N - col);
+        copy_row(d + off, B + img * bstride + k * N + col, len);
+        off += len;
+      }
+      for (; off < kNR; ++off) d[off] = T(0);
+    }
+  }
+
+  // C's columns [0, nr) (rows ldc apart) from the packed strip; full: nr == kNR. Only the stores of a
+  // partial strip are masked.
   template <bool full>
-  static void strip(int64_t M, int64_t K, int64_t N, const T* Ap, const T* B, T* C, int64_t nr, T* packed) {
-    for (int64_t k = 0; k < K; ++k)
-      for (int v = 0; v < kNV; ++v)
-        V::store(packed + k * kNR + v * V::W, full ? V::load(B + k * N + v * V::W) : tail(B + k * N, nr, v));
+  static void multiply(int64_t M, int64_t K, const T* Ap, const T* packed, T* C, int64_t ldc, int64_t nr) {
     for (int64_t m0 = 0; m0 < M; m0 += kMR) {
       R acc[kMR][kNV];
       for (int i = 0; i < kMR; ++i)
@@ -403,7 +452,7 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
       }
       const int rows = int(std::min<int64_t>(kMR, M - m0));
       for (int i = 0; i < rows; ++i) {
-        T* c = C + (m0 + i) * N;
+        T* c = C + (m0 + i) * ldc;
         for (int v = 0; v < kNV; ++v) {
           if (full) {
             V::store(c + v * V::W, acc[i][v]);
@@ -435,8 +484,8 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
     ConvKernels<NS::Vec<T>>::channel_sum(N, C, L, in, out);                                                        \
   }                                                                                                       \
   void conv_gemm_wide_##SUFFIX(int64_t M, int64_t K, int64_t N, const T* A, int64_t sam, int64_t sak,     \
-                               const T* B, T* C) {                                                        \
-    TileGemm<NS::Vec<T>>::run(M, K, N, A, sam, sak, B, C);                                               \
+                               const T* B, T* C, int64_t batch, int64_t bstride, int64_t cstride) {      \
+    TileGemm<NS::Vec<T>>::run(M, K, N, A, sam, sak, B, C, batch, bstride, cstride);                      \
   }                                                                                                       \
   void conv_gemm_dots_##SUFFIX(int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* w) { \
     ConvKernels<NS::Vec<T>>::gemm_dots(M, K, N, A, B, C, w);                                                       \
