@@ -384,11 +384,9 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
           gather_strip(K, N, B, bstride, n, c0, nr, strip_buf.data());
           multiply<true>(M, K, Ap, strip_buf.data(), out_buf.data(), kNR, kNR);
           for (int64_t m = 0; m < M; ++m)
-            for (int64_t off = 0, img = n, col = c0; off < nr; ++img, col = 0) {
-              const int64_t len = std::min(nr - off, N - col);
+            for_each_segment(N, n, c0, nr, [&](int64_t img, int64_t col, int64_t off, int64_t len) {
               copy_row(C + img * cstride + m * N + col, out_buf.data() + m * kNR + off, len);
-              off += len;
-            }
+            });
         }
       }
     }
@@ -417,18 +415,25 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
     }
   }
 
+  // f(image, column, offset in the strip, length) for each image's part of the nr columns that start
+  // at column c0 of image n (N columns an image).
+  template <class F> static void for_each_segment(int64_t N, int64_t n, int64_t c0, int64_t nr, F f) {
+    for (int64_t off = 0, img = n, col = c0; off < nr; ++img, col = 0) {
+      const int64_t len = std::min(nr - off, N - col);
+      f(img, col, off, len);
+      off += len;
+    }
+  }
+
   // The same for a strip that starts at column c0 of image n and runs on into the next ones.
   static void gather_strip(int64_t K, int64_t N, const T* B, int64_t bstride, int64_t n, int64_t c0, int64_t nr,
                            T* packed) {
     for (int64_t k = 0; k < K; ++k) {
       T* d = packed + k * kNR;
-      int64_t off = 0;
-      for (int64_t img = n, col = c0; off < nr; ++img, col = 0) {
-        const int64_t len = std::min(nr - off, N - col);
+      for_each_segment(N, n, c0, nr, [&](int64_t img, int64_t col, int64_t off, int64_t len) {
         copy_row(d + off, B + img * bstride + k * N + col, len);
-        off += len;
-      }
-      for (; off < kNR; ++off) d[off] = T(0);
+      });
+      for (int64_t off = nr; off < kNR; ++off) d[off] = T(0);
     }
   }
 

@@ -169,7 +169,8 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
 // layout, in place of one at::mm per image (16 x 256 x 256 x 196 on the CI host: 3.39 -> 3.02 ms for
 // the forward, 3.50 -> 2.97 ms for the input gradient, W^T the same way). grad_weight, a sum over the
 // images, keeps its per-image accumulation (one GEMM would first need both operands moved to rows).
-bool batched_direct(const ConvGeom& c, bool tile) { return c.direct && c.G == 1 && !tile; }  // tile: see tile_direct
+// tile_images: the layer takes the tile GEMM over the batch instead (tile_direct, below).
+bool batched_direct(const ConvGeom& c, bool tile_images) { return c.direct && c.G == 1 && !tile_images; }
 
 // On the CPU, a one-group layer with dilation 1 and column stride 1 or 2 that cpu::conv_direct_fits
 // accepts (LeNet's first layer; ResNet layers of up to 64 filters on small images) runs its forward on
@@ -403,18 +404,15 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   }
   const Kernels k{x};
   const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
-  const bool tile = tile_gemm_forward(c, x);
-  if (tile_direct(c, x)) {
+  const bool tile = tile_gemm_forward(c, x), tile_images = tile_direct(c, x);
+  if (tile_images || batched_direct(c, tile_images)) {
     Tensor y = out.view({c.N, c.OC, L});
-    tile_gemm_images(c, y, w3, false, x);
+    if (tile_images) {
+      tile_gemm_images(c, y, w3, false, x);
+    } else {
+      at::bmm_out(y, w3.select(0, 0).expand({c.N, c.OC, rows}), x.view({c.N, rows, L}));
+    }
     if (b.defined())  // in place, image by image ((1, OC, L) rows are the image itself)
-      for (int64_t n = 0; n < c.N; ++n) k.rows_to_images(1, c.OC, L, y[n], &b, out, n * c.OC * L);
-    return out;
-  }
-  if (batched_direct(c, tile)) {
-    Tensor y = out.view({c.N, c.OC, L});
-    at::bmm_out(y, w3.select(0, 0).expand({c.N, c.OC, rows}), x.view({c.N, rows, L}));
-    if (b.defined())
       for (int64_t n = 0; n < c.N; ++n) k.rows_to_images(1, c.OC, L, y[n], &b, out, n * c.OC * L);
     return out;
   }
@@ -477,7 +475,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();
   const Tensor w3 = w.view({c.G, OCg, Rg}), wT3 = w3.transpose(1, 2);  // (G, OCg, Rg), (G, Rg, OCg)
   const bool small = small_gemm(c, x), tile = tile_gemm(c, x), tile_images = tile_direct(c, x);
-  const bool batched = !tile_images && batched_direct(c, tile);
+  const bool batched = batched_direct(c, tile_images);
   if (output_mask[0] && tile_images) tile_gemm_images(c, grad_input.view({c.N, rows, L}), w3, true, go);
   if (output_mask[0] && batched) {
     Tensor gi = grad_input.view({c.N, rows, L});
@@ -511,8 +509,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     }
     if (output_mask[0] && !batched && !tile_images && !direct_gi) {
       if (c.direct) {
-        Tensor gi = grad_input[n0].view({c.G, Rg, L});
-        tile ? tile_gemm_out(gi, w3, true, gy) : gemm(gi, wT3, gy);
+        Tensor gi = grad_input[n0].view({c.G, Rg, L});  // (CPU layers within the tile bound: tile_images)
+        gemm(gi, wT3, gy);
       } else {
         // the column buffer is free again once grad_weight has used it
         tile ? tile_gemm_out(col, w3, true, gy) : gemm(col, wT3, gy);
