@@ -4,6 +4,7 @@ The ops are registered with PyTorch's dispatcher as ``torch.ops.dlkernels.*``; u
 ``dlkernels.functional`` and ``dlkernels.nn``, which mirror ``torch.nn.functional`` and ``torch.nn``.
 """
 import contextlib
+import os
 
 import torch
 
@@ -17,6 +18,10 @@ __version__ = "0.1.0"
 _env_error = _C.isa_env_error()
 if _env_error:
     raise RuntimeError("dlkernels: " + _env_error)
+_sync_env = os.environ.get("DLKERNELS_CUDA_SYNC_CHECKS", "")
+if _sync_env not in ("", "0", "1"):
+    raise RuntimeError(f"dlkernels: DLKERNELS_CUDA_SYNC_CHECKS must be 0 or 1, got {_sync_env!r}")
+_C.set_cuda_sync_checks(_sync_env == "1")
 
 
 def cpu_isa():
@@ -75,3 +80,30 @@ def set_workspace_limit(nbytes):
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
         raise ValueError(f"dlkernels.set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
     _C.set_workspace_limit(nbytes)
+
+
+def cuda_sync_checks():
+    """Whether CUDA ops may synchronise with the GPU to raise a clear error on bad device values."""
+    return _C.cuda_sync_checks()
+
+
+def set_cuda_sync_checks(enabled):
+    """On CUDA, a cross-entropy class index outside [0, C) is only known on the GPU. With checks on
+    (DLKERNELS_CUDA_SYNC_CHECKS=1), each call reads it back (a host synchronisation) and raises an
+    IndexError naming the index. Off (the default), nothing synchronises, and the offending row's loss
+    is NaN (so is the mean or sum over it). torch instead stops the CUDA context with a device-side
+    assert; the CPU path always raises the IndexError (it costs nothing there)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"dlkernels.set_cuda_sync_checks: enabled must be a bool, got {enabled!r}")
+    _C.set_cuda_sync_checks(enabled)
+
+
+@contextlib.contextmanager
+def cuda_sync_checks_enabled(enabled=True):
+    """Run a block with CUDA sync checks on (or off), then restore the previous setting."""
+    previous = cuda_sync_checks()
+    set_cuda_sync_checks(enabled)
+    try:
+        yield
+    finally:
+        set_cuda_sync_checks(previous)

@@ -11,6 +11,12 @@ import dlkernels
 
 CUDA = dlkernels.cuda_available()
 
+# torch's CUDA convolutions default to TF32 (cudnn.allow_tf32), which rounds float32 operands to 10-bit
+# mantissas: an error near 1e-3 that would make torch, not us, miss the float32 tolerance. References
+# are computed in full float32 (and our at::mm-based CUDA conv honours the same flags a user sets).
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 # (device, cpu isa) pairs: every CPU path this machine runs, plus CUDA when there is a GPU.
 DEVICE_ISAS = [("cpu", isa) for isa in dlkernels.supported_cpu_isas()] + ([("cuda", None)] if CUDA else [])
 

@@ -465,7 +465,37 @@ def _bad_calls(device):
 
 
 def test_bad_inputs(device):
-    for i, (call, exc, fragment) in enumerate(_bad_calls(device)):
-        with pytest.raises(exc) as info:
-            call()
-        assert fragment in str(info.value), f"case {i}: {info.value!r} lacks {fragment!r}"
+    # on CUDA a class index out of range is only raised with sync checks on (the next test: off)
+    with dlkernels.cuda_sync_checks_enabled(True):
+        for i, (call, exc, fragment) in enumerate(_bad_calls(device)):
+            with pytest.raises(exc) as info:
+                call()
+            assert fragment in str(info.value), f"case {i}: {info.value!r} lacks {fragment!r}"
+
+
+@pytest.mark.parametrize("bad", [5, -2])
+def test_bad_target_without_sync_checks(device, bad):
+    """Sync checks off (the default): the CPU still raises; CUDA gives the offending row a NaN loss
+    (and so NaN for its mean) without a host synchronisation, and leaves the other rows right."""
+    x = torch.randn(6, 5, device=device)
+    t = torch.randint(0, 5, (6,), device=device)
+    t[3] = bad
+    with dlkernels.cuda_sync_checks_enabled(False):
+        if device == "cpu":
+            with pytest.raises(IndexError, match=f"target {bad} is out of bounds"):
+                DF.cross_entropy(x, t)
+            return
+        rows = DF.cross_entropy(x, t, reduction="none")
+        mean = DF.cross_entropy(x, t)
+    assert torch.isnan(rows[3]) and torch.isnan(mean)
+    keep = torch.tensor([0, 1, 2, 4, 5], device=device)
+    torch.testing.assert_close(rows[keep], F.cross_entropy(x[keep], t[keep], reduction="none"))
+
+
+def test_cuda_sync_checks_switch():
+    previous = dlkernels.cuda_sync_checks()
+    with dlkernels.cuda_sync_checks_enabled(not previous):
+        assert dlkernels.cuda_sync_checks() == (not previous)
+    assert dlkernels.cuda_sync_checks() == previous
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        dlkernels.set_cuda_sync_checks(1)

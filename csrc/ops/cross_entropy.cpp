@@ -8,6 +8,7 @@
 #include <ATen/ops/full.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <limits>
 
 #include "common/cross_entropy.h"
@@ -118,7 +119,12 @@ void raise_bad_target(const Tensor& target, int64_t row, int64_t C) {
                     C, ") or ignore_index (at flat position ", row, " of target)");
 }
 
+std::atomic<bool> g_cuda_sync_checks{false};
+
 }  // namespace
+
+bool cuda_sync_checks() { return g_cuda_sync_checks.load(std::memory_order_relaxed); }
+void set_cuda_sync_checks(bool enabled) { g_cuda_sync_checks.store(enabled, std::memory_order_relaxed); }
 
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_forward(const Tensor& input, const Tensor& target,
                                                          const c10::optional<Tensor>& weight, int64_t reduction,
@@ -164,8 +170,10 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_forward(const Tensor& input, co
                                            reinterpret_cast<unsigned long long*>(bad_row.data_ptr<int64_t>()),
                                            workspace.data_ptr(), stream),
                "cross_entropy");
-  if (!p.opts.prob_target) {
-    // A clear error needs the host to look: one small device-to-host copy, as torch's own index checks.
+  if (!p.opts.prob_target && cuda_sync_checks()) {
+    // A clear error needs the host to look: one small device-to-host copy, a synchronisation, so only
+    // when asked for (dlkernels.set_cuda_sync_checks). Otherwise the bad row's loss is NaN, and so is
+    // a mean or sum over it: visible in the loss, without stalling the host every step.
     const int64_t bad = bad_row.item<int64_t>();
     if (bad != std::numeric_limits<int64_t>::max()) raise_bad_target(p.target, bad, g.C);
   }

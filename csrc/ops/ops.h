@@ -82,6 +82,12 @@ at::Tensor col2im(const at::Tensor& input, at::IntArrayRef output_size, at::IntA
 int64_t workspace_limit();
 void set_workspace_limit(int64_t bytes);
 
+// Whether CUDA ops may read device values on the host to raise a clear error (today: cross-entropy
+// class indices out of range). Off by default: a training step then never synchronises with the GPU,
+// and a bad index makes its row's loss NaN instead (see cross_entropy_forward).
+bool cuda_sync_checks();
+void set_cuda_sync_checks(bool enabled);
+
 }  // namespace dlk::ops
 
 namespace dlk::ops {
