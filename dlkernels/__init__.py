@@ -13,7 +13,7 @@ from . import _ops  # noqa: F401  (fake kernels for torch.compile / meta tensors
 from . import functional, nn, optim  # noqa: F401
 from .convert import convert  # noqa: F401
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 _env_error = _C.isa_env_error()
 if _env_error:
