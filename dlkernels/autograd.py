@@ -9,15 +9,34 @@ import torch
 from torch.autograd.function import once_differentiable
 
 _ops = torch.ops.dlkernels
-_unwrap_dead_wrappers = torch._functorch.utils.unwrap_dead_wrappers
+
+
+def _private(get):
+    """A private torch API, or None where this torch lacks it (then the public path is taken)."""
+    try:
+        return get()
+    except AttributeError:
+        return None
+
+
+# The private torch APIs the fast paths below use (checked on torch 2.11 to 2.14). Where one is
+# missing, FAST_APPLY / FAST_BELOW_AUTOGRAD are False and the public equivalents run instead, with the
+# same results and only the per-call Python cost; tests/test_build.py runs both ways.
+_unwrap_dead_wrappers = _private(lambda: torch._functorch.utils.unwrap_dead_wrappers)
+_function_base_apply = _private(lambda: torch._C._FunctionBase.apply)
+_functorch_active = _private(lambda: torch._C._are_functorch_transforms_active)
+_below_autograd_guard = _private(lambda: torch._C._AutoDispatchBelowAutograd)
+FAST_APPLY = None not in (_unwrap_dead_wrappers, _function_base_apply, _functorch_active)
+FAST_BELOW_AUTOGRAD = _below_autograd_guard is not None
 
 
 def apply(fn, *args):
     """fn.apply(*args) for a Function whose arguments are all given, positionally. Function.apply binds
     them to forward's signature with inspect on every call (about 60 us) only to fill in defaults; with
     nothing to fill in, what it then calls (the C++ apply underneath) is called directly. While
-    torch.compile traces, and under torch.func transforms, the full Function.apply runs."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    torch.compile traces, under torch.func transforms, and on a torch without those private APIs, the
+    full Function.apply runs."""
+    if not FAST_APPLY or torch.compiler.is_compiling() or _functorch_active():
         return fn.apply(*args)
     return super(torch.autograd.Function, fn).apply(*_unwrap_dead_wrappers(args))
 
@@ -25,10 +44,11 @@ def apply(fn, *args):
 def below_autograd(op, *args):
     """op(*args) from a Function's forward, dispatched past the autograd key: the op's register_autograd
     kernel (Python) would otherwise run first, only to find grad mode off (about 25 us a call). While
-    torch.compile traces, the op is called plainly (the guard is not traceable, and costs nothing there)."""
-    if torch.compiler.is_compiling():
+    torch.compile traces, the op is called plainly (the guard is not traceable, and costs nothing there),
+    as it is on a torch without the guard (the same result: grad mode is off inside forward)."""
+    if not FAST_BELOW_AUTOGRAD or torch.compiler.is_compiling():
         return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
+    with _below_autograd_guard():
         return op(*args)
 
 

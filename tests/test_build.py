@@ -88,3 +88,30 @@ def test_cache_limit_is_respected():
         assert _C.cpu_cache_idle_bytes() == 0
     finally:
         _C.set_cpu_cache_limit(old)
+
+
+def test_public_fallbacks_of_private_torch_apis(monkeypatch):
+    """Where torch lacks the private APIs of dlkernels/autograd.py's fast paths, the public ones run:
+    the same forward and backward results, through every family's Function."""
+    import dlkernels.autograd as A
+
+    assert A.FAST_APPLY and A.FAST_BELOW_AUTOGRAD  # this torch has them: the rest of the suite runs them
+    x = torch.randn(3, 4, 9, 9, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    t = torch.randint(0, 6, (3,))
+
+    def run():
+        y = DF.conv2d(x, w, padding=1)
+        y = DF.batch_norm_relu(y, None, None, training=True)
+        y = DF.max_pool2d(y, 2)
+        y = DF.adaptive_avg_pool2d(y, 1).flatten(1)
+        loss = DF.cross_entropy(y, t)
+        return [loss.detach()] + [g.detach() for g in torch.autograd.grad(loss, (x, w))]
+
+    fast = run()
+    monkeypatch.setattr(A, "FAST_APPLY", False)
+    monkeypatch.setattr(A, "FAST_BELOW_AUTOGRAD", False)
+    monkeypatch.setattr(A, "_unwrap_dead_wrappers", None)  # a fallback that still used them would raise
+    monkeypatch.setattr(A, "_below_autograd_guard", None)
+    for a, b in zip(run(), fast):
+        assert torch.equal(a, b)
