@@ -628,3 +628,29 @@ def test_cuda_large_reduction_is_accurate():
     y = DF.batch_norm(x, None, None, training=True)
     ref = F.batch_norm(x.double(), None, None, training=True)
     torch.testing.assert_close(y.double(), ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("layout", ["planar", "channels_last"])
+@pytest.mark.parametrize("fused", ["relu", "add_relu"])
+def test_relu_keeps_torch_special_values(device, dtype, fused, layout):
+    """The fused ReLU is torch.relu on every value: NaN passes, -inf gives 0, values above half the
+    largest float stay themselves, -0.0 stays -0.0. Evaluation mode with mean 0 and variance 1 - eps,
+    so that the normalized value is the input itself."""
+    big = torch.finfo(dtype).max * 0.75
+    vals = torch.tensor([float("nan"), float("-inf"), float("inf"), big, -big, -0.0, 0.0, -1.5, 2.5], dtype=dtype)
+    x = vals[torch.randint(0, len(vals), (2, 3, 5, 7))].to(device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    rm = torch.zeros(3, device=device, dtype=dtype)
+    rv = torch.ones(3, device=device, dtype=dtype) - 1e-5
+    if fused == "relu":
+        ours = DF.batch_norm_relu(x, rm, rv, None, None, False, 0.1, 1e-5)
+        pre = F.batch_norm(x, rm, rv, None, None, False, 0.1, 1e-5)
+    else:
+        r = torch.zeros_like(x)
+        ours = DF.batch_norm_add_relu(x, r, rm, rv, None, None, False, 0.1, 1e-5)
+        pre = F.batch_norm(x, rm, rv, None, None, False, 0.1, 1e-5) + r
+    expected = torch.relu(pre)
+    assert torch.equal(torch.isnan(ours), torch.isnan(expected))
+    keep = ~torch.isnan(expected)
+    assert torch.equal(ours[keep], expected[keep])

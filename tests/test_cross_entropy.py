@@ -499,3 +499,24 @@ def test_cuda_sync_checks_switch():
     assert dlkernels.cuda_sync_checks() == previous
     with pytest.raises(TypeError, match="enabled must be a bool"):
         dlkernels.set_cuda_sync_checks(1)
+
+
+@pytest.mark.parametrize("C", [3, 1000, 40000])
+def test_inf_logit_gives_nan_like_torch(device, C):
+    """A row holding +inf: torch subtracts the row max, exp(inf - inf) is NaN, so the row's loss and
+    whole gradient row are NaN (whatever the target). -inf logits elsewhere are ordinary (exp gives 0).
+    C picks the CUDA kernels' widths (a few lanes, a warp or more, a block per row)."""
+    x = torch.randn(4, C, device=device)
+    x[1, 1] = float("inf")
+    x[2, 0] = float("-inf")
+    t = torch.tensor([0, 0, 1, 2], device=device)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ours = DF.cross_entropy(xs[0], t, reduction="none")
+    ref = F.cross_entropy(xs[1], t, reduction="none")
+    g = torch.randn(4, device=device)
+    (go,), (gt,) = torch.autograd.grad(ours, xs[0], g), torch.autograd.grad(ref, xs[1], g)
+    assert torch.isnan(ref[1]) and torch.isnan(gt[1]).all()  # torch's behaviour, as the docstring says
+    assert torch.equal(torch.isnan(ours), torch.isnan(ref)) and torch.equal(torch.isnan(go), torch.isnan(gt))
+    keep = torch.tensor([0, 2, 3], device=device)
+    assert_close(ours[keep], ref[keep])
+    assert_close(go[keep], gt[keep])

@@ -98,7 +98,7 @@ __global__ void apply_kernel(BatchNormGeom g, const T* x, const double* mean, co
     const int64_t c = channel_of(g, i);
     double v = (double(to_acc(x[i])) - mean[c]) * scale[c] + beta[c];
     if (residual) v += double(to_acc(residual[i]));
-    if (relu) v = v > 0 ? v : 0.0;
+    if (relu) v = v < 0 ? 0.0 : v;  // torch.relu: NaN (and -0.0) pass
     y[i] = from_acc<T>(typename AccOf<T>::type(v));
   }
 }

@@ -31,7 +31,9 @@ __device__ __forceinline__ float log_acc(float v) { return logf(v); }
 __device__ __forceinline__ double log_acc(double v) { return log(v); }
 template <class A> __device__ __forceinline__ A neg_inf() { return -INFINITY; }
 
-// Online log-sum-exp state: m = running max, s = sum of exp(x - m).
+// Online log-sum-exp state: m = running max, s = sum of exp(x - m). A +inf value makes s NaN: torch
+// (and the CPU path) subtract the row max first, and exp(inf - inf) is NaN, so a row holding +inf has
+// a NaN log-sum-exp, loss and gradient row; the online form alone would give lse = +inf.
 template <class A> struct MaxSum {
   A m, s;
   __device__ void add(A x) {
@@ -41,6 +43,7 @@ template <class A> struct MaxSum {
     } else if (x != neg_inf<A>()) {
       s += exp_acc(x - m);  // NaN x makes s NaN, as torch's result
     }
+    if (m == -neg_inf<A>()) s = A(NAN);
   }
   __device__ void merge(const MaxSum& o) {
     if (o.m > m) {
@@ -51,6 +54,7 @@ template <class A> struct MaxSum {
     } else if (o.s != o.s) {
       s = o.s;  // keep a NaN
     }
+    if (m == -neg_inf<A>()) s = A(NAN);
   }
 };
 
