@@ -144,6 +144,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_cache_limit", &dlk::ops::cpu_cache_limit);
   m.def("set_cpu_cache_limit", &dlk::ops::set_cpu_cache_limit);
   m.def("cpu_cache_idle_bytes", &dlk::ops::cpu_cache_idle_bytes);
+  m.def("cpu_cache_window", &dlk::ops::cpu_cache_window);
+  m.def("set_cpu_cache_window", &dlk::ops::set_cpu_cache_window);
+  m.def("cpu_cache_stats", [] {
+    const dlk::ops::CpuCacheStats s = dlk::ops::cpu_cache_stats();
+    pybind11::dict d;
+    d["held_bytes"] = s.held_bytes;
+    d["in_use_bytes"] = s.in_use_bytes;
+    d["idle_bytes"] = s.idle_bytes;
+    d["limit_bytes"] = s.limit_bytes;
+    d["window"] = s.window;
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    d["released"] = s.released;
+    return d;
+  });
   m.def("empty_cache", &dlk::ops::cpu_cache_release);
   m.def("workspace_limit", &dlk::ops::workspace_limit);
   m.def("set_workspace_limit", &dlk::ops::set_workspace_limit);

@@ -64,9 +64,26 @@ def empty_cache():
 
 def set_cpu_cache_limit(nbytes):
     """Cap the idle bytes the CPU output cache may hold (default 1 GiB, or DLKERNELS_CPU_CACHE_BYTES)."""
-    if nbytes < 0:
-        raise ValueError(f"dlkernels.set_cpu_cache_limit: nbytes must be >= 0, got {nbytes}")
-    _C.set_cpu_cache_limit(int(nbytes))
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"dlkernels.set_cpu_cache_limit: nbytes must be an int >= 0, got {nbytes!r}")
+    _C.set_cpu_cache_limit(nbytes)
+
+
+def set_cpu_cache_window(allocations):
+    """An idle block of the CPU output cache not reused within this many cached allocations goes back to
+    the OS (default 1024, or DLKERNELS_CPU_CACHE_WINDOW). Raise it for a training step that makes more
+    large allocations than that; 0 returns every block as soon as it is freed."""
+    if isinstance(allocations, bool) or not isinstance(allocations, int) or allocations < 0:
+        raise ValueError(f"dlkernels.set_cpu_cache_window: allocations must be an int >= 0, got {allocations!r}")
+    _C.set_cpu_cache_window(allocations)
+
+
+def cpu_cache_stats():
+    """The CPU output cache's counters (cf. torch.cuda.memory_stats): held_bytes (mapped blocks, in use
+    and idle), in_use_bytes, idle_bytes, limit_bytes (the cap on idle bytes), window (see
+    set_cpu_cache_window), hits and misses (allocations served by an idle block or by a new one) and
+    released (blocks returned to the OS)."""
+    return dict(_C.cpu_cache_stats())
 
 
 def workspace_limit():

@@ -90,6 +90,102 @@ def test_cache_limit_is_respected():
         _C.set_cpu_cache_limit(old)
 
 
+def _cache_stats():
+    s = dlkernels.cpu_cache_stats()
+    assert s["held_bytes"] == s["in_use_bytes"] + s["idle_bytes"]
+    return s
+
+
+def test_cache_holds_about_the_working_set_of_varying_shapes():
+    """A loop of ever-changing cross-entropy shapes: the cache keeps at most twice the largest number of
+    bytes the loop had in use at once (the unbounded cache kept every size it was ever asked for: 5-14x
+    that here), and sizes no longer asked for go back to the OS once the window passes."""
+    dlkernels.empty_cache()
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    most_in_use = 0
+    for _ in range(150):
+        n = 8 * int(torch.randint(1, 33, (), generator=gen))
+        c = [1000, 5000, 20000][int(torch.randint(0, 3, (), generator=gen))]
+        x = torch.randn(n, c, generator=gen).requires_grad_(True)
+        DF.cross_entropy(x, torch.randint(0, c, (n,), generator=gen)).backward()
+        most_in_use = max(most_in_use, _cache_stats()["in_use_bytes"])
+        del x
+    s = _cache_stats()
+    assert s["in_use_bytes"] == 0
+    assert s["misses"] > 0 and s["hits"] > 0
+    assert 0 < s["held_bytes"] <= 2 * most_in_use, (s, most_in_use)
+    # a size not asked for within the window goes back to the OS
+    old_window = dlkernels.cpu_cache_stats()["window"]
+    try:
+        dlkernels.set_cpu_cache_window(4)
+        dlkernels.empty_cache()
+        x = torch.randn(1000, 1000).requires_grad_(True)  # a 4 MB gradient block
+        DF.cross_entropy(x, torch.randint(0, 1000, (1000,))).backward()
+        idle_before = _cache_stats()["idle_bytes"]
+        x.grad = None
+        assert _cache_stats()["idle_bytes"] >= idle_before + 4_000_000
+        y = torch.randn(4000, 1000).requires_grad_(True)
+        for _ in range(5):  # 16 MB gradients: the idle 4 MB block is not a fit for them
+            DF.cross_entropy(y, torch.randint(0, 1000, (4000,))).backward()
+            y.grad = None
+        s = _cache_stats()
+        block = -(-4000 * 1000 * 4 // 2**21) * 2**21  # whole 2 MiB pages
+        assert s["idle_bytes"] == block, s  # only the block the loop reuses stays
+        dlkernels.set_cpu_cache_window(0)
+        assert _cache_stats()["idle_bytes"] == 0
+    finally:
+        dlkernels.set_cpu_cache_window(old_window)
+    dlkernels.empty_cache()
+    assert _cache_stats()["idle_bytes"] == 0
+
+
+def test_cache_hits_on_every_allocation_of_a_steady_training_loop():
+    """After a warm-up step, a training loop of fixed shapes maps no new block: every large output
+    (activations, gradients, the loss gradient) reuses one the previous step freed."""
+    torch.manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    model = dlkernels.convert(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.BatchNorm2d(32),
+        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)))
+    opt = dlkernels.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(8, 3, 64, 64), torch.randint(0, 10, (8,))
+    big = torch.randn(4096, 1000).requires_grad_(True)
+    big_t = torch.randint(0, 1000, (4096,))
+
+    def step():
+        opt.zero_grad()
+        DF.cross_entropy(model(x), y).backward()
+        opt.step()
+        DF.cross_entropy(big, big_t).backward()
+        big.grad = None
+
+    for _ in range(2):
+        step()
+    before = _cache_stats()
+    for _ in range(4):
+        step()
+    after = _cache_stats()
+    assert after["misses"] == before["misses"], (before, after)
+    assert after["hits"] - before["hits"] >= 4 * 3, (before, after)
+    assert after["released"] == before["released"], (before, after)
+
+
+def test_cache_settings_reject_bad_values():
+    for bad in (-1, 1.5, "8", True):
+        with pytest.raises(ValueError, match="allocations must be an int >= 0"):
+            dlkernels.set_cpu_cache_window(bad)
+        with pytest.raises(ValueError, match="nbytes must be an int >= 0"):
+            dlkernels.set_cpu_cache_limit(bad)
+    out = subprocess.run([sys.executable, "-c", "import torch, dlkernels, dlkernels.functional as DF;"
+                          "x = torch.randn(1000, 1000, requires_grad=True);"
+                          "DF.cross_entropy(x, torch.zeros(1000, dtype=torch.long)).backward();"
+                          "print(dlkernels.cpu_cache_stats()['window'])"],
+                         env={**os.environ, "DLKERNELS_CPU_CACHE_WINDOW": "lots"}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1024"
+    assert "DLKERNELS_CPU_CACHE_WINDOW must be a non-negative integer, got 'lots'" in out.stderr
+
+
 def test_public_fallbacks_of_private_torch_apis(monkeypatch):
     """Where torch lacks the private APIs of dlkernels/autograd.py's fast paths, the public ones run:
     the same forward and backward results, through every family's Function."""
