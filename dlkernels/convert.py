@@ -6,7 +6,9 @@ same attributes: parameters, buffers, hooks, train/eval mode, device and dtype a
 """
 import copy
 import dataclasses
+import inspect
 import logging
+import operator
 
 import torch
 
@@ -95,7 +97,10 @@ def convert(module, inplace=False, fuse_bn_relu=False, exclude=(), report=False)
 
     inplace: modify module itself (default: a deep copy). fuse_bn_relu: a BatchNorm2d directly followed
     by a ReLU inside an nn.Sequential becomes one BatchNormReLU2d (the ReLU's slot becomes nn.Identity,
-    so indices and state_dict keys stay). exclude: layer names (and their children) or classes to leave.
+    so indices and state_dict keys stay); and in every other module whose forward has a BatchNorm2d
+    followed by a ReLU, or by an add and a ReLU (torchvision's BasicBlock and Bottleneck), found by
+    tracing that forward with torch.fx, the pair or triple runs as one fused call (see _fuse_forward).
+    exclude: layer names (and their children) or classes to leave.
     Logs the table of what was swapped and what was kept, and why, on the "dlkernels.convert" logger;
     report=True returns (model, ConvertReport) instead of the model.
     """
@@ -107,6 +112,8 @@ def convert(module, inplace=False, fuse_bn_relu=False, exclude=(), report=False)
         module = copy.deepcopy(module)
     rows = ConvertReport()
     module = _convert(module, "", fuse_bn_relu, tuple(exclude), rows)
+    if fuse_bn_relu:
+        module = _fuse_graphs(module, "", tuple(exclude), rows)
     log.info("dlkernels.convert:\n%s", rows)
     return (module, rows) if report else module
 
@@ -154,4 +161,241 @@ def _convert(module, prefix, fuse, exclude, rows):
         new = _convert(child, full, fuse, exclude, rows)
         if new is not child:
             setattr(module, name, new)
+        if fuse and isinstance(module, torch.nn.Sequential) and type(child) is torch.nn.BatchNorm2d:
+            row = _row_for(rows, full)
+            if row is not None and row.action == "swapped":
+                after = (f"the next layer of its nn.Sequential is a {type(children[i + 1][1]).__name__}"
+                         if i + 1 < len(children) else "it ends its nn.Sequential")
+                row.detail += f"; not fused: {after}, not a ReLU"
+    return module
+
+
+# ---- fusion inside forward, through torch.fx ------------------------------------------------------------
+#
+# A module whose forward calls a BatchNorm2d child and then a ReLU (nn.ReLU, F.relu, torch.relu,
+# .relu()), or an add (+, +=, torch.add, .add) of its output and something else and then a ReLU, is traced
+# with torch.fx, every submodule call one node. Each such BatchNorm2d whose output goes only to that ReLU
+# (or that add, whose result goes only to the ReLU), and which forward calls only there, becomes a
+# BatchNormReLU2d, called with the add's other operand as its residual; the ReLU and add nodes go. The
+# module keeps its class (a per-instance subclass carries the new forward), attributes, children and
+# state_dict keys; pickling and deepcopy rebuild the subclass by tracing again. A forward that does not
+# trace, or that takes optional arguments (whose defaults tracing would bake in), keeps its modules
+# swapped and unfused, and the report says why.
+
+_RELU_FUNCS = {torch.relu, torch.relu_, torch.nn.functional.relu}
+_ADD_FUNCS = {operator.add, operator.iadd, torch.add}
+_BN_TYPES = (torch.nn.BatchNorm2d, dnn.BatchNorm2d, dnn.BatchNormReLU2d)
+
+
+class _ChildCallTracer(torch.fx.Tracer):
+    """Every submodule call is one node: the forward of the module being traced, and nothing below."""
+
+    def is_leaf_module(self, m, module_qualified_name):
+        return True
+
+
+def _is_relu(node, root):
+    if node.op == "call_module":
+        return type(root.get_submodule(node.target)) is torch.nn.ReLU
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS and set(node.kwargs) <= {"inplace"} and len(node.args) == 1
+    if node.op == "call_method":
+        return node.target in ("relu", "relu_") and len(node.args) == 1 and not node.kwargs
+    return False
+
+
+def _is_add(node):
+    if node.op == "call_function":
+        return node.target in _ADD_FUNCS and len(node.args) == 2 and not node.kwargs
+    if node.op == "call_method":
+        return node.target in ("add", "add_") and len(node.args) == 2 and not node.kwargs
+    return False
+
+
+def _bn_nodes(graph, root):
+    """The call_module nodes of BatchNorm2d children, with how many times each target is called."""
+    calls = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[n.target] = calls.get(n.target, 0) + 1
+    nodes = [n for n in graph.nodes if n.op == "call_module" and type(root.get_submodule(n.target)) in _BN_TYPES]
+    return nodes, calls
+
+
+def _describe(node, root):
+    if node.op == "call_module":
+        return f"{node.target} ({type(root.get_submodule(node.target)).__name__})"
+    if node.op == "call_function":
+        return f"{getattr(node.target, '__name__', node.target)}()"
+    if node.op == "call_method":
+        return f".{node.target}()"
+    return "the forward's result" if node.op == "output" else node.op
+
+
+def _plan(graph, root, allowed):
+    """[(bn node, relu node, add node or None, other operand or None, why-not or None)] for each
+    BatchNorm2d call; allowed(target) says whether a BN may be fused (exclusions)."""
+    nodes, calls = _bn_nodes(graph, root)
+    plans = []
+    for bn in nodes:
+        why = allowed(bn.target)
+        users = list(bn.users)
+        if why is None and calls[bn.target] > 1:
+            why = f"forward calls it {calls[bn.target]} times"
+        if why is None and (len(bn.args) != 1 or bn.kwargs):
+            why = "called with more than its input"
+        if why is None and len(users) != 1:
+            why = f"its output goes to {len(users)} places"
+        if why is not None:
+            plans.append((bn, None, None, None, why))
+            continue
+        nxt = users[0]
+        if _is_relu(nxt, root):
+            plans.append((bn, nxt, None, None, None))
+            continue
+        if _is_add(nxt) and len(nxt.users) == 1 and _is_relu(next(iter(nxt.users)), root):
+            a, b = nxt.args
+            other = b if a is bn else a
+            if (a is bn) != (b is bn) and isinstance(other, torch.fx.Node):
+                plans.append((bn, next(iter(nxt.users)), nxt, other, None))
+                continue
+        plans.append((bn, None, None, None, f"its output goes to {_describe(nxt, root)}, not to a ReLU or an add "
+                                            "then a ReLU"))
+    return plans
+
+
+def _set_submodule(root, target, new):
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, new)
+
+
+def _rewrite(graph, root, plans):
+    """Applies the fusable plans to graph and to root's BN children; returns {target: "relu"|"add_relu"}."""
+    done = {}
+    for bn, relu, add, other, why in plans:
+        if why is not None:
+            continue
+        m = root.get_submodule(bn.target)
+        if type(m) is not dnn.BatchNormReLU2d:
+            _set_submodule(root, bn.target, _swap(m, dnn.BatchNormReLU2d))
+        if add is None:
+            relu.replace_all_uses_with(bn)
+            graph.erase_node(relu)
+            done[bn.target] = "relu"
+        else:
+            with graph.inserting_before(relu):
+                fused = graph.call_module(bn.target, (bn.args[0], other))
+            relu.replace_all_uses_with(fused)
+            graph.erase_node(relu)
+            graph.erase_node(add)
+            graph.erase_node(bn)
+            done[bn.target] = "add_relu"
+    graph.lint()
+    return done
+
+
+def _traceable_signature(module):
+    """None if module.forward takes only positional tensors without defaults; else why not."""
+    try:
+        sig = inspect.signature(type(module).forward)
+    except (TypeError, ValueError) as e:
+        return f"forward's signature cannot be read ({e})"
+    params = list(sig.parameters.values())[1:]
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            return f"forward takes *{p.name}"
+        if p.default is not p.empty:
+            return f"forward takes an optional argument {p.name!r} (tracing would fix its default)"
+    return None
+
+
+def _fused_class(base, forward):
+    """A subclass of base that runs forward, made for one instance."""
+    return type(base.__name__, (base,), {"forward": forward, "__reduce__": _fused_reduce,
+                                          "__module__": base.__module__, "_dlk_fused_base": base})
+
+
+def _fused_reduce(self):
+    state = self.__dict__.copy()
+    return _rebuild_fused, (type(self)._dlk_fused_base, state)
+
+
+def _rebuild_fused(base, state):
+    m = base.__new__(base)
+    m.__dict__.update(state)
+    targets = state["_dlk_fused_targets"]
+    out = _fuse_forward(m, lambda t: None if t in targets else "not fused when converted")
+    return out[0]
+
+
+def _fuse_forward(module, allowed):
+    """Traces module's forward and fuses what _plan allows. Returns (module, plans, done) where module
+    is the same object (its class replaced when something was fused)."""
+    base = getattr(type(module), "_dlk_fused_base", type(module))
+    graph = _ChildCallTracer().trace(module if base is type(module) else _as_base(module, base))
+    plans = _plan(graph, module, allowed)
+    done = _rewrite(graph, module, plans)
+    if done:
+        code = graph.python_code(root_module="self")
+        namespace = dict(code.globals)
+        exec(compile(code.src, f"<dlkernels fused forward of {base.__name__}>", "exec"), namespace)
+        module.__dict__["_dlk_fused_targets"] = dict(done)
+        module.__class__ = _fused_class(base, namespace["forward"])
+    return module, plans, done
+
+
+def _as_base(module, base):
+    """A shallow view of module with its original class, to trace the original forward again."""
+    view = base.__new__(base)
+    view.__dict__ = module.__dict__
+    return view
+
+
+def _row_for(rows, name):
+    for r in rows:
+        if r.name == name:
+            return r
+    return None
+
+
+def _fuse_graphs(module, prefix, exclude, rows):
+    for name, child in module.named_children():
+        full = f"{prefix}.{name}" if prefix else name
+        if not _excluded(full, child, exclude):
+            _fuse_graphs(child, full, exclude, rows)
+    if (type(module).__module__.startswith("torch.nn") or isinstance(module, _OURS)
+            or _excluded(prefix, module, exclude) or hasattr(type(module), "_dlk_fused_base")):
+        return module  # torch's containers (Sequential: fused above), leaves, our modules, done ones
+    if not any(type(c) in _BN_TYPES for c in module.children()):
+        return module
+    label = prefix or "(root)"
+
+    def allowed(target):
+        full = f"{prefix}.{target}" if prefix else target
+        m = module.get_submodule(target)
+        # only BNs this conversion swapped: a BatchNormReLU2d applies its ReLU before any add
+        return _excluded(full, m, exclude) or (None if type(m) is dnn.BatchNorm2d else
+                                               f"a {type(m).__name__}, not a swapped BatchNorm2d")
+
+    why = _traceable_signature(module)
+    if why is None:
+        try:
+            _, plans, done = _fuse_forward(module, allowed)
+        except Exception as e:  # noqa: BLE001 - any tracing failure leaves the module as it was
+            why = f"forward does not trace with torch.fx ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    if why is not None:
+        rows.append(Row(label, type(module).__name__, "kept", f"BatchNorm2d children not fused: {why}"))
+        return module
+    for bn, relu, add, other, why_not in plans:
+        full = f"{prefix}.{bn.target}" if prefix else bn.target
+        row = _row_for(rows, full)
+        if why_not is None:
+            what = "+ ReLU" if add is None else f"+ add ({other.name}) + ReLU"
+            detail = f"{what} in {type(module).__name__}.forward -> dlkernels.nn.BatchNormReLU2d (torch.fx)"
+            if row is not None:
+                row.action, row.detail = "fused", detail
+            else:
+                rows.append(Row(full, "BatchNorm2d", "fused", detail))
+        elif row is not None and row.action == "swapped":
+            row.detail += f"; not fused: {why_not}"
     return module

@@ -99,6 +99,20 @@ class BatchNormReLU2d(_BatchNormForward, torch.nn.BatchNorm2d):
         """relu(self(input) + residual): the end of a ResNet basic block, fused."""
         return self._dlk_forward(input, residual)
 
+    def forward(self, input, residual=None):
+        """relu(bn(input)), or relu(bn(input) + residual) given a residual (what convert's graph fusion
+        calls). A residual that is not of the input's shape, dtype and device (a broadcast add, type
+        promotion) takes the unfused ops, so the result is torch's in every case."""
+        if residual is None:
+            return self._dlk_forward(input)
+        if (not isinstance(residual, torch.Tensor) or residual.shape != input.shape
+                or residual.dtype != input.dtype or residual.device != input.device):
+            self._check_input_dim(input)
+            factor, bn_training, rm, rv = self._dlk_step()
+            out = F.batch_norm(input, rm, rv, self.weight, self.bias, bn_training, factor, self.eps)
+            return torch.relu(out + residual)
+        return self._dlk_forward(input, residual)
+
 
 class SyncBatchNorm(_BatchNormForward, torch.nn.modules.batchnorm._BatchNorm):
     """torch.nn.SyncBatchNorm: in training under torch.distributed, statistics over every rank of the

@@ -1,0 +1,259 @@
+"""convert(model, fuse_bn_relu=True) outside nn.Sequential: BN followed by a ReLU, or by an add and a
+ReLU, in a module's forward (torchvision's BasicBlock and Bottleneck, written here the way torchvision
+writes them: one shared self.relu, `out += identity`) runs as the fused BatchNormReLU2d, found by torch.fx;
+the converted model gives the original's outputs, gradients and running statistics, keeps its classes and
+state_dict keys, pickles, deep-copies and compiles; what is not fused is reported with the reason."""
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import dlkernels
+import dlkernels.nn as dnn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        identity = x
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = None
+        if stride != 1 or cin != planes * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes * 4))
+
+    def forward(self, x):  # F.relu and torch.add instead of a module and +=: other spellings
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)).relu()
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(torch.add(identity, out))
+
+
+class TinyResNet(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(BasicBlock(8, 8), BasicBlock(8, 16, 2))
+        self.layer2 = nn.Sequential(Bottleneck(16, 4), Bottleneck(16, 8, 2))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+N_BN = 1 + 2 + 1 + 2 * 3 + 1  # stem, two basic blocks (+ one downsample), two bottlenecks (+ one downsample)
+N_FUSED = 1 + 2 * 2 + 2 * 3  # every BN but the two downsample ones
+
+
+def _step(model, x, y):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    loss.backward()
+    return [out.detach(), loss.detach()] + [p.grad.clone() for p in model.parameters()]
+
+
+def _assert_same_training(model, converted, x, y, rtol, atol, steps=2):
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        getattr(converted, mode)()
+        for _ in range(steps):
+            for a, b in zip(_step(converted, x, y), _step(model, x, y)):
+                torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    for (k, a), (k2, b) in zip(converted.state_dict().items(), model.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=k)
+
+
+def test_residual_blocks_fuse_and_match_torch_in_float64():
+    model = TinyResNet().double()
+    converted, report = dlkernels.convert(model, fuse_bn_relu=True, report=True)
+    fused = {r.name: r.detail for r in report if r.action == "fused"}
+    assert len(fused) == N_FUSED, str(report)
+    assert report.counts().get("kept", 0) == 0
+    assert "+ add" in fused["layer1.0.bn2"] and "+ add" in fused["layer2.1.bn3"]
+    assert "+ ReLU" in fused["bn1"] and "+ ReLU" in fused["layer2.0.bn2"]
+    assert "not fused: it ends its nn.Sequential" in next(r.detail for r in report if r.name == "layer1.1.downsample.1")
+    for name, m in converted.named_modules():
+        if name in fused:
+            assert type(m) is dnn.BatchNormReLU2d
+    # classes, attributes and state_dict keys are the original's
+    assert isinstance(converted, TinyResNet) and isinstance(converted.layer1[0], BasicBlock)
+    assert converted.layer2[0].expansion == 4 and isinstance(converted.layer1, nn.Sequential)
+    assert list(converted.state_dict()) == list(model.state_dict())
+    x = torch.randn(5, 3, 12, 12, dtype=torch.float64)
+    y = torch.randint(0, 10, (5,))
+    _assert_same_training(model, converted, x, y, rtol=1e-9, atol=1e-10)
+
+
+def test_residual_blocks_fused_in_float32():
+    model = TinyResNet()
+    converted = dlkernels.convert(model, fuse_bn_relu=True)
+    x = torch.randn(4, 3, 16, 16)
+    y = torch.randint(0, 10, (4,))
+    _assert_same_training(model, converted, x, y, rtol=2e-4, atol=2e-5, steps=1)
+
+
+def test_fused_model_pickles_deepcopies_and_compiles(tmp_path):
+    model = TinyResNet()
+    converted = dlkernels.convert(model, fuse_bn_relu=True).eval()
+    x = torch.randn(2, 3, 12, 12)
+    ref = converted(x)
+    path = tmp_path / "m.pt"
+    torch.save(converted, path)
+    loaded = torch.load(path, weights_only=False)
+    twin = copy.deepcopy(converted)
+    for m in (loaded, twin):
+        torch.testing.assert_close(m(x), ref, rtol=0, atol=0)
+        assert isinstance(m.layer1[0], BasicBlock) and type(m.layer1[0].bn2) is dnn.BatchNormReLU2d
+        assert m.layer1[0]._dlk_fused_targets == {"bn1": "relu", "bn2": "add_relu"}
+        assert m.layer1[0].bn1 is not converted.layer1[0].bn1
+    buf = io.BytesIO()
+    torch.save(converted.state_dict(), buf)
+    buf.seek(0)
+    plain = TinyResNet()
+    plain.load_state_dict(torch.load(buf))
+    torch.testing.assert_close(plain.eval()(x), ref, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+    compiled = torch.compile(converted.train(), fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    assert all(p.grad is not None for p in converted.parameters())
+
+
+class _Shared(nn.Module):
+    """Patterns that must not fuse: a BN called twice, a BN output used twice, BN then ReLU6."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.bn3 = nn.BatchNorm2d(4)
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        a = F.relu(self.bn(x)) + self.bn(x * 2)  # called twice
+        b = self.bn2(a)
+        c = F.relu(b) * b  # output used twice
+        return self.act(self.bn3(c))
+
+
+class _Optional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x, scale=None):
+        out = F.relu(self.bn(x))
+        return out if scale is None else out * scale
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on a value: torch.fx cannot trace it
+            x = -x
+        return F.relu(self.bn(x))
+
+
+def test_what_is_not_fused_is_reported_and_still_correct():
+    model = nn.Sequential(_Shared(), _Optional(), _Untraceable()).double()
+    converted, report = dlkernels.convert(model, fuse_bn_relu=True, report=True)
+    detail = {r.name: (r.action, r.detail) for r in report}
+    assert detail["0.bn"][0] == "swapped" and "forward calls it 2 times" in detail["0.bn"][1]
+    assert "its output goes to 2 places" in detail["0.bn2"][1]
+    assert "act (ReLU6)" in detail["0.bn3"][1]
+    assert detail["1"][0] == "kept" and "optional argument 'scale'" in detail["1"][1]
+    assert detail["2"][0] == "kept" and "does not trace with torch.fx" in detail["2"][1]
+    assert "fused" not in report.counts()
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        getattr(converted, mode)()
+        torch.testing.assert_close(converted(x), model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_exclusions_and_broadcast_residuals():
+    class Broadcast(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(4)
+            self.bias = nn.Parameter(torch.randn(4, 1, 1, dtype=torch.float64))
+
+        def forward(self, x):
+            return F.relu(self.bn(x) + self.bias)  # a broadcast add: the fused call takes torch's ops
+
+    model = nn.Sequential(TinyResNet(), Broadcast()).double()
+    model[0].fc = nn.Identity()
+    model = nn.Sequential(model[0], nn.Unflatten(1, (4, 2, 4)), model[1]).double()
+    converted, report = dlkernels.convert(model, fuse_bn_relu=True, exclude=("0.layer1.0.bn1",), report=True)
+    rows = {r.name: r for r in report}
+    assert rows["0.layer1.0.bn1"].action == "kept" and "excluded by name" in rows["0.layer1.0.bn1"].detail
+    assert type(converted[0].layer1[0].bn1) is nn.BatchNorm2d
+    assert rows["0.layer1.0.bn2"].action == "fused" and rows["2.bn"].action == "fused"
+    x = torch.randn(3, 3, 12, 12, dtype=torch.float64)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        getattr(converted, mode)()
+        torch.testing.assert_close(converted(x), model(x), rtol=1e-9, atol=1e-10)
+
+
+def test_torchvision_resnet18_fuses_every_batch_norm():
+    try:
+        import torchvision as tv
+    except Exception as e:  # noqa: BLE001 - a torchvision built for another torch fails to load its ops
+        pytest.skip(f"torchvision does not import with this torch: {type(e).__name__}: {e}")
+    model = tv.models.resnet18(num_classes=10).double()
+    converted, report = dlkernels.convert(model, fuse_bn_relu=True, report=True)
+    counts = report.counts()
+    assert counts.get("fused") == 20 - 3 and counts.get("kept", 0) == 0, str(report)  # all but 3 downsamples
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    y = torch.randint(0, 10, (2,))
+    _assert_same_training(model, converted, x, y, rtol=1e-9, atol=1e-10, steps=1)
