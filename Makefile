@@ -34,7 +34,7 @@ demo: build
 	$(VPY) -m dlkernels.demo --plot demo_loss.png
 
 bench: build
-	$(VPY) -m dlkernels.bench --all --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md --plot bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").png
+	$(VPY) -m dlkernels.bench --all --models --markdown bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").md --plot bench/results/$$($(VPY) -c "import dlkernels.bench as b; print(b.device_slug())").png
 
 # ASan + UBSan build of the CPU extension in .sanitize/ (a copy of the tracked files, so the normal build
 # stays), then the test suite under it, less the slow multi-process and property tests.

@@ -532,22 +532,42 @@ def main(argv=None):
     p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     p.add_argument("--no-numpy", action="store_true", help="skip the numpy from-scratch column")
     p.add_argument("--plot", default=None, help="draw the speedup chart (dlkernels vs torch) into this PNG file")
+    p.add_argument("--models", nargs="?", const="all", default=None,
+                   help="whole-model training and inference timings (dlkernels/model_bench.py); optionally a "
+                        "comma-separated subset of resnet18,resnet50,mobilenet_v2,resnet20_cifar")
     args = p.parse_args(argv)
     if args.device == "cuda" and not dlkernels.cuda_available():
         p.error("--device cuda: no GPU, or this dlkernels build is CPU-only")
     op = None if args.all else args.op
     rows = []
-    for case in cases_for(op, args.device):
+    run_ops = args.all or args.op is not None or args.models is None
+    model_rows = []
+    for case in (cases_for(op, args.device) if run_ops else []):
         row = run_case(case, args.device, with_numpy=not args.no_numpy)
         rows.append(row)
         print(f"  {row['op']:>14s} {row['case']:>12s}: torch {row['torch_ms']:8.2f} ms, dlkernels {row['ours_ms']:8.2f} ms,"
               f" {row['speedup']:.2f}x", file=sys.stderr)
-    table = format_table(rows, args.device)
+    table = format_table(rows, args.device) if run_ops else ""
+    if args.models is not None:
+        from . import model_bench
+        if args.device != "cpu":
+            p.error("--models: the model benchmark runs on the CPU only so far")
+        names = None if args.models == "all" else args.models.split(",")
+        unknown = sorted(set(names or ()) - set(model_bench.M.MODELS))
+        if unknown:
+            p.error(f"--models: unknown model(s) {unknown}; choose from {sorted(model_bench.M.MODELS)}")
+        gemm = machine_limits(args.device)["gemm_gflops"]
+        model_rows = model_bench.run(names, gemm_gflops=gemm, log=sys.stderr)
+        model_table = model_bench.format_table(model_rows, gemm)
+        if not run_ops:
+            table = f"Device: {device_name(args.device)}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}\n"
+        table += "\n\n## Models\n\n" + model_table
     print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=device_name(args.device), limits=machine_limits(args.device), rows=rows), f, indent=2)
-    if args.plot:
+            json.dump(dict(device=device_name(args.device), limits=machine_limits(args.device), rows=rows,
+                           models=model_rows), f, indent=2)
+    if args.plot and rows:
         plot_speedups(rows, args.plot, device_name(args.device))
     if args.markdown:
         with open(args.markdown, "w") as f:
