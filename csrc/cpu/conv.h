@@ -38,8 +38,8 @@ constexpr int64_t kConvTileMaxFilters = 64;
 // The forward of a layer with a column matrix (not 1x1/stride 1/no padding) takes conv_gemm_wide up to
 // this many filters per group. In-process A/B on an AMD EPYC (Zen 4) host, 3x3/s2 16x128x28x28 -> 128:
 // the forward 7.5 -> 6.4-6.7 ms on the tile GEMM, but its input gradient no faster and the full
-// backward 13.8 -> 14.5-15.5 ms, so the input gradient keeps MKL above 64 filters. (On the Xeon host
-// of earlier sessions the 128-filter GEMMs ran 10-30% slower than MKL inside the layer.)
+// backward 13.8 -> 14.5-15.5 ms, so the input gradient keeps MKL above 64 filters. (On an Intel Xeon
+// host, 2026-12-02, the 128-filter GEMMs ran 10-30% slower than MKL inside the layer.)
 constexpr int64_t kConvTileMaxForwardFilters = 128;
 
 // Direct convolution (conv_impl.h, direct_forward): stride SH (rows) and 1 or 2 (columns), dilation 1,
