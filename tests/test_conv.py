@@ -13,7 +13,7 @@ import dlkernels.functional as DF
 import dlkernels.nn as dnn
 from dlkernels.textbook import Convolution
 
-from conftest import check_fwd_bwd
+from conftest import assert_lowp_close, check_fwd_bwd
 
 
 def random_conv_configs(n, seed):
@@ -152,6 +152,55 @@ def test_direct_forward_small_layers(device, dtype, x_shape, w_shape, kw, bias):
     torch.testing.assert_close(DF.conv2d(x[0], w, b, **kw), F.conv2d(x[0], w, b, **kw), **tol)
     torch.testing.assert_close(DF.conv2d(x.to(memory_format=torch.channels_last), w, b, **kw), F.conv2d(x, w, b, **kw),
                                **tol)
+
+
+# Depthwise layers (groups == channels > 1) take the direct depthwise kernels on the CPU: strides 1-3,
+# dilation, asymmetric and larger-than-kernel padding, multipliers 1-3, planes down to 1x1 and outputs
+# of one column, kernels wider than the input, odd widths around the vector lengths; stride-1 outputs
+# under 16 wide take the flat form, the others the row form, each on both sides of the thread bound.
+DEPTHWISE_CONFIGS = [((2, 8, 17, 13), (8, 1, 3, 3), dict(padding=1)),
+                     ((3, 6, 9, 9), (6, 1, 3, 3), dict(stride=2, padding=1)),
+                     ((2, 5, 11, 23), (5, 1, 5, 5), dict(stride=(1, 2), padding=2)),
+                     ((2, 4, 10, 10), (8, 1, 3, 3), dict(dilation=2, padding=2)),
+                     ((1, 3, 7, 19), (9, 1, 3, 2), dict(stride=(2, 3), padding=(0, 1))),
+                     ((2, 7, 1, 1), (7, 1, 3, 3), dict(padding=1)),
+                     ((2, 4, 4, 33), (4, 1, 1, 7), dict(padding=(0, 4))),
+                     ((3, 16, 7, 7), (16, 1, 3, 3), dict(padding="same")),
+                     ((2, 6, 8, 8), (6, 1, 4, 2), dict(padding="same")),
+                     ((2, 5, 3, 3), (10, 1, 5, 5), dict(padding=3)),
+                     ((2, 9, 15, 15), (9, 1, 7, 7), dict(stride=2, padding=3, dilation=(1, 2))),
+                     # threads' shares of the 27 planes start inside a channel's 3 filters
+                     ((3, 3, 12, 12), (9, 1, 3, 3), dict(padding=1)),
+                     ((2, 32, 20, 20), (32, 1, 3, 3), dict(padding=1)),
+                     ((4, 24, 4, 4), (24, 1, 3, 3), dict(padding=1))]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("x_shape,w_shape,kw", DEPTHWISE_CONFIGS, ids=[str(i) for i in range(len(DEPTHWISE_CONFIGS))])
+def test_depthwise(device, dtype, x_shape, w_shape, kw, bias):
+    x = torch.randn(x_shape, dtype=dtype).to(device)
+    w = torch.randn(w_shape, dtype=dtype).to(device) / (w_shape[2] * w_shape[3]) ** 0.5
+    b = torch.randn(w_shape[0], dtype=dtype).to(device) if bias else None
+    kw = dict(kw, groups=x_shape[1])
+    check_fwd_bwd(lambda *a: DF.conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), [x, w, b] if bias else [x, w],
+                  grad_inputs=(0, 1, 2) if bias else (0, 1), dtype=dtype, error_vs_torch=True)
+    # each gradient alone (the backward's output mask), and channels_last input
+    go = torch.randn(F.conv2d(x, w, b, **kw).shape, dtype=dtype).to(device)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+
+    def grad(fn, wrt, cast):
+        xs, ws = x.to(cast).requires_grad_(wrt == "input"), w.to(cast).requires_grad_(wrt == "weight")
+        bs = None if b is None else b.to(cast)
+        return torch.autograd.grad(fn(xs, ws, bs, **kw), xs if wrt == "input" else ws, go.to(cast))[0]
+
+    for wrt in ("input", "weight"):
+        g, r = grad(DF.conv2d, wrt, dtype), grad(F.conv2d, wrt, dtype)
+        if dtype == torch.float32:  # sums of up to N * OH * OW products: judged against float64
+            assert_lowp_close(g, r, grad(F.conv2d, wrt, torch.float64), f"grad {wrt} alone")
+        else:
+            torch.testing.assert_close(g, r, **tol)
+    xc = x.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(DF.conv2d(xc, w, b, **kw), F.conv2d(x, w, b, **kw), **tol)
 
 
 # One-group CPU layers beyond the small-filter bound accumulate grad_weight transposed (ops/conv.cpp):

@@ -32,6 +32,13 @@ DLK_ISA_DISPATCH(conv_gemm_dots, (int64_t M, int64_t K, int64_t N, const T* A, c
 DLK_ISA_DISPATCH(conv_direct_forward, (const DirectGeom& d, const T* in, const T* w, const T* bias, T* out),
                  (d, in, w, bias, out))
 
+DLK_ISA_DISPATCH(conv_depthwise_forward, (const DepthwiseGeom& d, const T* in, const T* w, const T* bias, T* out),
+                 (d, in, w, bias, out))
+DLK_ISA_DISPATCH(conv_depthwise_input_grad, (const DepthwiseGeom& d, const T* grad_out, const T* w, T* grad_in),
+                 (d, grad_out, w, grad_in))
+DLK_ISA_DISPATCH(conv_depthwise_weight_grad, (const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_w),
+                 (d, in, grad_out, grad_w))
+
 int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N) {
   constexpr int64_t kDot = ConvKernels<scalar::Vec<float>>::kDot;
   return M * K * ((N + kDot - 1) / kDot);
@@ -48,7 +55,10 @@ bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64
   template void conv_gemm_wide<T>(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*, int64_t, \
                                   int64_t, int64_t);                                             \
   template void conv_gemm_dots<T>(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);               \
-  template void conv_direct_forward<T>(const DirectGeom&, const T*, const T*, const T*, T*);
+  template void conv_direct_forward<T>(const DirectGeom&, const T*, const T*, const T*, T*);             \
+  template void conv_depthwise_forward<T>(const DepthwiseGeom&, const T*, const T*, const T*, T*);       \
+  template void conv_depthwise_input_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);              \
+  template void conv_depthwise_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);
 DLK_CONV_INSTANTIATE(float)
 DLK_CONV_INSTANTIATE(double)
 #undef DLK_CONV_INSTANTIATE

@@ -71,6 +71,21 @@ inline bool conv_direct_fits(int64_t C, int64_t KH, int64_t KW, int64_t OC, int6
   return OC <= 64 && KH * KW > 1 && C * KH * (S * ((OW + 15) / 16 * 16) + KW - 1) * elem_bytes <= 24 * 1024;
 }
 
+// Depthwise convolution (groups == C > 1: M = OC / C filters per input channel) without a column matrix:
+// in (N, C, H, W), w (C * M, 1, KH, KW), out (N, C * M, OH, OW); any stride, padding (PH/PW: top/left;
+// the bottom/right padding shows only in OH/OW) and dilation. Each output plane is one task: bias, then
+// the taps added in (kh, kw) order, each tap a run of the valid output columns (conv_tap_range), so no
+// padded copy and no branch per element. The input gradient adds each tap back into the input plane,
+// all M filters of a channel in one task (deterministic, no atomics); the weight gradient sums each tap's
+// products row by row in T's lanes, the rows and images in double, one filter a task.
+struct DepthwiseGeom {
+  int64_t N, C, M, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
+};
+template <class T>
+void conv_depthwise_forward(const DepthwiseGeom& d, const T* in, const T* w, const T* bias, T* out);
+template <class T> void conv_depthwise_input_grad(const DepthwiseGeom& d, const T* grad_out, const T* w, T* grad_in);
+template <class T> void conv_depthwise_weight_grad(const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_w);
+
 #define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
   void im2col_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
   void col2im_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
@@ -80,7 +95,10 @@ inline bool conv_direct_fits(int64_t C, int64_t KH, int64_t KW, int64_t OC, int6
   void conv_gemm_wide_##SUFFIX(int64_t, int64_t, int64_t, const T*, int64_t, int64_t, const T*, T*, int64_t, int64_t, \
                                int64_t);                                                         \
   void conv_gemm_dots_##SUFFIX(int64_t, int64_t, int64_t, const T*, const T*, T*, double*);               \
-  void conv_direct_forward_##SUFFIX(const DirectGeom&, const T*, const T*, const T*, T*);
+  void conv_direct_forward_##SUFFIX(const DirectGeom&, const T*, const T*, const T*, T*);                 \
+  void conv_depthwise_forward_##SUFFIX(const DepthwiseGeom&, const T*, const T*, const T*, T*);           \
+  void conv_depthwise_input_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);                  \
+  void conv_depthwise_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);
 DLK_CONV_DECLARE(scalar, float)
 DLK_CONV_DECLARE(scalar, double)
 DLK_CONV_DECLARE(avx2, float)

@@ -470,6 +470,232 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
   }
 };
 
+// Depthwise convolution (conv.h, DepthwiseGeom): plain loops over runs of valid output columns,
+// compiler-vectorized per ISA (contiguous at column stride 1).
+template <class T> struct DepthwiseKernels {
+  struct Tap {
+    int64_t lo, hi, off;  // valid output columns [lo, hi]; input column = ow * SW + off
+  };
+  static std::vector<Tap> column_taps(const DepthwiseGeom& d) {
+    std::vector<Tap> taps(d.KW);
+    for (int64_t kw = 0; kw < d.KW; ++kw) {
+      taps[kw].off = kw * d.DW - d.PW;
+      conv_tap_range(taps[kw].off, d.SW, d.W, d.OW, taps[kw].lo, taps[kw].hi);
+    }
+    return taps;
+  }
+  static bool parallel(int64_t tasks, const DepthwiseGeom& d) {
+    return tasks > 1 && tasks * d.OH * d.OW * d.KH * d.KW > kConvParallelGrain;
+  }
+
+  // Small stride-1 planes (outputs under 16 wide) go flat: the plane is copied into a zero-padded
+  // scratch plane Wp wide, and each tap is one run over all OH * Wp positions of a Wp-wide output (the
+  // columns past OW computed and dropped), instead of OH runs of at most 15 columns each (at 7x7 and
+  // 4x4, loop overhead made the row form 4-6x slower than torch).
+  static bool flat(const DepthwiseGeom& d) { return d.SH == 1 && d.SW == 1 && d.OW < 16; }
+  struct Flat {
+    int64_t Wp, Hp;  // scratch plane: rows Hp, row length Wp
+    explicit Flat(const DepthwiseGeom& d)
+        : Wp(std::max(d.PW + d.W, d.OW + (d.KW - 1) * d.DW)),
+          Hp(std::max(d.PH + d.H, d.OH + (d.KH - 1) * d.DH) + 1) {}  // a row more: the last runs overhang
+    int64_t offset(const DepthwiseGeom& d, int64_t kh, int64_t kw) const { return kh * d.DH * Wp + kw * d.DW; }
+    void pad(const DepthwiseGeom& d, const T* x, T* xp) const {
+      for (int64_t i = 0; i < Hp * Wp; ++i) xp[i] = T(0);
+      for (int64_t h = 0; h < d.H; ++h)
+        for (int64_t w = 0; w < d.W; ++w) xp[(h + d.PH) * Wp + d.PW + w] = x[h * d.W + w];
+    }
+    void spread(const DepthwiseGeom& d, const T* g, T* gf) const {  // (OH, OW) -> (OH, Wp), zeros past OW
+      for (int64_t oh = 0; oh < d.OH; ++oh)
+        for (int64_t ow = 0; ow < Wp; ++ow) gf[oh * Wp + ow] = ow < d.OW ? g[oh * d.OW + ow] : T(0);
+    }
+  };
+
+  static void forward_flat(const DepthwiseGeom& d, const T* in, const T* w, const T* bias, T* out) {
+    const int64_t OC = d.C * d.M, L = d.OH * d.OW, K = d.KH * d.KW, planes = d.N * OC;
+    const Flat fl(d);
+    const int64_t run = d.OH * fl.Wp;
+#pragma omp parallel if (parallel(planes, d))
+    {
+      std::vector<T> xp(fl.Hp * fl.Wp), y(run);
+      int64_t padded = -1;  // the input plane in xp: the M filters of a channel share it
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < planes; ++p) {
+        const int64_t oc = p % OC, plane = p / OC * d.C + oc / d.M;
+        if (plane != padded) fl.pad(d, in + plane * d.H * d.W, xp.data());
+        padded = plane;
+        const T* f = w + oc * K;
+        const T b = bias != nullptr ? bias[oc] : T(0);
+        for (int64_t i = 0; i < run; ++i) y[i] = b;
+        for (int64_t kh = 0; kh < d.KH; ++kh)
+          for (int64_t kw = 0; kw < d.KW; ++kw) {
+            const T wv = f[kh * d.KW + kw];
+            const T* xs = xp.data() + fl.offset(d, kh, kw);
+            for (int64_t i = 0; i < run; ++i) y[i] += wv * xs[i];
+          }
+        for (int64_t oh = 0; oh < d.OH; ++oh)
+          for (int64_t ow = 0; ow < d.OW; ++ow) out[p * L + oh * d.OW + ow] = y[oh * fl.Wp + ow];
+      }
+    }
+  }
+
+  static void input_grad_flat(const DepthwiseGeom& d, const T* grad_out, const T* w, T* grad_in) {
+    const int64_t OC = d.C * d.M, L = d.OH * d.OW, K = d.KH * d.KW, planes = d.N * d.C;
+    const Flat fl(d);
+    const int64_t run = d.OH * fl.Wp;
+#pragma omp parallel if (parallel(planes * d.M, d))
+    {
+      std::vector<T> gp(fl.Hp * fl.Wp), gf(run);
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < planes; ++p) {
+        const int64_t n = p / d.C, c = p % d.C;
+        for (int64_t i = 0; i < fl.Hp * fl.Wp; ++i) gp[i] = T(0);
+        for (int64_t m = 0; m < d.M; ++m) {
+          const int64_t oc = c * d.M + m;
+          fl.spread(d, grad_out + (n * OC + oc) * L, gf.data());
+          const T* f = w + oc * K;
+          for (int64_t kh = 0; kh < d.KH; ++kh)
+            for (int64_t kw = 0; kw < d.KW; ++kw) {
+              const T wv = f[kh * d.KW + kw];
+              T* gs = gp.data() + fl.offset(d, kh, kw);
+              for (int64_t i = 0; i < run; ++i) gs[i] += wv * gf[i];
+            }
+        }
+        T* gx = grad_in + p * d.H * d.W;
+        for (int64_t h = 0; h < d.H; ++h)
+          for (int64_t x = 0; x < d.W; ++x) gx[h * d.W + x] = gp[(h + d.PH) * fl.Wp + d.PW + x];
+      }
+    }
+  }
+
+  static void weight_grad_flat(const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_w) {
+    const int64_t OC = d.C * d.M, L = d.OH * d.OW, K = d.KH * d.KW;
+    const Flat fl(d);
+    const int64_t run = d.OH * fl.Wp;
+#pragma omp parallel if (parallel(OC * d.N, d))
+    {
+      std::vector<T> xp(fl.Hp * fl.Wp), gf(run);
+      std::vector<double> acc(K);
+#pragma omp for schedule(static)
+      for (int64_t oc = 0; oc < OC; ++oc) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t n = 0; n < d.N; ++n) {
+          fl.pad(d, in + (n * d.C + oc / d.M) * d.H * d.W, xp.data());
+          fl.spread(d, grad_out + (n * OC + oc) * L, gf.data());
+          for (int64_t kh = 0; kh < d.KH; ++kh)
+            for (int64_t kw = 0; kw < d.KW; ++kw) {
+              const T* xs = xp.data() + fl.offset(d, kh, kw);
+              T s = 0;
+#pragma omp simd reduction(+ : s)
+              for (int64_t i = 0; i < run; ++i) s += gf[i] * xs[i];
+              acc[kh * d.KW + kw] += double(s);
+            }
+        }
+        for (int64_t k = 0; k < K; ++k) grad_w[oc * K + k] = T(acc[k]);
+      }
+    }
+  }
+
+  static void forward(const DepthwiseGeom& d, const T* in, const T* w, const T* bias, T* out) {
+    if (flat(d)) return forward_flat(d, in, w, bias, out);
+    const int64_t OC = d.C * d.M, L = d.OH * d.OW, K = d.KH * d.KW, planes = d.N * OC;
+    const std::vector<Tap> taps = column_taps(d);
+#pragma omp parallel for schedule(static) if (parallel(planes, d))
+    for (int64_t p = 0; p < planes; ++p) {
+      const int64_t oc = p % OC;
+      const T* x = in + (p / OC * d.C + oc / d.M) * d.H * d.W;
+      const T* f = w + oc * K;
+      const T b = bias != nullptr ? bias[oc] : T(0);
+      for (int64_t oh = 0; oh < d.OH; ++oh) {
+        T* y = out + p * L + oh * d.OW;
+        for (int64_t ow = 0; ow < d.OW; ++ow) y[ow] = b;
+        for (int64_t kh = 0; kh < d.KH; ++kh) {
+          const int64_t ih = oh * d.SH - d.PH + kh * d.DH;
+          if (ih < 0 || ih >= d.H) continue;
+          const T* xr = x + ih * d.W;
+          for (int64_t kw = 0; kw < d.KW; ++kw) {
+            const Tap t = taps[kw];
+            const T wv = f[kh * d.KW + kw];
+            if (d.SW == 1) {
+              for (int64_t ow = t.lo; ow <= t.hi; ++ow) y[ow] += wv * xr[ow + t.off];
+            } else {
+              for (int64_t ow = t.lo; ow <= t.hi; ++ow) y[ow] += wv * xr[ow * d.SW + t.off];
+            }
+          }
+        }
+      }
+    }
+  }
+
+  static void input_grad(const DepthwiseGeom& d, const T* grad_out, const T* w, T* grad_in) {
+    if (flat(d)) return input_grad_flat(d, grad_out, w, grad_in);
+    const int64_t OC = d.C * d.M, L = d.OH * d.OW, K = d.KH * d.KW, planes = d.N * d.C;
+    const std::vector<Tap> taps = column_taps(d);
+#pragma omp parallel for schedule(static) if (parallel(planes * d.M, d))
+    for (int64_t p = 0; p < planes; ++p) {
+      T* gx = grad_in + p * d.H * d.W;
+      for (int64_t i = 0; i < d.H * d.W; ++i) gx[i] = T(0);
+      const int64_t n = p / d.C, c = p % d.C;
+      for (int64_t m = 0; m < d.M; ++m) {
+        const int64_t oc = c * d.M + m;
+        const T* g = grad_out + (n * OC + oc) * L;
+        const T* f = w + oc * K;
+        for (int64_t oh = 0; oh < d.OH; ++oh) {
+          const T* gr = g + oh * d.OW;
+          for (int64_t kh = 0; kh < d.KH; ++kh) {
+            const int64_t ih = oh * d.SH - d.PH + kh * d.DH;
+            if (ih < 0 || ih >= d.H) continue;
+            T* xr = gx + ih * d.W;
+            for (int64_t kw = 0; kw < d.KW; ++kw) {
+              const Tap t = taps[kw];
+              const T wv = f[kh * d.KW + kw];
+              if (d.SW == 1) {
+                for (int64_t ow = t.lo; ow <= t.hi; ++ow) xr[ow + t.off] += wv * gr[ow];
+              } else {
+                for (int64_t ow = t.lo; ow <= t.hi; ++ow) xr[ow * d.SW + t.off] += wv * gr[ow];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  static void weight_grad(const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_w) {
+    if (flat(d)) return weight_grad_flat(d, in, grad_out, grad_w);
+    const int64_t OC = d.C * d.M, L = d.OH * d.OW, K = d.KH * d.KW;
+    const std::vector<Tap> taps = column_taps(d);
+#pragma omp parallel for schedule(static) if (parallel(OC * d.N, d))
+    for (int64_t oc = 0; oc < OC; ++oc) {
+      std::vector<double> acc(K, 0.0);
+      for (int64_t n = 0; n < d.N; ++n) {
+        const T* x = in + (n * d.C + oc / d.M) * d.H * d.W;
+        const T* g = grad_out + (n * OC + oc) * L;
+        for (int64_t oh = 0; oh < d.OH; ++oh) {
+          const T* gr = g + oh * d.OW;
+          for (int64_t kh = 0; kh < d.KH; ++kh) {
+            const int64_t ih = oh * d.SH - d.PH + kh * d.DH;
+            if (ih < 0 || ih >= d.H) continue;
+            const T* xr = x + ih * d.W;
+            for (int64_t kw = 0; kw < d.KW; ++kw) {
+              const Tap t = taps[kw];
+              T s = 0;
+              if (d.SW == 1) {
+#pragma omp simd reduction(+ : s)
+                for (int64_t ow = t.lo; ow <= t.hi; ++ow) s += gr[ow] * xr[ow + t.off];
+              } else {
+#pragma omp simd reduction(+ : s)
+                for (int64_t ow = t.lo; ow <= t.hi; ++ow) s += gr[ow] * xr[ow * d.SW + t.off];
+              }
+              acc[kh * d.KW + kw] += double(s);
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) grad_w[oc * K + k] = T(acc[k]);
+    }
+  }
+};
+
 }  // namespace
 }  // namespace dlk::cpu
 
@@ -478,6 +704,15 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
   void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<NS::Vec<T>>::col2im(g, col, out); } \
   void conv_direct_forward_##SUFFIX(const DirectGeom& d, const T* in, const T* w, const T* bias, T* out) {   \
     ConvKernels<NS::Vec<T>>::direct_forward(d, in, w, bias, out);                                         \
+  }                                                                                                       \
+  void conv_depthwise_forward_##SUFFIX(const DepthwiseGeom& d, const T* in, const T* w, const T* bias, T* out) { \
+    DepthwiseKernels<T>::forward(d, in, w, bias, out);                                                    \
+  }                                                                                                       \
+  void conv_depthwise_input_grad_##SUFFIX(const DepthwiseGeom& d, const T* go, const T* w, T* gi) {       \
+    DepthwiseKernels<T>::input_grad(d, go, w, gi);                                                        \
+  }                                                                                                       \
+  void conv_depthwise_weight_grad_##SUFFIX(const DepthwiseGeom& d, const T* in, const T* go, T* gw) {     \
+    DepthwiseKernels<T>::weight_grad(d, in, go, gw);                                                      \
   }                                                                                                       \
   void conv_rows_to_images_##SUFFIX(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) { \
     ConvKernels<NS::Vec<T>>::rows_to_images(B, OC, L, rows, bias, out);                                            \

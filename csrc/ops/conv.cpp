@@ -214,6 +214,16 @@ void small_direct_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, c
   });
 }
 
+// Depthwise layers (groups == channels > 1, any multiplier) on the CPU: the direct kernels of
+// cpu::conv_depthwise_*, memory-bound passes over each plane instead of a column matrix of KH * KW
+// copies of the input and a GEMM per group of one row.
+bool depthwise(const ConvGeom& c, const Tensor& x) { return x.is_cpu() && c.G == c.g.C && c.G > 1; }
+
+cpu::DepthwiseGeom depthwise_geom(const ConvGeom& c) {
+  const Im2colGeom& g = c.g;
+  return cpu::DepthwiseGeom{c.N, g.C, c.OC / g.C, g.H, g.W, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, g.OH, g.OW};
+}
+
 // The input gradient of a stride-1 layer is itself a stride-1 convolution: of grad_output, padded by
 // KH - 1 - top rows and KW - 1 - left columns (negative: cropped), with the filters flipped and their
 // two channel dimensions swapped. On the CPU, when the direct kernel takes that convolution (C filters
@@ -402,6 +412,14 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
     small_direct_forward(c, x, w, b, out);
     return out;
   }
+  if (depthwise(c, x)) {
+    const cpu::DepthwiseGeom d = depthwise_geom(c);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
+      cpu::conv_depthwise_forward<scalar_t>(d, x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                            b.defined() ? b.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>());
+    });
+    return out;
+  }
   const Kernels k{x};
   const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
   const bool tile = tile_gemm_forward(c, x), tile_images = tile_direct(c, x);
@@ -467,6 +485,18 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     k.channel_sum(c.N, c.OC, L, go, grad_bias);
   }
   if (c.N == 0 || !(output_mask[0] || output_mask[1])) return {grad_input, grad_weight, grad_bias};
+  if (depthwise(c, x)) {
+    const cpu::DepthwiseGeom d = depthwise_geom(c);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
+      if (output_mask[0])
+        cpu::conv_depthwise_input_grad<scalar_t>(d, go.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                                 grad_input.data_ptr<scalar_t>());
+      if (output_mask[1])
+        cpu::conv_depthwise_weight_grad<scalar_t>(d, x.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(),
+                                                  grad_weight.data_ptr<scalar_t>());
+    });
+    return {grad_input, grad_weight, grad_bias};
+  }
   const bool direct_gi = output_mask[0] && direct_input_grad(c, x);
   if (direct_gi) {
     direct_input_grad_run(c, go, w, grad_input);
