@@ -129,20 +129,33 @@ def _hard_case(kind, n):
 def test_inputs_beyond_float_sums(device, kind, relu, n):
     """Where float sums would lose the statistics or the gradient sums, the result still matches the
     float64 computation on the same float32 inputs, as float32 holds it, to float32 accuracy (relative to
-    the largest value)."""
+    the largest value). grad_weight and grad_bias, sums of N * H * W float32 products whose own rounding
+    moves them by up to ~1e-5 of the largest (torch's float32 op: 1.9e-5 at DLKERNELS_TEST_SEED=14), are
+    judged by DESIGN's rule for long reductions: at most 2x torch's error against float64."""
     x64, dy64 = _hard_case(kind, n)
     w64, b64 = torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)
     fn = DF.batch_norm_relu if relu else DF.batch_norm
-    results = []
-    for dtype, f in ((torch.float32, fn), (torch.float64, F.batch_norm)):
+    results, gate = [], None
+    for dtype, f in ((torch.float32, fn), (torch.float64, F.batch_norm), (torch.float32, F.batch_norm)):
         x, w, b = (t.to(dtype).requires_grad_(True) for t in (x64, w64, b64))
         rm, rv = torch.zeros(4, dtype=dtype), torch.ones(4, dtype=dtype)
         y = f(x, rm, rv, w, b, True, 0.1, 1e-5)
-        y = torch.relu(y) if relu and dtype == torch.float64 else y
-        grads = torch.autograd.grad(y, (x, w, b), dy64.to(dtype))
-        results.append([y, *grads, rm, rv])
-    for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var"],
-                          *results):
+        dy = dy64.to(dtype)
+        if relu and gate is None:
+            gate = y.detach() > 0
+        elif relu:
+            # The references take our output's ReLU gate: an output within float32 rounding of 0 may be
+            # positive in one precision and not in the other, which moves grad_bias by a whole dy
+            # (DLKERNELS_TEST_SEED=20: one such value among 278528 a channel), a kink, not an error.
+            dy = dy * gate
+        grads = torch.autograd.grad(y, (x, w, b), dy)
+        results.append([torch.relu(y) if relu and f is not fn else y, *grads, rm, rv])
+    for name, a, e, t in zip(["output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var"],
+                             *results):
+        if name in ("grad_weight", "grad_bias") and torch.isfinite(e).all() and torch.isfinite(t).all():
+            assert torch.isfinite(a).all(), name
+            assert_lowp_close(a, t, e, f"{kind} {name}")
+            continue
         e = e.float().double()  # as float32 holds it: the running variance of 1e20-sized inputs is inf there
         scale = e[torch.isfinite(e)].abs().max().item() if torch.isfinite(e).any() else 0.0
         assert torch.isfinite(a).sum() == torch.isfinite(e).sum(), name

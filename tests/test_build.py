@@ -170,6 +170,24 @@ def test_cache_hits_on_every_allocation_of_a_steady_training_loop():
     assert after["released"] == before["released"], (before, after)
 
 
+def test_cache_keeps_its_blocks_when_a_block_above_the_limit_is_freed():
+    old = dlkernels.cpu_cache_stats()["limit_bytes"]
+    dlkernels.empty_cache()
+    try:
+        dlkernels.set_cpu_cache_limit(12 * 2**20)
+        small = torch.randn(1000, 1000).requires_grad_(True)  # 4 MB gradients
+        DF.cross_entropy(small, torch.randint(0, 1000, (1000,))).backward()
+        small.grad = None
+        idle = _cache_stats()["idle_bytes"]
+        assert idle >= 4_000_000
+        big = torch.randn(4000, 1000).requires_grad_(True)  # a 16 MB gradient: above the limit
+        DF.cross_entropy(big, torch.randint(0, 1000, (4000,))).backward()
+        big.grad = None
+        assert _cache_stats()["idle_bytes"] == idle  # the big block went, the small one stayed
+    finally:
+        dlkernels.set_cpu_cache_limit(old)
+
+
 def test_cache_settings_reject_bad_values():
     for bad in (-1, 1.5, "8", True):
         with pytest.raises(ValueError, match="allocations must be an int >= 0"):

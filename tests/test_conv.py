@@ -157,7 +157,8 @@ def test_direct_forward_small_layers(device, dtype, x_shape, w_shape, kw, bias):
 # Depthwise layers (groups == channels > 1) take the direct depthwise kernels on the CPU: strides 1-3,
 # dilation, asymmetric and larger-than-kernel padding, multipliers 1-3, planes down to 1x1 and outputs
 # of one column, kernels wider than the input, odd widths around the vector lengths; stride-1 outputs
-# under 16 wide take the flat form, the others the row form, each on both sides of the thread bound.
+# under 16 wide take the flat form, the others the row form (16-output blocks inside the padded edges),
+# each on both sides of the thread bound.
 DEPTHWISE_CONFIGS = [((2, 8, 17, 13), (8, 1, 3, 3), dict(padding=1)),
                      ((3, 6, 9, 9), (6, 1, 3, 3), dict(stride=2, padding=1)),
                      ((2, 5, 11, 23), (5, 1, 5, 5), dict(stride=(1, 2), padding=2)),
@@ -172,7 +173,32 @@ DEPTHWISE_CONFIGS = [((2, 8, 17, 13), (8, 1, 3, 3), dict(padding=1)),
                      # threads' shares of the 27 planes start inside a channel's 3 filters
                      ((3, 3, 12, 12), (9, 1, 3, 3), dict(padding=1)),
                      ((2, 32, 20, 20), (32, 1, 3, 3), dict(padding=1)),
-                     ((4, 24, 4, 4), (24, 1, 3, 3), dict(padding=1))]
+                     ((4, 24, 4, 4), (24, 1, 3, 3), dict(padding=1)),
+                     # several 16-output blocks between dilated edges, and a partial one
+                     ((2, 8, 9, 70), (8, 1, 3, 3), dict(padding=1, dilation=(1, 3)))]
+
+
+@pytest.mark.parametrize("where", ["input", "weight"])
+def test_depthwise_inf_and_nan_like_torch(device, where):
+    """Infinite inputs or filters give torch's gradients (inf where torch has inf, NaN where it has
+    NaN), in the flat form (small planes) and the row form."""
+    for shape in ((1, 2, 4, 4), (1, 2, 20, 20)):
+        x = torch.randn(shape, dtype=torch.float64).to(device)
+        w = torch.randn(2, 1, 3, 3, dtype=torch.float64).to(device)
+        if where == "input":
+            x[0, 1, 1, 0] = float("inf")
+        else:
+            w[1, 0, 0, 2] = float("inf")
+        go = torch.randn(F.conv2d(x, w, groups=2).shape, dtype=torch.float64).to(device)
+        grads = []
+        for fn in (DF.conv2d, F.conv2d):
+            xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+            out = fn(xs, ws, groups=2)
+            grads.append([out, *torch.autograd.grad(out, (xs, ws), go)])
+        for a, b in zip(*grads):
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+            fin = a.isfinite()
+            torch.testing.assert_close(a[fin], b[fin], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])

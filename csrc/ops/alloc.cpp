@@ -158,11 +158,16 @@ struct BlockCache {
     {
       std::lock_guard<std::mutex> lock(mutex);
       in_use_bytes -= bytes;
-      const uint64_t seq = next_seq++;
-      idle.emplace(bytes, Idle{p, seq});
-      idle_by_age.emplace(seq, Age{bytes, allocations});
-      idle_bytes += bytes;
-      trim(to_unmap);
+      if (bytes > limit) {  // it could only stay by pushing every other idle block out
+        ++released;
+        to_unmap.emplace_back(p, bytes);
+      } else {
+        const uint64_t seq = next_seq++;
+        idle.emplace(bytes, Idle{p, seq});
+        idle_by_age.emplace(seq, Age{bytes, allocations});
+        idle_bytes += bytes;
+        trim(to_unmap);
+      }
     }
     unmap_blocks(to_unmap);
   }
