@@ -595,28 +595,10 @@ template <class T> struct DepthwiseKernels {
     }
   }
 
-  // Output columns every tap reads inside the image (stride 1): [lo, hi], hi < lo when none.
-  static void interior(const std::vector<Tap>& taps, int64_t OW, int64_t& lo, int64_t& hi) {
-    lo = 0;
-    hi = OW - 1;
-    for (const Tap& t : taps) {
-      lo = std::max(lo, t.lo);
-      hi = std::min(hi, t.hi);
-    }
-  }
-
-  static constexpr int64_t kBlock = 16;  // outputs a block keeps in registers across the taps
-
   static void forward(const DepthwiseGeom& d, const T* in, const T* w, const T* bias, T* out) {
     if (flat(d)) return forward_flat(d, in, w, bias, out);
     const int64_t OC = d.C * d.M, L = d.OH * d.OW, K = d.KH * d.KW, planes = d.N * OC;
     const std::vector<Tap> taps = column_taps(d);
-    // At column stride 1 the columns every tap reads inside the image go in blocks of kBlock outputs,
-    // each summed over all taps in registers and stored once; the rest (the padded edges, the last
-    // partial block, other strides) take one run per tap. Both sum bias + taps in (kh, kw) order.
-    int64_t blo = 0, bhi = -1;
-    if (d.SW == 1) interior(taps, d.OW, blo, bhi);
-    const int64_t bend = bhi >= blo ? blo + (bhi - blo + 1) / kBlock * kBlock : blo;  // blocks: [blo, bend)
 #pragma omp parallel for schedule(static) if (parallel(planes, d))
     for (int64_t p = 0; p < planes; ++p) {
       const int64_t oc = p % OC;
@@ -625,24 +607,7 @@ template <class T> struct DepthwiseKernels {
       const T b = bias != nullptr ? bias[oc] : T(0);
       for (int64_t oh = 0; oh < d.OH; ++oh) {
         T* y = out + p * L + oh * d.OW;
-        for (int64_t ow0 = blo; ow0 < bend; ow0 += kBlock) {
-          T acc[kBlock];
-          for (int64_t j = 0; j < kBlock; ++j) acc[j] = b;
-          for (int64_t kh = 0; kh < d.KH; ++kh) {
-            const int64_t ih = oh * d.SH - d.PH + kh * d.DH;
-            if (ih < 0 || ih >= d.H) continue;
-            const T* xr = x + ih * d.W + ow0;
-            for (int64_t kw = 0; kw < d.KW; ++kw) {
-              const T wv = f[kh * d.KW + kw];
-              const T* xs = xr + taps[kw].off;
-              for (int64_t j = 0; j < kBlock; ++j) acc[j] += wv * xs[j];
-            }
-          }
-          for (int64_t j = 0; j < kBlock; ++j) y[ow0 + j] = acc[j];
-        }
-        // the columns outside the blocks: [0, blo) and [bend, OW)
-        for (int64_t ow = 0; ow < blo; ++ow) y[ow] = b;
-        for (int64_t ow = bend; ow < d.OW; ++ow) y[ow] = b;
+        for (int64_t ow = 0; ow < d.OW; ++ow) y[ow] = b;
         for (int64_t kh = 0; kh < d.KH; ++kh) {
           const int64_t ih = oh * d.SH - d.PH + kh * d.DH;
           if (ih < 0 || ih >= d.H) continue;
@@ -651,8 +616,7 @@ template <class T> struct DepthwiseKernels {
             const Tap t = taps[kw];
             const T wv = f[kh * d.KW + kw];
             if (d.SW == 1) {
-              for (int64_t ow = t.lo; ow <= std::min(t.hi, blo - 1); ++ow) y[ow] += wv * xr[ow + t.off];
-              for (int64_t ow = std::max(t.lo, bend); ow <= t.hi; ++ow) y[ow] += wv * xr[ow + t.off];
+              for (int64_t ow = t.lo; ow <= t.hi; ++ow) y[ow] += wv * xr[ow + t.off];
             } else {
               for (int64_t ow = t.lo; ow <= t.hi; ++ow) y[ow] += wv * xr[ow * d.SW + t.off];
             }
