@@ -207,9 +207,38 @@ def _is_relu(node, root):
 def _is_add(node):
     if node.op == "call_function":
         return node.target in _ADD_FUNCS and len(node.args) == 2 and not node.kwargs
-    if node.op == "call_method":
-        return node.target in ("add", "add_") and len(node.args) == 2 and not node.kwargs
+    if node.op == "call_method":  # not add_: it mutates its receiver, which the fused call would not
+        return node.target == "add" and len(node.args) == 2 and not node.kwargs
     return False
+
+
+def _has_hooks(m):
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or getattr(m, "_backward_pre_hooks", None))
+
+
+def _is_inplace(node):
+    if node.op == "call_method":
+        return node.target.endswith("_")
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.kwargs.get("inplace", False) is True or (name.endswith("_") and not name.startswith("_"))
+    return False
+
+
+def _between_why(bn, relu, root):
+    """Why the BN cannot move to the ReLU's place (the fused call runs where the ReLU was): an in-place
+    op between them in forward (it could change the BN's input before the BN reads it), or hooks on a
+    ReLU module that would no longer run."""
+    if relu.op == "call_module" and _has_hooks(root.get_submodule(relu.target)):
+        return "its ReLU module has hooks"
+    n = bn.next
+    while n is not relu:
+        inplace_module = n.op == "call_module" and getattr(root.get_submodule(n.target), "inplace", False) is True
+        if inplace_module or _is_inplace(n):
+            return f"the in-place {_describe(n, root)} runs between it and its ReLU"
+        n = n.next
+    return None
 
 
 def _bn_nodes(graph, root):
@@ -246,18 +275,24 @@ def _plan(graph, root, allowed):
             why = "called with more than its input"
         if why is None and len(users) != 1:
             why = f"its output goes to {len(users)} places"
+        if why is None and _has_hooks(root.get_submodule(bn.target)):
+            why = "it has hooks (they would see the fused call)"
         if why is not None:
             plans.append((bn, None, None, None, why))
             continue
         nxt = users[0]
         if _is_relu(nxt, root):
-            plans.append((bn, nxt, None, None, None))
+            why = _between_why(bn, nxt, root)
+            plans.append((bn, nxt if why is None else None, None, None, why))
             continue
         if _is_add(nxt) and len(nxt.users) == 1 and _is_relu(next(iter(nxt.users)), root):
             a, b = nxt.args
             other = b if a is bn else a
             if (a is bn) != (b is bn) and isinstance(other, torch.fx.Node):
-                plans.append((bn, next(iter(nxt.users)), nxt, other, None))
+                relu = next(iter(nxt.users))
+                why = _between_why(bn, relu, root)
+                plans.append((bn, relu if why is None else None, nxt if why is None else None,
+                              other if why is None else None, why))
                 continue
         plans.append((bn, None, None, None, f"its output goes to {_describe(nxt, root)}, not to a ReLU or an add "
                                             "then a ReLU"))
@@ -269,15 +304,13 @@ def _set_submodule(root, target, new):
     setattr(root.get_submodule(parent) if parent else root, name, new)
 
 
-def _rewrite(graph, root, plans):
-    """Applies the fusable plans to graph and to root's BN children; returns {target: "relu"|"add_relu"}."""
+def _rewrite(graph, plans):
+    """Applies the fusable plans to graph; returns {target: "relu"|"add_relu"}. The BN modules are
+    swapped by the caller, once the new forward compiled."""
     done = {}
     for bn, relu, add, other, why in plans:
         if why is not None:
             continue
-        m = root.get_submodule(bn.target)
-        if type(m) is not dnn.BatchNormReLU2d:
-            _set_submodule(root, bn.target, _swap(m, dnn.BatchNormReLU2d))
         if add is None:
             relu.replace_all_uses_with(bn)
             graph.erase_node(relu)
@@ -306,6 +339,31 @@ def _traceable_signature(module):
             return f"forward takes *{p.name}"
         if p.default is not p.empty:
             return f"forward takes an optional argument {p.name!r} (tracing would fix its default)"
+    return _augmented_argument(type(module).forward, {p.name for p in params})
+
+
+def _augmented_argument(fn, names):
+    """torch.fx records `a += b` as `a + b`: a forward that adds in place into one of its arguments (or
+    a name bound to one) would lose that mutation. Returns why not, or None."""
+    import ast
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError) as e:
+        return f"forward's source cannot be read to check for in-place adds ({type(e).__name__})"
+    aliases, grew = set(names), True
+    while grew:  # names bound directly to an argument or to such a name
+        grew = False
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                for t in node.targets:
+                    if isinstance(t, ast.Name) and t.id not in aliases:
+                        aliases.add(t.id)
+                        grew = True
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and node.target.id in aliases:
+            return f"forward updates {node.target.id!r} in place, which may be its argument"
     return None
 
 
@@ -316,32 +374,82 @@ def _fused_class(base, forward):
 
 
 def _fused_reduce(self):
-    state = self.__dict__.copy()
-    return _rebuild_fused, (type(self)._dlk_fused_base, state)
+    # (callable, args, state): pickle and deepcopy make the object first and fill it after, so the state
+    # may refer back to it (a hook bound to the module itself)
+    return _new_unfused, (type(self)._dlk_fused_base,), self.__dict__.copy()
 
 
-def _rebuild_fused(base, state):
-    m = base.__new__(base)
-    m.__dict__.update(state)
+def _new_unfused(base):
+    """An empty instance whose __setstate__ restores the state, then fuses its forward again."""
+    cls = type(base.__name__, (base,), {"__setstate__": _refuse_setstate, "__module__": base.__module__,
+                                         "_dlk_fused_base": base})
+    return cls.__new__(cls)
+
+
+def _refuse_setstate(self, state):
+    base = type(self)._dlk_fused_base
+    base.__setstate__(self, state)
     targets = state["_dlk_fused_targets"]
-    out = _fuse_forward(m, lambda t: None if t in targets else "not fused when converted")
-    return out[0]
+    _, _, done = _fuse_forward(self, lambda t: None if t in targets else "not fused when converted")
+    if done != targets:
+        raise RuntimeError(f"dlkernels.convert: rebuilding the fused forward of {base.__name__} fused {done}, "
+                           f"not {targets} as when it was converted")
+
+
+def _trace_modes(module, base):
+    """module's forward traced in training and in eval mode (every submodule's mode restored after)."""
+    view = module if base is type(module) else _as_base(module, base)
+    modes = [(m, m.training) for m in module.modules()]
+    graphs = {}
+    try:
+        for training in (True, False):
+            for m, _ in modes:
+                m.training = training
+            graphs[training] = _ChildCallTracer().trace(view)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return graphs
 
 
 def _fuse_forward(module, allowed):
     """Traces module's forward and fuses what _plan allows. Returns (module, plans, done) where module
-    is the same object (its class replaced when something was fused)."""
+    is the same object (its class replaced when something was fused). A forward that reads
+    self.training (dropout, a branch) is traced in both modes and the fused forward picks one by
+    self.training at each call; both must fuse alike."""
     base = getattr(type(module), "_dlk_fused_base", type(module))
-    graph = _ChildCallTracer().trace(module if base is type(module) else _as_base(module, base))
-    plans = _plan(graph, module, allowed)
-    done = _rewrite(graph, module, plans)
+    graphs = _trace_modes(module, base)
+    results = {}
+    for training, graph in graphs.items():
+        plans = _plan(graph, module, allowed)
+        done = _rewrite(graph, plans)
+        results[training] = (plans, done, graph)
+    plans, done, _ = results[True]
+    if results[False][1] != done:
+        raise RuntimeError(f"fusion differs between training ({sorted(done)}) and eval "
+                           f"({sorted(results[False][1])})")
     if done:
-        code = graph.python_code(root_module="self")
-        namespace = dict(code.globals)
-        exec(compile(code.src, f"<dlkernels fused forward of {base.__name__}>", "exec"), namespace)
+        fns = {}
+        for training, (_, _, graph) in results.items():
+            code = graph.python_code(root_module="self")
+            namespace = dict(code.globals)
+            exec(compile(code.src, f"<dlkernels fused forward of {base.__name__}>", "exec"), namespace)
+            fns[training] = namespace["forward"]
+        same = results[True][2].python_code("self").src == results[False][2].python_code("self").src
+        forward = fns[True] if same else _by_mode(fns[True], fns[False])
+        for target in done:  # swapped last: nothing above changed the module
+            m = module.get_submodule(target)
+            if type(m) is not dnn.BatchNormReLU2d:
+                _set_submodule(module, target, _swap(m, dnn.BatchNormReLU2d))
         module.__dict__["_dlk_fused_targets"] = dict(done)
-        module.__class__ = _fused_class(base, namespace["forward"])
+        module.__class__ = _fused_class(base, forward)
     return module, plans, done
+
+
+def _by_mode(train_forward, eval_forward):
+    def forward(self, *args):
+        return train_forward(self, *args) if self.training else eval_forward(self, *args)
+    return forward
 
 
 def _as_base(module, base):

@@ -282,3 +282,101 @@ def test_benchmark_models_convert_fuse_and_match_torch(name):
     x = torch.randn(4, 3, 64, 64, dtype=torch.float64)
     y = torch.randint(0, 10, (4,))
     _assert_same_training(model, converted, x, y, rtol=1e-10, atol=1e-12, steps=1, normwise=True)
+
+
+class _Dropout(nn.Module):
+    """Reads self.training in forward: traced in both modes, the fused forward picks by mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return F.dropout(F.relu(self.bn(x)), 0.5, training=self.training)
+
+
+class _AddInPlace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x, r):
+        return torch.relu(r.add_(self.bn(x)))  # mutates r: not fused
+
+
+class _InPlaceBetween(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.bn(x)
+        z = self.bn2(x)
+        x.mul_(2)  # between bn2 and its ReLU: moving bn2 there would read the doubled x
+        return F.relu(y) + F.relu(z) + x
+
+
+class _AugmentsArgument(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        r = x
+        r += F.relu(self.bn(x))  # fx would record r + ...: the caller's x would stay unchanged
+        return r
+
+
+class _SelfHook(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+        self.calls = 0
+        self.register_forward_hook(self._count)  # the state refers back to the module
+
+    def _count(self, module, inputs, output):
+        self.calls += 1
+
+    def forward(self, x):
+        return F.relu(self.bn(x))
+
+
+def test_fusion_keeps_mode_mutations_hooks_and_copies():
+    torch.manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    # self.training read in forward: eval is deterministic and equal to torch's, training drops
+    drop = _Dropout().double()
+    fused, report = dlkernels.convert(drop, fuse_bn_relu=True, report=True)
+    assert report.counts().get("fused") == 1
+    drop.eval()
+    fused.eval()
+    torch.testing.assert_close(fused(x), drop(x), rtol=1e-10, atol=1e-12)
+    fused.train()
+    assert (fused(x) == 0).float().mean() > 0.3  # dropout (and the ReLU) at work
+    # add_, an in-place op between, an in-place add into an argument: not fused, torch's results
+    for model, why in ((_AddInPlace(), "not to a ReLU"), (_InPlaceBetween(), "in-place .mul_()"),
+                       (_AugmentsArgument(), "updates 'r' in place")):
+        model = model.double()
+        conv, report = dlkernels.convert(model, fuse_bn_relu=True, report=True)
+        assert any(why in r.detail for r in report), (why, str(report))
+        args = (x.clone(), x.clone() + 1) if isinstance(model, _AddInPlace) else (x.clone(),)
+        ref_args = tuple(a.clone() for a in args)
+        torch.testing.assert_close(conv(*args), model(*ref_args), rtol=1e-10, atol=1e-12)
+        for a, b in zip(args, ref_args):  # the same mutations of the arguments
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # a BN with a hook keeps it and stays unfused; a module whose hook is its own method deep-copies
+    hooked = nn.Sequential(_Dropout()).double()
+    seen = []
+    hooked[0].bn.register_forward_hook(lambda m, i, o: seen.append(o.min().item()))
+    conv, report = dlkernels.convert(hooked, fuse_bn_relu=True, report=True)
+    assert "it has hooks" in next(r.detail for r in report if r.name == "0.bn")
+    conv.eval()(x)
+    assert seen and seen[-1] < 0  # the hook saw the BN's own output, before the ReLU
+    selfhook = dlkernels.convert(_SelfHook().double(), fuse_bn_relu=True)
+    twin = copy.deepcopy(selfhook)
+    twin(x)
+    assert twin.calls == 1 and selfhook.calls == 0 and type(twin.bn) is dnn.BatchNormReLU2d
+    bn = twin.bn
+    expected = F.relu(F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False))
+    torch.testing.assert_close(twin.eval()(x), expected, rtol=1e-10, atol=1e-12)
