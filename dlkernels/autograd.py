@@ -5,7 +5,10 @@ Two things keep the Python cost per call near torch's own (a few microseconds, w
 75 us per forward): `apply` skips autograd.Function.apply's per-call inspect.signature binding, and each
 forward calls its op through `below_autograd`, past the op's own (Python) autograd kernel.
 """
+import functools
+
 import torch
+import torch.nn.functional as TF
 from torch.autograd.function import once_differentiable
 
 _ops = torch.ops.dlkernels
@@ -52,6 +55,57 @@ def below_autograd(op, *args):
         return op(*args)
 
 
+def twice_differentiable(reference):
+    """Replaces once_differentiable on a Function's backward. Without create_graph (grad mode off inside
+    backward) the fused backward op runs. Under create_graph (a gradient penalty, a Hessian-vector product)
+    the gradients come from torch's own differentiable ops, reference(ctx, *grads), which rebuild the
+    forward from the saved inputs and differentiate it with create_graph=True: second-order gradients are
+    torch's, where once_differentiable silently dropped the terms through the saved inputs."""
+
+    def wrap(backward):
+        fast = once_differentiable(backward)
+
+        @functools.wraps(backward)
+        def run(ctx, *grads):
+            if torch.is_grad_enabled():
+                return reference(ctx, *grads)
+            return fast(ctx, *grads)
+
+        return run
+
+    return wrap
+
+
+def _grads(out, inputs, grad, needed):
+    """torch.autograd.grad of out with respect to the needed inputs (None for the others), building the
+    graph for the next order."""
+    wrt = [t for t, n in zip(inputs, needed) if n and t is not None]
+    got = iter(torch.autograd.grad(out, wrt, grad, create_graph=True, allow_unused=True) if wrt else ())
+    return [next(got) if n and t is not None else None for t, n in zip(inputs, needed)]
+
+
+def _leaf_or_self(t, needed):
+    """The saved tensor itself where its gradient is wanted (its history carries the second order); a
+    detached copy that requires grad where it is a leaf without history."""
+    if t is None or not needed or t.requires_grad:
+        return t
+    return t.detach().requires_grad_(True)
+
+
+_REDUCTION_NAMES = {0: "none", 1: "mean", 2: "sum"}  # the ops' reduction codes (functional._REDUCTIONS)
+
+
+def _ce_reference(ctx, grad_loss, _grad_lse, _grad_total_weight):
+    input, target, weight, _, _ = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    x, t = _leaf_or_self(input, need[0]), _leaf_or_self(target, need[1] and target.is_floating_point())
+    with torch.enable_grad():
+        loss = TF.cross_entropy(x, t, weight, reduction=_REDUCTION_NAMES[ctx.reduction], ignore_index=ctx.ignore_index,
+                                label_smoothing=ctx.label_smoothing)
+        gi, gt = _grads(loss, [x, t], grad_loss, [need[0], need[1] and target.is_floating_point()])
+    return gi, gt, None, None, None, None
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     """Fused softmax-cross-entropy. Saves the logits, the targets and one log-sum-exp per row; the
     backward recomputes softmax - target in one pass (no softmax tensor is ever stored)."""
@@ -71,7 +125,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(lse, total_weight)
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable(_ce_reference)
     def backward(ctx, grad_loss, _grad_lse, _grad_total_weight):
         input, target, weight, lse, total_weight = ctx.saved_tensors
         grad_input = grad_target = None
@@ -88,6 +142,31 @@ class CrossEntropyFunction(torch.autograd.Function):
 # own (opcheck's autograd checks, torch.func) and CrossEntropyFunction stays the one definition.
 torch.library.register_autograd("dlkernels::cross_entropy_forward", CrossEntropyFunction.backward,
                                 setup_context=CrossEntropyFunction.setup_context)
+
+
+def _max_pool_reference(ctx, grad_output, _grad_indices):
+    input, _ = ctx.saved_tensors
+    x = _leaf_or_self(input, True)
+    with torch.enable_grad():
+        out = TF.max_pool2d(x, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation, ctx.ceil_mode)
+        (gi,) = _grads(out, [x], grad_output, [True])
+    return gi, None, None, None, None, None, None
+
+
+def _avg_pool_reference(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    x = _leaf_or_self(input, True)
+    with torch.enable_grad():
+        (gi,) = _grads(TF.avg_pool2d(x, *ctx.args), [x], grad_output, [True])
+    return (gi,) + (None,) * 6
+
+
+def _adaptive_avg_pool_reference(ctx, grad_output):
+    (input,) = ctx.saved_tensors
+    x = _leaf_or_self(input, True)
+    with torch.enable_grad():
+        (gi,) = _grads(TF.adaptive_avg_pool2d(x, ctx.output_size), [x], grad_output, [True])
+    return gi, None
 
 
 class MaxPool2dFunction(torch.autograd.Function):
@@ -107,7 +186,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable(_max_pool_reference)
     def backward(ctx, grad_output, _grad_indices):
         input, indices = ctx.saved_tensors
         grad = _ops.max_pool2d_backward(grad_output, input, indices, ctx.kernel_size, ctx.stride, ctx.padding,
@@ -129,7 +208,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         ctx.save_for_backward(input)
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable(_avg_pool_reference)
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
         return (_ops.avg_pool2d_backward(grad_output, input, *ctx.args),) + (None,) * 6
@@ -143,9 +222,10 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
+        ctx.output_size = inputs[1]
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable(_adaptive_avg_pool_reference)
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
         return _ops.adaptive_avg_pool2d_backward(grad_output, input), None
@@ -154,6 +234,21 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
 for _name, _fn in (("max_pool2d_forward", MaxPool2dFunction), ("avg_pool2d_forward", AvgPool2dFunction),
                    ("adaptive_avg_pool2d_forward", AdaptiveAvgPool2dFunction)):
     torch.library.register_autograd("dlkernels::" + _name, _fn.backward, setup_context=_fn.setup_context)
+
+
+def _conv_reference(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    x, w = _leaf_or_self(input, need[0]), _leaf_or_self(weight, need[1])
+    p = list(ctx.padding)
+    with torch.enable_grad():
+        if len(p) == 4:  # (top, left, bottom, right)
+            out = TF.conv2d(TF.pad(x, (p[1], p[3], p[0], p[2])), w, None, ctx.stride, 0, ctx.dilation, ctx.groups)
+        else:
+            out = TF.conv2d(x, w, None, ctx.stride, p, ctx.dilation, ctx.groups)
+        gi, gw = _grads(out, [x, w], grad_output, [need[0], need[1]])
+    gb = grad_output.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
+    return gi, gw, gb, None, None, None, None
 
 
 class Conv2dFunction(torch.autograd.Function):
@@ -171,7 +266,7 @@ class Conv2dFunction(torch.autograd.Function):
         ctx.has_bias = bias is not None
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable(_conv_reference)
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -220,6 +315,45 @@ for _name, _fn in (("conv2d_forward", Conv2dFunction), ("im2col", Im2colFunction
     torch.library.register_autograd("dlkernels::" + _name, _fn.backward, setup_context=_fn.setup_context)
 
 
+def _relu_gate(out, relu_mask, like):
+    """The forward's ReLU gate as a 0/1 tensor shaped like `like`: out > 0, or the mask's bits (one
+    int32 word per 32 values of each (n, c) plane, bit j of word k for value 32k + j)."""
+    if out is not None:
+        return (out > 0).to(like.dtype)
+    planes = like.shape[0] * like.shape[1]
+    plane = like[0, 0].numel()
+    words = relu_mask.reshape(planes, -1).to(torch.int64) & 0xFFFFFFFF
+    bits = (words.unsqueeze(-1) >> torch.arange(32, device=words.device)) & 1
+    return bits.reshape(planes, -1)[:, :plane].reshape(like.shape).to(like.dtype)
+
+
+def _batch_norm_reference(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask):
+    input, weight, bias, out, save_mean, save_invstd, relu_mask = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    x = _leaf_or_self(input, need[0])
+    w = _leaf_or_self(weight, ctx.has_weight and need[1])
+    b = _leaf_or_self(bias, ctx.has_bias and need[2])
+    shape = [1, -1] + [1] * (input.dim() - 2)
+    with torch.enable_grad():
+        if ctx.training:  # batch statistics, differentiated through (running stats untouched)
+            y = TF.batch_norm(x, None, None, w, b, True, 0.0, ctx.eps)
+        else:  # the running statistics the forward used, as constants
+            y = (x - save_mean.to(x.dtype).view(shape)) * save_invstd.to(x.dtype).view(shape)
+            if w is not None:
+                y = y * w.view(shape)
+            if b is not None:
+                y = y + b.view(shape)
+        gate = _relu_gate(out, relu_mask, input) if ctx.relu else None
+        if gate is not None:
+            y = y * gate  # the gate is piecewise constant: its derivative is 0 almost everywhere
+        gi, gw, gb = _grads(y, [x, w, b], grad_output, [need[0], ctx.has_weight and need[1],
+                                                        ctx.has_bias and need[2]])
+    gr = None
+    if ctx.has_residual and need[8]:
+        gr = grad_output * gate if gate is not None else grad_output
+    return gi, gw, gb, None, None, None, None, None, gr, None
+
+
 class BatchNormFunction(torch.autograd.Function):
     """Batch normalization, optionally with a residual added and a ReLU, fused. Saves the input, the
     float64 per-channel mean and inverse std, weight and bias and (for ReLU) the output, whose sign is
@@ -234,7 +368,7 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, bias, _, _, ctx.training, _, _, residual, ctx.relu = inputs
+        input, weight, bias, _, _, ctx.training, _, ctx.eps, residual, ctx.relu = inputs
         out, save_mean, save_invstd, relu_mask = output
         # bias too: without a residual, the ReLU mask is recomputed from the input (the forward's own
         # arithmetic, the same bits as out > 0), which spares backward a read of out.
@@ -245,7 +379,7 @@ class BatchNormFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(save_mean, save_invstd, relu_mask)
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable(_batch_norm_reference)
     def backward(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask):
         input, weight, bias, out, save_mean, save_invstd, relu_mask = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -296,8 +430,15 @@ class SyncBatchNormFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            raise NotImplementedError("dlkernels.SyncBatchNorm: double backward (create_graph=True) is not "
+                                      "supported; use torch.nn.SyncBatchNorm for gradient penalties")
+        with torch.no_grad():
+            return SyncBatchNormFunction._backward(ctx, grad_output)
+
+    @staticmethod
+    def _backward(ctx, grad_output):
         import torch.distributed as dist
 
         input, weight, mean, invstd, out = ctx.saved_tensors
