@@ -13,51 +13,21 @@ import torch.nn.functional as F
 
 import dlkernels
 import dlkernels.nn as dnn
+from dlkernels import models as M
 
 
-class BasicBlock(nn.Module):
-    expansion = 1
+def BasicBlock(cin, planes, stride=1):
+    """dlkernels.models' BasicBlock (torchvision's: a shared self.relu, `out += identity`)."""
+    down = None if stride == 1 and cin == planes else nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False),
+                                                                    nn.BatchNorm2d(planes))
+    return M.BasicBlock(cin, planes, stride, down)
 
+
+class Bottleneck(M.Bottleneck):
     def __init__(self, cin, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-
-    def forward(self, x):
-        identity = x
-        out = self.conv1(x)
-        out = self.bn1(out)
-        out = self.relu(out)
-        out = self.conv2(out)
-        out = self.bn2(out)
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        out = self.relu(out)
-        return out
-
-
-class Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, cin, planes, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.downsample = None
-        if stride != 1 or cin != planes * 4:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False),
-                                            nn.BatchNorm2d(planes * 4))
+        down = None if stride == 1 and cin == planes * 4 else nn.Sequential(
+            nn.Conv2d(cin, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+        super().__init__(cin, planes, stride, down)
 
     def forward(self, x):  # F.relu and torch.add instead of a module and +=: other spellings
         out = F.relu(self.bn1(self.conv1(x)))
@@ -132,7 +102,7 @@ def test_residual_blocks_fuse_and_match_torch_in_float64():
         if name in fused:
             assert type(m) is dnn.BatchNormReLU2d
     # classes, attributes and state_dict keys are the original's
-    assert isinstance(converted, TinyResNet) and isinstance(converted.layer1[0], BasicBlock)
+    assert isinstance(converted, TinyResNet) and isinstance(converted.layer1[0], M.BasicBlock)
     assert converted.layer2[0].expansion == 4 and isinstance(converted.layer1, nn.Sequential)
     assert list(converted.state_dict()) == list(model.state_dict())
     x = torch.randn(5, 3, 12, 12, dtype=torch.float64)
@@ -159,7 +129,7 @@ def test_fused_model_pickles_deepcopies_and_compiles(tmp_path):
     twin = copy.deepcopy(converted)
     for m in (loaded, twin):
         torch.testing.assert_close(m(x), ref, rtol=0, atol=0)
-        assert isinstance(m.layer1[0], BasicBlock) and type(m.layer1[0].bn2) is dnn.BatchNormReLU2d
+        assert isinstance(m.layer1[0], M.BasicBlock) and type(m.layer1[0].bn2) is dnn.BatchNormReLU2d
         assert m.layer1[0]._dlk_fused_targets == {"bn1": "relu", "bn2": "add_relu"}
         assert m.layer1[0].bn1 is not converted.layer1[0].bn1
     buf = io.BytesIO()
@@ -261,8 +231,6 @@ def test_benchmark_models_convert_fuse_and_match_torch(name):
     one training step's outputs, gradients and running statistics, then eval outputs, equal torch's in
     float64. Every BN of the ResNets but the downsample ones fuses; MobileNetV2 has none to fuse (its
     activations are ReLU6, and its blocks' last BN has no activation)."""
-    from dlkernels import models as M
-
     build, _, _, params = M.MODELS[name]
     model = build(num_classes=10)
     if params is not None:
