@@ -108,6 +108,15 @@ def convert(module, inplace=False, fuse_bn_relu=False, exclude=(), report=False)
         raise TypeError(f"dlkernels.convert: module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(exclude, (tuple, list, set)):
         raise TypeError(f"dlkernels.convert: exclude must be a tuple of names or classes, got {exclude!r}")
+    names = {n for n, _ in module.named_modules()}
+    for e in exclude:
+        if not isinstance(e, (str, type)):
+            raise TypeError(f"dlkernels.convert: exclude holds layer names (str) and classes, got {e!r}")
+        if isinstance(e, str) and e not in names:
+            last = e.rsplit(".", 1)[-1]
+            close = sorted(n for n in names if n and (e in n or n.rsplit(".", 1)[-1] == last))[:5]
+            raise ValueError(f"dlkernels.convert: exclude names a layer {e!r} the model does not have"
+                             + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
     if not inplace:
         module = copy.deepcopy(module)
     rows = ConvertReport()

@@ -90,6 +90,12 @@ def test_exclude_subclasses_and_inplace():
     assert "excluded by type AvgPool2d" in reasons["3"]
     with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
         dlkernels.convert("model")
+    with pytest.raises(ValueError, match=r"exclude names a layer '2\.0\.1' the model does not have"):
+        dlkernels.convert(model, exclude=("2.0.1",))  # a misspelled name is not ignored
+    with pytest.raises(ValueError, match=r"did you mean '1', '2\.1'\?"):
+        dlkernels.convert(model, exclude=("1.1",))
+    with pytest.raises(TypeError, match="exclude holds layer names"):
+        dlkernels.convert(model, exclude=(3,))
 
 
 HOOK_CALLS = []
