@@ -186,7 +186,8 @@ class RMSprop(torch.optim.RMSprop):
 
 def from_torch(optimizer):
     """Our fused optimizer for a torch.optim one (Adam, AdamW, SGD, Adagrad, RMSprop): the same parameter
-    groups and options, and a copy of its state (so training continues on the same trajectory)."""
+    group dicts (an LR scheduler built on the torch optimizer keeps acting) and a copy of its state (so
+    training continues on the same trajectory)."""
     classes = {torch.optim.Adam: Adam, torch.optim.AdamW: AdamW, torch.optim.SGD: SGD, torch.optim.Adagrad: Adagrad,
                torch.optim.RMSprop: RMSprop}
     if isinstance(optimizer, tuple(classes.values())):
@@ -200,4 +201,10 @@ def from_torch(optimizer):
         g["params"] = list(g["params"])
     ours = cls(groups)
     ours.load_state_dict(optimizer.state_dict())
+    # The torch optimizer's own group dicts, so that what holds them (an LR scheduler made before the
+    # conversion, code that sets group["lr"]) keeps acting on the fused optimizer.
+    for theirs, mine in zip(optimizer.param_groups, ours.param_groups):
+        for k, v in mine.items():
+            theirs.setdefault(k, v)
+    ours.param_groups = optimizer.param_groups
     return ours

@@ -166,6 +166,33 @@ def test_from_torch_continues_the_trajectory():
         dopt.from_torch(torch.optim.Adadelta(nn.Linear(2, 2).parameters()))
 
 
+def test_from_torch_keeps_a_scheduler_made_before():
+    """An LR scheduler built on the torch optimizer before from_torch keeps setting the fused optimizer's
+    learning rate: the trajectory equals torch's with the same schedule."""
+    import warnings
+
+    torch.manual_seed(0)
+    a = nn.Linear(5, 3).double()
+    b = copy.deepcopy(a)
+    opt_a, opt_b = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(b.parameters(), lr=0.1,
+                                                                                             momentum=0.9)
+    sched_a = torch.optim.lr_scheduler.StepLR(opt_a, step_size=1, gamma=0.5)
+    sched_b = torch.optim.lr_scheduler.StepLR(opt_b, step_size=1, gamma=0.5)
+    fused = dopt.from_torch(opt_b)
+    x = torch.randn(8, 5, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the scheduler sees no step() on the torch optimizer it wraps
+        for _ in range(4):
+            for m, o, s in ((a, opt_a, sched_a), (b, fused, sched_b)):
+                o.zero_grad()
+                m(x).square().sum().backward()
+                o.step()
+                s.step()
+    assert fused.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] == 0.1 * 0.5 ** 4
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
 def _ddp_worker(rank, world, path):
     import torch.distributed as dist
 
