@@ -348,3 +348,17 @@ def test_fusion_keeps_mode_mutations_hooks_and_copies():
     bn = twin.bn
     expected = F.relu(F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False))
     torch.testing.assert_close(twin.eval()(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_export_of_a_fused_model(tmp_path):
+    """torch.export traces a converted, fused model through our ops; the saved program reloads and
+    gives the model's outputs (TorchScript: torch.jit.trace records our Python autograd Functions as
+    prim::PythonOp and cannot be saved, so export is the supported way)."""
+    model = dlkernels.convert(M.resnet20_cifar(), fuse_bn_relu=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    program = torch.export.export(model, (x,))
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert {"dlkernels.conv2d_forward.default", "dlkernels.batch_norm_forward.default"} <= ops
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, path)
+    torch.testing.assert_close(torch.export.load(path).module()(x), model(x), rtol=0, atol=0)
