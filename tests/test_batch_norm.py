@@ -96,7 +96,15 @@ def test_large_mean_no_cancellation(device, dtype, shape):
     args = tuple(t.to(dtype) if isinstance(t, torch.Tensor) else t for t in args64)
     ours = run_bn(ours_bn(), *args)
     ref64 = run_bn(torch_bn(), *(t.double() if isinstance(t, torch.Tensor) else t for t in args))
-    compare(ours, run_bn(torch_bn(), *args), ref64, dtype)
+    if dtype == torch.float64:
+        # x - mean cancels three digits here, in torch's float64 sums as in ours: an element of the
+        # gradient near 0 carries ~1e-12 of absolute error (DLKERNELS_TEST_SEED=22: 1.07e-12 at 3.3e-4),
+        # so each tensor is judged relative to its largest value
+        for i, (a, b) in enumerate(zip(ours, run_bn(torch_bn(), *args))):
+            assert a.shape == b.shape and a.dtype == b.dtype, i
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * max(b.abs().max().item(), 1e-300), msg=str(i))
+    else:
+        compare(ours, run_bn(torch_bn(), *args), ref64, dtype)
     # and against float64 directly: the normalized output keeps float32 accuracy
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(ours[0].double(), ref64[0], **tol)
