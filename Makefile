@@ -52,10 +52,10 @@ test-sanitize: deps
 test-sdist: deps
 	bash tools/test_sdist.sh $(VPY)
 
-# The CUDA build (torch==2.14.1's CUDA wheels in .venv-cuda, nvcc from /usr/local/cuda) in .cuda-build/,
-# then the build tests and one CPU path of each family against it; no GPU needed.
-test-cuda-build:
-	bash tools/test_cuda_build.sh
+# The sdist's CUDA build (torch==2.14.1's CUDA wheels in .venv-cuda, nvcc from /usr/local/cuda) installed
+# there, then the build tests and one CPU path of each family against it; no GPU needed.
+test-cuda-build: deps
+	bash tools/test_cuda_build.sh $(VPY)
 
 # sdist and wheel into dist/ (the wheel is built from the sdist, against the venv's torch)
 dist: deps
