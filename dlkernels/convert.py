@@ -438,14 +438,13 @@ def _fuse_forward(module, allowed):
         raise RuntimeError(f"fusion differs between training ({sorted(done)}) and eval "
                            f"({sorted(results[False][1])})")
     if done:
-        fns = {}
+        fns, srcs = {}, {}
         for training, (_, _, graph) in results.items():
             code = graph.python_code(root_module="self")
             namespace = dict(code.globals)
             exec(compile(code.src, f"<dlkernels fused forward of {base.__name__}>", "exec"), namespace)
-            fns[training] = namespace["forward"]
-        same = results[True][2].python_code("self").src == results[False][2].python_code("self").src
-        forward = fns[True] if same else _by_mode(fns[True], fns[False])
+            fns[training], srcs[training] = namespace["forward"], code.src
+        forward = fns[True] if srcs[True] == srcs[False] else _by_mode(fns[True], fns[False])
         for target in done:  # swapped last: nothing above changed the module
             m = module.get_submodule(target)
             if type(m) is not dnn.BatchNormReLU2d:

@@ -10,8 +10,9 @@
 // What the cache keeps: what the workload reuses. A block freed and not reused within the next
 // cpu_cache_window() cached allocations (DLKERNELS_CPU_CACHE_WINDOW, default 1024) goes back to the OS,
 // so a steady training loop, whose every step reuses the same blocks, keeps them all and hits on every
-// allocation, while a loop of ever-changing shapes lets the sizes it stopped asking for go. Idle bytes
-// are further capped by cpu_cache_limit() (DLKERNELS_CPU_CACHE_BYTES, default 1 GiB; the oldest idle
+// allocation, while a loop of ever-changing shapes lets the sizes it stopped asking for go. While the
+// blocks held (in use and idle) pass twice the most bytes in use at once over the last one to two
+// windows, the least recently freed idle blocks go too. Idle bytes are further capped by cpu_cache_limit() (DLKERNELS_CPU_CACHE_BYTES, default 1 GiB; the oldest idle
 // blocks go first); dlkernels.empty_cache() returns every idle block. CUDA tensors use torch's caching
 // allocator.
 #pragma once
