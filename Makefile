@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 DEPS    := numpy pytest hypothesis pytest-benchmark ninja setuptools wheel build scikit-learn tqdm matplotlib
 STAMP   := $(VENV)/.deps-stamp
 
-.PHONY: venv deps build test demo bench info test-sanitize test-sdist test-cuda-build test-seeds dist clean
+.PHONY: venv deps build test demo bench info test-sanitize test-sdist test-cuda-build test-cuda-emu test-cuda-emu-sanitize test-seeds dist clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,23 @@ test-sanitize: deps
 	cd .sanitize && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=. \
 		../$(VPY) -m pytest -q -p no:cacheprovider -p no:logging tests $(SANITIZE_TESTS)
+
+# The CUDA emulation build (tools/cuda_emu) in .cuda-emu/: csrc/cuda/*.cu compiled as host C++ and run on
+# the emulator, CPU tensors taking the ops layer's CUDA branches; then the suite, where the "cpu" device
+# means the CUDA kernels, emulated (float16 and bfloat16 included). EMU_SANITIZE=address,undefined runs
+# it under ASan + UBSan (make test-cuda-emu-sanitize).
+EMU_SANITIZE ?=
+EMU_TESTS ?= -k "not two_processes and not distributed and not demo and not property and not 2_31"
+test-cuda-emu: deps
+	rm -rf .cuda-emu && mkdir -p .cuda-emu
+	git ls-files -co --exclude-standard | tar -cf - -T - | tar -xf - -C .cuda-emu
+	cd .cuda-emu && DLKERNELS_CUDA_EMU=1 DLKERNELS_SANITIZE=$(EMU_SANITIZE) ../$(VPY) setup.py -q build_ext --inplace
+	cd .cuda-emu && $(if $(EMU_SANITIZE),LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1) PYTHONPATH=. \
+		../$(VPY) -m pytest -q -p no:cacheprovider -p no:logging tests $(EMU_TESTS)
+
+test-cuda-emu-sanitize:
+	$(MAKE) test-cuda-emu EMU_SANITIZE=address,undefined
 
 # The sdist installed into a fresh venv holding only torch, a fast subset of the tests run against it.
 test-sdist: deps

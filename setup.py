@@ -3,10 +3,15 @@
 CUDA extension when torch is a CUDA build and nvcc is found, CPU-only otherwise.
 DLKERNELS_CUDA=1 forces CUDA (and fails loudly if it cannot be built); DLKERNELS_CUDA=0 forces CPU.
 DLKERNELS_SANITIZE=address,undefined adds -fsanitize flags to the CPU build.
+DLKERNELS_CUDA_EMU=1 builds the CUDA emulation (make test-cuda-emu): csrc/cuda/*.cu compiled as host C++
+against tools/cuda_emu (CUDA's headers needed, no nvcc, no CUDA torch), CPU tensors running the ops
+layer's CUDA branches on the emulated kernels.
 """
 import glob
 import os
 import shutil
+import subprocess
+import sys
 
 from setuptools import setup
 
@@ -47,8 +52,23 @@ def rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
 
 
+def emulated_cuda_sources():
+    """csrc/cuda/*.cu rewritten by tools/cuda_emu/rewrite.py into build/cuda_emu/, plus the emulator."""
+    out_dir = os.path.join(ROOT, "build", "cuda_emu")
+    os.makedirs(out_dir, exist_ok=True)
+    out = []
+    probes = os.path.join(ROOT, "tools", "cuda_emu", "probes.cu")  # planted bugs, for tests/test_cuda_emu.py
+    for src in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))) + [probes]:
+        dst = os.path.join(out_dir, os.path.basename(src) + ".cpp")
+        subprocess.check_call([sys.executable, os.path.join(ROOT, "tools", "cuda_emu", "rewrite.py"), src, dst,
+                               os.path.relpath(src, ROOT)])
+        out.append(dst)
+    return rel(out + [os.path.join(ROOT, "tools", "cuda_emu", "emu.cpp")])
+
+
 def make_extension():
-    use_cuda = want_cuda()
+    emulate = os.environ.get("DLKERNELS_CUDA_EMU", "") == "1"
+    use_cuda = not emulate and want_cuda()
     sources = rel(
         glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
         + glob.glob(os.path.join(ROOT, "csrc", "ops", "*.cpp"))
@@ -62,6 +82,15 @@ def make_extension():
         cxx += ["-fsanitize=" + sanitize, "-fno-omit-frame-pointer", "-g", "-O1"]
         ldflags += ["-fsanitize=" + sanitize]
     macros = []
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if emulate:
+        cuda_include = os.path.join(CUDA_HOME or "/usr/local/cuda", "include")
+        if not os.path.exists(os.path.join(cuda_include, "cuda_fp16.h")):
+            raise RuntimeError("DLKERNELS_CUDA_EMU=1 needs CUDA's headers (cuda_fp16.h), not found in " + cuda_include)
+        sources += emulated_cuda_sources()
+        include_dirs += [os.path.join(ROOT, "tools", "cuda_emu", "include"), cuda_include]
+        macros += [("DLKERNELS_WITH_CUDA", "1"), ("DLKERNELS_CUDA_EMU", "1")]
+        cxx += ["-Wno-unknown-pragmas"]
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;8.6;8.9;9.0+PTX")
         sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
@@ -79,7 +108,7 @@ def make_extension():
     return CppExtension(
         "dlkernels._C",
         sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        include_dirs=include_dirs,
         define_macros=macros,
         extra_compile_args={"cxx": cxx},
         extra_link_args=ldflags,

@@ -12,6 +12,10 @@
 #include "ops/alloc.h"
 #include "ops/ops.h"
 
+#ifdef DLKERNELS_CUDA_EMU
+#include "dlk_emu/runtime.h"
+#endif
+
 TORCH_LIBRARY(dlkernels, m) {
   // Softmax-cross-entropy. reduction: 0 none, 1 mean, 2 sum (torch's numbering).
   m.def("cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
@@ -109,7 +113,7 @@ void register_impls(torch::Library& m) {
 
 TORCH_LIBRARY_IMPL(dlkernels, CPU, m) { register_impls(m); }
 
-#ifdef DLKERNELS_WITH_CUDA
+#if defined(DLKERNELS_WITH_CUDA) && !defined(DLKERNELS_CUDA_EMU)
 TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) { register_impls(m); }
 #endif
 
@@ -165,11 +169,38 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cuda_sync_checks", &dlk::ops::cuda_sync_checks);
   m.def("set_cuda_sync_checks", &dlk::ops::set_cuda_sync_checks);
   m.def("isa_env_error", [] { return dlk::cpu::isa_env_error(); });
-#ifdef DLKERNELS_WITH_CUDA
+#if defined(DLKERNELS_CUDA_EMU)
+  // CPU tensors run the CUDA kernels on the emulator (tools/cuda_emu); no GPU code is compiled.
+  m.attr("cuda_archs") = std::string();
+  m.attr("with_cuda") = false;
+  m.attr("cuda_emulated") = true;
+  m.def("emu_stats", [] {
+    const dlk_emu::Stats s = dlk_emu::stats();
+    pybind11::dict d;
+    d["launches"] = s.launches;
+    d["replayed_launches"] = s.replayed_launches;
+    d["threads"] = s.threads;
+    d["failed_launches"] = s.failed_launches;
+    return d;
+  });
+  m.def("set_emu_orders", &dlk_emu::set_orders);
+  // out: the data pointer of a contiguous float32 tensor of n >= 64 elements (tests/test_cuda_emu.py)
+  m.def("emu_probe", [](const std::string& name, uintptr_t out, int64_t n) {
+    if (n < 64) throw std::invalid_argument("emu_probe: n must be at least 64, got " + std::to_string(n));
+    return dlk_emu::run_probe(name, reinterpret_cast<float*>(out), n);
+  });
+#ifdef __SANITIZE_ADDRESS__
+  m.attr("emu_sanitized") = true;
+#else
+  m.attr("emu_sanitized") = false;
+#endif
+#elif defined(DLKERNELS_WITH_CUDA)
   m.attr("cuda_archs") = std::string(DLKERNELS_CUDA_ARCHS);
   m.attr("with_cuda") = true;
+  m.attr("cuda_emulated") = false;
 #else
   m.attr("cuda_archs") = std::string();
   m.attr("with_cuda") = false;
+  m.attr("cuda_emulated") = false;
 #endif
 }

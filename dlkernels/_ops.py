@@ -4,6 +4,13 @@ They must agree exactly with csrc/ops/*.cpp; torch.library.opcheck in the tests 
 """
 import torch
 
+from . import _C
+
+
+def _cpu_kernels(t):
+    """Whether t runs the CPU kernels: a CPU tensor, except in the CUDA emulation build (tools/cuda_emu),
+    where CPU tensors run the emulated CUDA kernels (csrc/ops/device.h's cpu_kernels)."""
+    return t.device.type == "cpu" and not getattr(_C, "cuda_emulated", False)
 
 def _acc_dtype(dtype):
     # Statistics saved for backward: float64 for float64 inputs, float32 otherwise (half and bfloat16 too).
@@ -167,7 +174,7 @@ def _relu_mask_shape(input, training, residual, relu):
     """The shape of batch_norm_forward's relu_mask: bit words (N, C, ceil(L / 32)) where the CPU float32
     fused training path makes one for batch_norm_add_relu (planar layout, C >= 4, a channel of at most
     256 KiB: mirrors batch_norm_fused_fits in csrc/cpu/batch_norm.cpp), else (0,)."""
-    if not (training and relu and residual is not None and input.device.type == "cpu"
+    if not (training and relu and residual is not None and _cpu_kernels(input)
             and input.dtype == torch.float32 and input.dim() >= 3):
         return (0,)
     planar = input.is_contiguous() or not (

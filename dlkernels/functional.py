@@ -6,6 +6,7 @@ from torch.nn import _reduction as _torch_reduction
 from . import _C
 from .autograd import (AdaptiveAvgPool2dFunction, AvgPool2dFunction, BatchNormFunction, Col2imFunction, Conv2dFunction,
                        CrossEntropyFunction, Im2colFunction, MaxPool2dFunction)
+from ._ops import _cpu_kernels
 from .autograd import apply as _autograd_apply
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -141,7 +142,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _pair(fn, "stride", stride)
     # Without return_indices, autograd keeps a byte per output naming the window's tap (CPU) instead of
     # torch's int64 flat index: the forward writes and the backward reads an eighth of those bytes.
-    taps = not return_indices and x.device.type == "cpu" and k[0] * k[1] <= 256
+    taps = not return_indices and _cpu_kernels(x) and k[0] * k[1] <= 256
     out, indices = _autograd_apply(MaxPool2dFunction, x, k, s, _pair(fn, "padding", padding), _pair(fn, "dilation", dilation),
                                    bool(ceil_mode), taps)
     out = _pool_output(out, unbatched, cl)

@@ -10,6 +10,10 @@ import torch
 import dlkernels
 
 CUDA = dlkernels.cuda_available()
+# The CUDA emulation build (make test-cuda-emu, tools/cuda_emu): the "cpu" device means the CUDA kernels,
+# emulated, and takes every dtype the CUDA paths take; tests of the CPU kernels themselves skip.
+EMU = bool(getattr(dlkernels._C, "cuda_emulated", False))
+cpu_kernels_only = pytest.mark.skipif(EMU, reason="tests the CPU kernels; this build runs the emulated CUDA kernels")
 
 # torch's CUDA convolutions default to TF32 (cudnn.allow_tf32), which rounds float32 operands to 10-bit
 # mantissas: an error near 1e-3 that would make torch, not us, miss the float32 tolerance. References
@@ -18,7 +22,8 @@ torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 
 # (device, cpu isa) pairs: every CPU path this machine runs, plus CUDA when there is a GPU.
-DEVICE_ISAS = [("cpu", isa) for isa in dlkernels.supported_cpu_isas()] + ([("cuda", None)] if CUDA else [])
+DEVICE_ISAS = ([("cpu", None)] if EMU else [("cpu", isa) for isa in dlkernels.supported_cpu_isas()]) + (
+    [("cuda", None)] if CUDA else [])
 
 # Tolerances against a float64 reference and against torch at the same precision.
 TOL = {
@@ -30,7 +35,7 @@ TOL = {
 
 
 def dtypes_for(device):
-    if device == "cuda":
+    if device == "cuda" or EMU:
         return [torch.float32, torch.float64, torch.float16, torch.bfloat16]
     return [torch.float32, torch.float64]
 

@@ -199,6 +199,9 @@ BlockCache& cache() {
 }  // namespace
 
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#ifdef DLKERNELS_CUDA_EMU
+  return at::empty(sizes, options);  // the emulated CUDA branches allocate as on a GPU: torch's allocator
+#endif
   if (options.device().type() != c10::DeviceType::CPU) return at::empty(sizes, options);
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;

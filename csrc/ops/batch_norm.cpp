@@ -41,8 +41,8 @@ void check_input(const char* op, const Tensor& input) {
   TORCH_CHECK(input.is_cpu() || input.is_cuda(), "dlkernels.", op, ": input must be a CPU or CUDA tensor, got ",
               input.device());
   const auto s = input.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (input.is_cuda() && low_precision(input)), "dlkernels.", op,
-                   ": input must be float32 or float64", input.is_cuda() ? ", float16 or bfloat16" : "", " on ",
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (cuda_kernels(input) && low_precision(input)), "dlkernels.", op,
+                   ": input must be float32 or float64", cuda_kernels(input) ? ", float16 or bfloat16" : "", " on ",
                    input.device().type(), ", got ", s);
   TORCH_CHECK_VALUE(input.dim() >= 2 && input.dim() <= 5, "dlkernels.", op,
                     ": input must have 2 to 5 dimensions (N, C, ...), got shape ", input.sizes());
@@ -145,7 +145,7 @@ Tensor channel_tensor(const std::vector<double>& v, const double* k, const Tenso
 
 Tensor workspace_for(const Layout& lay, const Tensor& input) {
   // CPU: the reductions' partial sums; CUDA: the per-block partials of the two-stage reduction.
-  const int64_t n = input.is_cpu() ? cpu::batch_norm_workspace_size(lay.g) : 3 * lay.g.C * 64;
+  const int64_t n = cpu_kernels(input) ? cpu::batch_norm_workspace_size(lay.g) : 3 * lay.g.C * 64;
   return at::empty({std::max<int64_t>(n, 1)}, input.options().dtype(at::kDouble));
 }
 
@@ -279,7 +279,7 @@ void update_running_cpu(const optional<Tensor>& running_mean, const optional<Ten
 void update_running(const optional<Tensor>& running_mean, const optional<Tensor>& running_var, const Tensor& mean,
                     const Tensor& var, double momentum, int64_t count) {
   if (!(running_mean.has_value() && running_mean->defined())) return;
-  if (mean.is_cpu()) return update_running_cpu(running_mean, running_var, f64(mean), f64(var), momentum, count);
+  if (cpu_kernels(mean)) return update_running_cpu(running_mean, running_var, f64(mean), f64(var), momentum, count);
   const double n = double(count);
   Tensor rm = *running_mean, rv = *running_var;
   rm.mul_(1 - momentum).add_((mean * momentum).to(rm.scalar_type()));
@@ -351,7 +351,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& inpu
       return {empty_in_layout(x, lay), mean, mean.clone(), no_mask};
     }
     Tensor var;
-    if (x.is_cpu() && cpu::batch_norm_fused_fits(lay.g, x.element_size())) {
+    if (cpu_kernels(x) && cpu::batch_norm_fused_fits(lay.g, x.element_size())) {
       // a channel at a time, statistics and normalization in one sweep (csrc/cpu/batch_norm.h)
       mean = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
       invstd = at::empty_like(mean);
@@ -440,7 +440,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
                           ? checked_relu_mask(op, *relu_mask, input, lay)
                           : Tensor();
   // the CPU path that takes a channel at a time (below)
-  const bool fused = training && output_mask[0] && input.is_cpu() &&
+  const bool fused = training && output_mask[0] && cpu_kernels(input) &&
                      cpu::batch_norm_fused_fits(lay.g, input.element_size());
   // the gate from bits on the fused path; anywhere else (never, for the forward's own masks: they are made
   // on that path) expanded into a 0/1 tensor that stands in for output

@@ -56,8 +56,8 @@ struct ConvGeom {
 
 void check_float(const char* op, const char* name, const Tensor& t) {
   const auto s = t.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (t.is_cuda() && (s == at::kHalf || s == at::kBFloat16)),
-                   "dlkernels.", op, ": ", name, " must be float32 or float64", t.is_cuda() ? ", float16 or bfloat16" : "",
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (cuda_kernels(t) && (s == at::kHalf || s == at::kBFloat16)),
+                   "dlkernels.", op, ": ", name, " must be float32 or float64", cuda_kernels(t) ? ", float16 or bfloat16" : "",
                    " on ", t.device().type(), ", got ", s);
 }
 
@@ -181,7 +181,7 @@ bool batched_direct(const ConvGeom& c, bool tile_images) { return c.direct && c.
 // -> 64 1.2 -> 0.9 ms). Its backward keeps the column matrix.
 bool small_direct(const ConvGeom& c, const Tensor& x) {
   const Im2colGeom& g = c.g;
-  return x.is_cpu() && !c.direct && c.G == 1 && (g.SW == 1 || g.SW == 2) && g.DH == 1 && g.DW == 1 &&
+  return cpu_kernels(x) && !c.direct && c.G == 1 && (g.SW == 1 || g.SW == 2) && g.DH == 1 && g.DW == 1 &&
          cpu::conv_direct_fits(g.C, g.KH, g.KW, c.OC, g.OW, g.SW, int64_t(x.element_size()));
 }
 
@@ -217,7 +217,7 @@ void small_direct_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, c
 // Depthwise layers (groups == channels > 1, any multiplier) on the CPU: the direct kernels of
 // cpu::conv_depthwise_*, memory-bound passes over each plane instead of a column matrix of KH * KW
 // copies of the input and a GEMM per group of one row.
-bool depthwise(const ConvGeom& c, const Tensor& x) { return x.is_cpu() && c.G == c.g.C && c.G > 1; }
+bool depthwise(const ConvGeom& c, const Tensor& x) { return cpu_kernels(x) && c.G == c.g.C && c.G > 1; }
 
 cpu::DepthwiseGeom depthwise_geom(const ConvGeom& c) {
   const Im2colGeom& g = c.g;
@@ -234,7 +234,7 @@ cpu::DepthwiseGeom depthwise_geom(const ConvGeom& c) {
 // tile's 6 or 12 filters.
 bool direct_input_grad(const ConvGeom& c, const Tensor& x) {
   const Im2colGeom& g = c.g;
-  return x.is_cpu() && !c.direct && c.G == 1 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 &&
+  return cpu_kernels(x) && !c.direct && c.G == 1 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 &&
          g.C >= 8 && cpu::conv_direct_fits(c.OC, g.KH, g.KW, g.C, g.W, 1, int64_t(x.element_size()));
 }
 
@@ -263,13 +263,13 @@ void direct_input_grad_run(const ConvGeom& c, const Tensor& go, const Tensor& w,
 // forward of a layer with a column matrix up to cpu::kConvTileMaxForwardFilters).
 // grad_weight takes the hand-written dot-product kernel only for the smallest layers
 // (cpu::conv_gemm_small_fits), else MKL. All take contiguous (G, rows, cols) operands.
-bool tile_gemm(const ConvGeom& c, const Tensor& x) { return x.is_cpu() && c.OC / c.G <= cpu::kConvTileMaxFilters; }
+bool tile_gemm(const ConvGeom& c, const Tensor& x) { return cpu_kernels(x) && c.OC / c.G <= cpu::kConvTileMaxFilters; }
 // The forward of a layer with a column matrix goes further, up to cpu::kConvTileMaxForwardFilters (see there).
 bool tile_gemm_forward(const ConvGeom& c, const Tensor& x) {
-  return tile_gemm(c, x) || (x.is_cpu() && !c.direct && c.OC / c.G <= cpu::kConvTileMaxForwardFilters);
+  return tile_gemm(c, x) || (cpu_kernels(x) && !c.direct && c.OC / c.G <= cpu::kConvTileMaxForwardFilters);
 }
 bool small_gemm(const ConvGeom& c, const Tensor& x) {
-  return x.is_cpu() && cpu::conv_gemm_small_fits(c.OC / c.G, c.rows_per_group());
+  return cpu_kernels(x) && cpu::conv_gemm_small_fits(c.OC / c.G, c.rows_per_group());
 }
 
 // out[g] = w[g] @ b[g] with w (G, M, K) taken as stored (trans false) or as w[g]^T for w (G, K, M).
@@ -293,7 +293,7 @@ void tile_gemm_out(const Tensor& out, const Tensor& w, bool trans, const Tensor&
 // 3136 the same, so larger images keep it.
 constexpr int64_t kConvTileDirectPositions = 256;
 bool tile_direct(const ConvGeom& c, const Tensor& x) {
-  return x.is_cpu() && c.direct && (tile_gemm(c, x) || c.g.positions() <= kConvTileDirectPositions);
+  return cpu_kernels(x) && c.direct && (tile_gemm(c, x) || c.g.positions() <= kConvTileDirectPositions);
 }
 
 // The direct layer's GEMMs over all N images, group by group: out_n[g] = w[g] @ in_n[g] (forward: in x,
@@ -512,7 +512,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     at::bmm_out(gi, wT3.select(0, 0).expand({c.N, rows, c.OC}), go.view({c.N, c.OC, L}));
   }
   // grad_weight accumulated transposed on the CPU for one group (see the note after gemm_accumulate)
-  Tensor gwT = output_mask[1] && x.is_cpu() && c.G == 1 && !small ? at::zeros({Rg, OCg}, w.options()) : Tensor();
+  Tensor gwT = output_mask[1] && cpu_kernels(x) && c.G == 1 && !small ? at::zeros({Rg, OCg}, w.options()) : Tensor();
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
   Tensor gy_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();

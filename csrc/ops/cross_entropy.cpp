@@ -14,12 +14,10 @@
 #include "common/cross_entropy.h"
 #include "cpu/cross_entropy.h"
 #include "ops/alloc.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
 #ifdef DLKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
 #include "cuda/launch.h"
 #include "ops/cuda_util.h"
 #endif
@@ -50,7 +48,7 @@ std::vector<int64_t> row_shape(const Tensor& input) {
 
 Prepared prepare(const Tensor& input, const Tensor& target, const c10::optional<Tensor>& weight, int64_t reduction,
                  int64_t ignore_index, double label_smoothing) {
-  const bool cuda = input.is_cuda();
+  const bool cuda = cuda_kernels(input);
   TORCH_CHECK(input.is_cpu() || cuda, "dlkernels.cross_entropy: input must be a CPU or CUDA tensor, got device ",
               input.device());
   TORCH_CHECK_TYPE(is_float_type(input.scalar_type(), cuda),
@@ -140,7 +138,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_forward(const Tensor& input, co
   Tensor row_weight = at::empty(rshape, opt_acc);
   Tensor out = p.opts.reduction == Reduction::None ? loss_rows : at::empty({}, input.options());
 
-  if (input.is_cpu()) {
+  if (cpu_kernels(input)) {
     if (!p.opts.prob_target) {
       const int64_t bad = cpu::cross_entropy_find_bad_target(p.target.data_ptr<int64_t>(), g.rows(), g.C, ignore_index);
       if (bad >= 0) raise_bad_target(p.target, bad, g.C);
@@ -159,8 +157,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_forward(const Tensor& input, co
     return {out, lse, total_weight};
   }
 #ifdef DLKERNELS_WITH_CUDA
-  c10::cuda::CUDAGuard guard(input.device());
-  void* stream = at::cuda::getCurrentCUDAStream().stream();
+  CudaScope scope(input);
+  void* stream = scope.stream();
   const auto dt = cuda_dtype(input.scalar_type());
   Tensor bad_row = at::full({}, std::numeric_limits<int64_t>::max(), input.options().dtype(at::kLong));
   Tensor workspace = at::empty({1}, opt_acc);  // the weight sum
@@ -231,7 +229,7 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
   const auto& g = p.geom;
   at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), tw = total_weight.contiguous();
   at::Tensor grad_input = empty_output(p.input.sizes(), p.input.options());
-  if (input.is_cpu()) {
+  if (cpu_kernels(input)) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.cross_entropy_backward", [&] {
       cpu::CrossEntropyBackwardArgs<scalar_t> a{grad.data_ptr<scalar_t>(), tw.data_ptr<scalar_t>(),
                                                 p.input.data_ptr<scalar_t>(), ptr_or_null<int64_t>(p.target),
@@ -242,12 +240,12 @@ at::Tensor cross_entropy_backward(const at::Tensor& grad_loss, const at::Tensor&
     return grad_input;
   }
 #ifdef DLKERNELS_WITH_CUDA
-  c10::cuda::CUDAGuard guard(input.device());
+  CudaScope scope(input);
   at::Tensor workspace = at::empty({1}, lse.options());  // the weight sum
   check_launch(cuda::cross_entropy_backward(cuda_dtype(input.scalar_type()), g, p.opts, grad.data_ptr(), tw.data_ptr(),
                                             p.input.data_ptr(), ptr_or_null<int64_t>(p.target), vptr(p.target_prob),
                                             vptr(p.weight), lse_c.data_ptr(), grad_input.data_ptr(),
-                                            workspace.data_ptr(), at::cuda::getCurrentCUDAStream().stream()),
+                                            workspace.data_ptr(), scope.stream()),
                "cross_entropy_backward");
   return grad_input;
 #else
@@ -264,7 +262,7 @@ at::Tensor cross_entropy_target_backward(const at::Tensor& grad_loss, const at::
   const auto& g = p.geom;
   at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), tw = total_weight.contiguous();
   at::Tensor grad_target = empty_output(p.input.sizes(), p.input.options());
-  if (input.is_cpu()) {
+  if (cpu_kernels(input)) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels.cross_entropy_target_backward", [&] {
       cpu::cross_entropy_target_backward<scalar_t>(g, p.opts, grad.data_ptr<scalar_t>(), tw.data_ptr<scalar_t>(),
                                                    p.input.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(p.weight),
@@ -273,10 +271,10 @@ at::Tensor cross_entropy_target_backward(const at::Tensor& grad_loss, const at::
     return grad_target;
   }
 #ifdef DLKERNELS_WITH_CUDA
-  c10::cuda::CUDAGuard guard(input.device());
+  CudaScope scope(input);
   check_launch(cuda::cross_entropy_target_backward(cuda_dtype(input.scalar_type()), g, p.opts, grad.data_ptr(),
                                                    tw.data_ptr(), p.input.data_ptr(), vptr(p.weight), lse_c.data_ptr(),
-                                                   grad_target.data_ptr(), at::cuda::getCurrentCUDAStream().stream()),
+                                                   grad_target.data_ptr(), scope.stream()),
                "cross_entropy_target_backward");
   return grad_target;
 #else

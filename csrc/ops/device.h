@@ -6,9 +6,6 @@
 #include <c10/util/Exception.h>
 
 #ifdef DLKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
 #include "cuda/launch.h"
 #include "ops/cuda_util.h"
 #endif
@@ -23,16 +20,35 @@
 
 namespace dlk::ops {
 
+// Which kernels a tensor runs: the CPU kernels for CPU tensors, the CUDA launchers for CUDA tensors. In
+// the CUDA emulation build (DLKERNELS_CUDA_EMU, make test-cuda-emu) CPU tensors take the CUDA branches
+// - the very code a GPU build runs - and the launchers run on the emulator.
+inline bool cpu_kernels(const at::Tensor& t) {
+#ifdef DLKERNELS_CUDA_EMU
+  (void)t;
+  return false;
+#else
+  return t.is_cpu();
+#endif
+}
+inline bool cuda_kernels(const at::Tensor& t) {
+#ifdef DLKERNELS_CUDA_EMU
+  return t.is_cpu() || t.is_cuda();
+#else
+  return t.is_cuda();
+#endif
+}
+
 // cpu_fn(scalar_t()) on CPU (float or double); cuda_fn(cuda::DType, void* stream) -> int error on CUDA.
 template <class CpuFn, class CudaFn>
 void run_on_device(const char* op, const at::Tensor& input, CpuFn cpu_fn, CudaFn cuda_fn) {
-  if (input.is_cpu()) {
+  if (cpu_kernels(input)) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "dlkernels", [&] { cpu_fn(scalar_t()); });
     return;
   }
 #ifdef DLKERNELS_WITH_CUDA
-  c10::cuda::CUDAGuard guard(input.device());
-  const int err = cuda_fn(cuda_dtype(input.scalar_type()), static_cast<void*>(at::cuda::getCurrentCUDAStream().stream()));
+  CudaScope scope(input);
+  const int err = cuda_fn(cuda_dtype(input.scalar_type()), scope.stream());
   TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
 #else
   (void)cuda_fn;

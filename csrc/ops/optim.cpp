@@ -14,12 +14,10 @@
 
 #include "common/optim.h"
 #include "cpu/optim.h"
+#include "ops/device.h"
 #include "ops/ops.h"
 
 #ifdef DLKERNELS_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
 #include "cuda/launch.h"
 #include "ops/cuda_util.h"
 #endif
@@ -58,7 +56,7 @@ void check_params(const char* op, TensorList params) {
     TORCH_CHECK_TYPE(p.scalar_type() == params[0].scalar_type(), "dlkernels.", op,
                      ": all parameters of one call must share a dtype, params[", i, "] is ", p.scalar_type(),
                      " and params[0] ", params[0].scalar_type());
-    const bool cuda = p.is_cuda();
+    const bool cuda = cuda_kernels(p);
     const auto t = p.scalar_type();
     TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || (cuda && (t == at::kHalf || t == at::kBFloat16)),
                      "dlkernels.", op, ": parameters must be float32 or float64", cuda ? ", float16 or bfloat16" : "",
@@ -137,7 +135,6 @@ DeviceTables device_tables(const Staged& s) {
   return t;
 }
 
-void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 #endif
 
 // state_steps: one float scalar per parameter, incremented here (on the host: torch keeps the step
@@ -193,7 +190,7 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
   Staged s = stage({params, grads, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : TensorList()},
                    {true, false, true, true, true});
   const auto chunks = chunk_table(params);
-  if (params[0].is_cpu()) {
+  if (cpu_kernels(params[0])) {
     AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "dlkernels.adam_", [&] {
       auto p = ptrs<scalar_t>(s.work[0]), m = ptrs<scalar_t>(s.work[2]), v = ptrs<scalar_t>(s.work[3]);
       auto vmax = ptrs<scalar_t>(s.work[4]);
@@ -203,11 +200,11 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
     });
   } else {
 #ifdef DLKERNELS_WITH_CUDA
-    c10::cuda::CUDAGuard guard(params[0].device());
+    CudaScope scope(params[0]);
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_adam(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()), t.list(0),
                                             t.list(1), t.list(2), t.list(3), t.list(4), t.numel.data(), scalars.data(),
-                                            current_stream());
+                                            scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
@@ -232,7 +229,7 @@ void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10:
   const SgdOptions o{lr, momentum, dampening, weight_decay, nesterov, maximize};
   Staged s = stage({params, grads, momentum != 0 ? momentum_buffers : TensorList()}, {true, false, true});
   const auto chunks = chunk_table(params);
-  if (params[0].is_cpu()) {
+  if (cpu_kernels(params[0])) {
     AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "dlkernels.sgd_", [&] {
       auto p = ptrs<scalar_t>(s.work[0]), b = ptrs<scalar_t>(s.work[2]);
       auto gc = ptrs<const scalar_t>(s.work[1]);
@@ -241,10 +238,10 @@ void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10:
     });
   } else {
 #ifdef DLKERNELS_WITH_CUDA
-    c10::cuda::CUDAGuard guard(params[0].device());
+    CudaScope scope(params[0]);
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_sgd(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()), t.list(0),
-                                           t.list(1), t.list(2), t.numel.data(), first.data(), current_stream());
+                                           t.list(1), t.list(2), t.numel.data(), first.data(), scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.sgd: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.sgd: this build has no CUDA support");
@@ -266,7 +263,7 @@ void adagrad_(TensorList params, TensorList grads, TensorList state_sums, Tensor
   const AdagradOptions o{weight_decay, eps, maximize};
   Staged s = stage({params, grads, state_sums}, {true, false, true});
   const auto chunks = chunk_table(params);
-  if (params[0].is_cpu()) {
+  if (cpu_kernels(params[0])) {
     AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "dlkernels.adagrad_", [&] {
       auto p = ptrs<scalar_t>(s.work[0]), sum = ptrs<scalar_t>(s.work[2]);
       auto gc = ptrs<const scalar_t>(s.work[1]);
@@ -275,11 +272,11 @@ void adagrad_(TensorList params, TensorList grads, TensorList state_sums, Tensor
     });
   } else {
 #ifdef DLKERNELS_WITH_CUDA
-    c10::cuda::CUDAGuard guard(params[0].device());
+    CudaScope scope(params[0]);
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_adagrad(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
                                                t.list(0), t.list(1), t.list(2), t.numel.data(), clr.data(),
-                                               current_stream());
+                                               scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.adagrad: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.adagrad: this build has no CUDA support");
@@ -304,7 +301,7 @@ void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, Tenso
                     momentum > 0 ? momentum_buffers : TensorList()},
                    {true, false, true, true, true});
   const auto chunks = chunk_table(params);
-  if (params[0].is_cpu()) {
+  if (cpu_kernels(params[0])) {
     AT_DISPATCH_FLOATING_TYPES(params[0].scalar_type(), "dlkernels.rmsprop_", [&] {
       auto p = ptrs<scalar_t>(s.work[0]), sq = ptrs<scalar_t>(s.work[2]), ga = ptrs<scalar_t>(s.work[3]);
       auto b = ptrs<scalar_t>(s.work[4]);
@@ -315,11 +312,11 @@ void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, Tenso
     });
   } else {
 #ifdef DLKERNELS_WITH_CUDA
-    c10::cuda::CUDAGuard guard(params[0].device());
+    CudaScope scope(params[0]);
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_rmsprop(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
                                                t.list(0), t.list(1), t.list(2), t.list(3), t.list(4), t.numel.data(),
-                                               current_stream());
+                                               scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.rmsprop: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.rmsprop: this build has no CUDA support");

@@ -23,8 +23,8 @@ void check_input(const char* op, const Tensor& input) {
   TORCH_CHECK(input.is_cpu() || input.is_cuda(), "dlkernels.", op, ": input must be a CPU or CUDA tensor, got ",
               input.device());
   const auto t = input.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || (input.is_cuda() && (t == at::kHalf || t == at::kBFloat16)),
-                   "dlkernels.", op, ": input must be float32 or float64", input.is_cuda() ? ", float16 or bfloat16" : "",
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || (cuda_kernels(input) && (t == at::kHalf || t == at::kBFloat16)),
+                   "dlkernels.", op, ": input must be float32 or float64", cuda_kernels(input) ? ", float16 or bfloat16" : "",
                    " on ", input.device().type(), ", got ", t);
   TORCH_CHECK_VALUE(input.dim() == 4, "dlkernels.", op, ": input must have shape (N, C, H, W) or (C, H, W), got ",
                     input.sizes());
@@ -79,7 +79,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
                                               bool tap_index) {
   const Pool2dGeom g = make_geom("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
   if (tap_index) {
-    TORCH_CHECK(input.is_cpu(), "dlkernels.max_pool2d: tap_index (uint8 window taps) is CPU-only, got input on ",
+    TORCH_CHECK(cpu_kernels(input), "dlkernels.max_pool2d: tap_index (uint8 window taps) is CPU-only, got input on ",
                 input.device());
     TORCH_CHECK_VALUE(g.KH * g.KW <= 256, "dlkernels.max_pool2d: tap_index needs kernel_size[0] * kernel_size[1] <= 256, "
                       "got kernel_size ", kernel_size);
@@ -112,7 +112,7 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
                     "CPU) of shape ", grad_output.sizes(), " on ", input.device(), ", got ", indices.scalar_type(),
                     " of shape ", indices.sizes(), " on ", indices.device());
   if (taps) {
-    TORCH_CHECK(input.is_cpu() && g.KH * g.KW <= 256, "dlkernels.max_pool2d_backward: uint8 window taps need a CPU "
+    TORCH_CHECK(cpu_kernels(input) && g.KH * g.KW <= 256, "dlkernels.max_pool2d_backward: uint8 window taps need a CPU "
                 "input and kernel_size[0] * kernel_size[1] <= 256, got input on ", input.device(), " and kernel_size ",
                 kernel_size);
   }
