@@ -184,6 +184,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return d;
   });
   m.def("set_emu_orders", &dlk_emu::set_orders);
+  m.def("emu_launches_by_kernel", &dlk_emu::launches_by_kernel);
   // out: the data pointer of a contiguous float32 tensor of n >= 64 elements (tests/test_cuda_emu.py)
   m.def("emu_probe", [](const std::string& name, uintptr_t out, int64_t n) {
     if (n < 64) throw std::invalid_argument("emu_probe: n must be at least 64, got " + std::to_string(n));

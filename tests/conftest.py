@@ -14,6 +14,14 @@ CUDA = dlkernels.cuda_available()
 # emulated, and takes every dtype the CUDA paths take; tests of the CPU kernels themselves skip.
 EMU = bool(getattr(dlkernels._C, "cuda_emulated", False))
 cpu_kernels_only = pytest.mark.skipif(EMU, reason="tests the CPU kernels; this build runs the emulated CUDA kernels")
+# Where the CUDA kernels run: a GPU, or in the emulation build the CPU device; None where neither.
+KDEV = "cuda" if CUDA else ("cpu" if EMU else None)
+needs_cuda_kernels = pytest.mark.skipif(KDEV is None, reason="needs a GPU and a CUDA build, or the CUDA emulation build")
+
+
+def cuda_semantics(device):
+    """Whether tensors on device run the CUDA kernels (and so follow their documented behaviour)."""
+    return device == "cuda" or EMU
 
 # torch's CUDA convolutions default to TF32 (cudnn.allow_tf32), which rounds float32 operands to 10-bit
 # mantissas: an error near 1e-3 that would make torch, not us, miss the float32 tolerance. References

@@ -8,6 +8,7 @@ import dlkernels
 import dlkernels.functional as DF
 import dlkernels.nn as dnn
 import dlkernels.optim as dopt
+from conftest import EMU
 
 X = torch.randn(2, 3, 8, 8)
 W = torch.randn(4, 3, 3, 3)
@@ -113,7 +114,10 @@ def test_table_is_large_enough():
 
 @pytest.mark.parametrize("name,call,exc,fragment", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
 def test_bad_call_raises_a_clear_error(name, call, exc, fragment):
-    with pytest.raises(exc) as info:
+    if EMU and name == "conv half on cpu":
+        pytest.skip("the CUDA kernels (emulated here) take float16")
+    # The CUDA kernels report a bad class index only with sync checks on (test_cross_entropy: off).
+    with dlkernels.cuda_sync_checks_enabled(EMU), pytest.raises(exc) as info:
         call()
     assert fragment in str(info.value), f"{name}: {info.value!r}"
 

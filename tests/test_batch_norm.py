@@ -16,7 +16,7 @@ import dlkernels.functional as DF
 import dlkernels.nn as dnn
 from dlkernels.textbook import BatchNormalization
 
-from conftest import TOL, assert_lowp_close
+from conftest import KDEV, TOL, assert_lowp_close, cpu_kernels_only, needs_cuda_kernels
 
 
 def run_bn(fn, x, weight, bias, rm, rv, training, momentum, residual=None, grad_seed=0):
@@ -308,6 +308,7 @@ def test_isa_paths_match_scalar():
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
 
 
+@cpu_kernels_only
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_relu_mask_recomputed_from_input_is_the_outputs(dtype):
     """Without a residual, the CPU planar backward recomputes the ReLU mask from the input
@@ -355,6 +356,7 @@ def _expand_bits(bits, shape):
 
 @pytest.mark.parametrize("shape", [(4, 6, 9, 7), (6, 4, 1, 1), (3, 5, 4, 8), (2, 4, 3, 11), (2, 4, 40, 41),
                                    (2, 4, 3, 5, 7)])
+@cpu_kernels_only
 def test_add_relu_bit_mask(shape):
     """batch_norm_add_relu on the CPU float32 fused path saves its ReLU gate as bits (int32 words per plane)
     and backward reads them instead of the output: the bits must be exactly output > 0 (zeros past each
@@ -395,6 +397,7 @@ def test_add_relu_bit_mask(shape):
                           (torch.randn(shape), x, None, w, m, i, True, True, [True, True, True, True], b, False, bits))
 
 
+@cpu_kernels_only
 def test_add_relu_bit_mask_only_where_made_and_bad_masks():
     ops = torch.ops.dlkernels
     x = torch.randn(2, 4, 5, 6)
@@ -635,13 +638,13 @@ def test_convert_sync_batchnorm_keeps_parameters_and_buffers():
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+@needs_cuda_kernels
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_low_precision(dtype):
-    x64 = torch.randn(4, 6, 9, 7, device="cuda", dtype=torch.float64) * 2 + 3
-    w = torch.rand(6, device="cuda") + 0.5
-    b = torch.randn(6, device="cuda")
-    rm, rv = torch.zeros(6, device="cuda"), torch.ones(6, device="cuda")
+    x64 = torch.randn(4, 6, 9, 7, device=KDEV, dtype=torch.float64) * 2 + 3
+    w = torch.rand(6, device=KDEV) + 0.5
+    b = torch.randn(6, device=KDEV)
+    rm, rv = torch.zeros(6, device=KDEV), torch.ones(6, device=KDEV)
     for relu in (False, True):
         ours = run_bn(ours_bn(relu), x64.to(dtype), w, b, rm, rv, True, 0.1)
         ref = run_bn(torch_bn(relu), x64.to(dtype), w, b, rm, rv, True, 0.1)
@@ -650,9 +653,9 @@ def test_cuda_low_precision(dtype):
             assert_lowp_close(a, c, r, f"tensor {i}")
 
 
-@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+@needs_cuda_kernels
 def test_cuda_large_reduction_is_accurate():
-    x = torch.randn(4, 2, 1024, 1024, device="cuda") + 1000  # 4M values per channel
+    x = torch.randn(4, 2, 1024, 1024, device=KDEV) + 1000  # 4M values per channel
     y = DF.batch_norm(x, None, None, training=True)
     ref = F.batch_norm(x.double(), None, None, training=True)
     torch.testing.assert_close(y.double(), ref, rtol=1e-3, atol=1e-3)

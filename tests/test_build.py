@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import dlkernels
 import dlkernels.functional as DF
+from conftest import cpu_kernels_only
 from dlkernels import _C
 
 
@@ -46,6 +47,7 @@ def test_info_reports_build():
     assert ("CPU-only build" in out) == (not _C.with_cuda)
 
 
+@cpu_kernels_only
 def test_large_outputs_do_not_alias():
     """Gradients above the cache threshold come from the block cache: live ones must never share memory,
     and a recycled block must be fully rewritten."""
@@ -96,6 +98,7 @@ def _cache_stats():
     return s
 
 
+@cpu_kernels_only
 def test_cache_holds_about_the_working_set_of_varying_shapes():
     """A loop of ever-changing cross-entropy shapes: the cache keeps at most twice the largest number of
     bytes the loop had in use at once (the unbounded cache kept every size it was ever asked for: 5-14x
@@ -139,6 +142,7 @@ def test_cache_holds_about_the_working_set_of_varying_shapes():
     assert _cache_stats()["idle_bytes"] == 0
 
 
+@cpu_kernels_only
 def test_cache_hits_on_every_allocation_of_a_steady_training_loop():
     """After a warm-up step, a training loop of fixed shapes maps no new block: every large output
     (activations, gradients, the loss gradient) reuses one the previous step freed."""
@@ -170,6 +174,7 @@ def test_cache_hits_on_every_allocation_of_a_steady_training_loop():
     assert after["released"] == before["released"], (before, after)
 
 
+@cpu_kernels_only
 def test_cache_keeps_its_blocks_when_a_block_above_the_limit_is_freed():
     old = dlkernels.cpu_cache_stats()["limit_bytes"]
     dlkernels.empty_cache()

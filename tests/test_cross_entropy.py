@@ -12,7 +12,7 @@ import dlkernels
 import dlkernels.functional as DF
 import dlkernels.nn as dnn
 
-from conftest import TOL, assert_close, check_fwd_bwd, dtypes_for
+from conftest import KDEV, TOL, assert_close, check_fwd_bwd, cuda_semantics, dtypes_for, needs_cuda_kernels
 from reference import SoftmaxWithLoss, cross_entropy as ce_reference
 
 REDUCTIONS = ["mean", "sum", "none"]
@@ -399,12 +399,12 @@ def test_concurrent_python_threads():
 
 # ------------------------------------------------------------------------------ low precision (CUDA)
 
-@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+@needs_cuda_kernels
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(64, 1000), (8, 32000), (4, 21, 9, 11)], ids=str)
 def test_cuda_low_precision(dtype, shape):
     for prob in (False, True):
-        x, t, w = make_case(shape, dtype, "cuda", prob, weighted=True)
+        x, t, w = make_case(shape, dtype, KDEV, prob, weighted=True)
         kw = dict(label_smoothing=0.1)
         check_fwd_bwd(lambda a, b, w: DF.cross_entropy(a, b, weight=w, **kw),
                       lambda a, b, w: F.cross_entropy(a, b, weight=w, **kw), [x, t, w])
@@ -481,7 +481,7 @@ def test_bad_target_without_sync_checks(device, bad):
     t = torch.randint(0, 5, (6,), device=device)
     t[3] = bad
     with dlkernels.cuda_sync_checks_enabled(False):
-        if device == "cpu":
+        if not cuda_semantics(device):
             with pytest.raises(IndexError, match=f"target {bad} is out of bounds"):
                 DF.cross_entropy(x, t)
             return

@@ -3,6 +3,7 @@ planted bug of tools/cuda_emu/probes.cu is reported as a GPU would hang on it or
 and the correct twin of each runs clean. Also checks that every launch the suite makes is replayed in the
 second thread order (the race check)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -78,3 +79,68 @@ def test_launches_are_replayed_in_two_orders():
     assert launches >= 3  # forward, reduction, backward
     assert after["replayed_launches"] - before["replayed_launches"] == launches
     assert after["failed_launches"] == before["failed_launches"]
+
+
+def _kernels_in_sources():
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cuda")
+    names = set()
+    for f in sorted(os.listdir(root)):
+        if f.endswith(".cu"):
+            with open(os.path.join(root, f)) as src:
+                names |= set(re.findall(r"__global__\s+void\s+(\w+)", src.read()))
+    return names
+
+
+def _launched():
+    return {re.sub(r"<.*", "", k): v for k, v in dlkernels._C.emu_launches_by_kernel().items()}
+
+
+def test_every_kernel_runs():
+    """One workload through every CUDA kernel (each launch path's correctness is the parity suite's)."""
+    before = _launched()
+    DF = dlkernels.functional
+    for shape, c in (((8, 10), 10), ((4, 3000), 3000), ((2, 7, 5), 7)):  # rows, block per row, S > 1
+        x = torch.randn(*shape, requires_grad=True)
+        q = torch.softmax(torch.randn(*shape), 1).requires_grad_()
+        DF.cross_entropy(x, torch.randint(0, c, (shape[0],) + shape[2:]), weight=torch.rand(c),
+                         label_smoothing=0.1).backward()
+        DF.cross_entropy(x, q).backward()  # probability target: its gradient too
+    x = torch.randn(2, 4, 9, 8, requires_grad=True)
+    for y in (DF.max_pool2d(x, 3, 2, 1, ceil_mode=True), DF.avg_pool2d(x, 3, 2, 1), DF.adaptive_avg_pool2d(x, 3)):
+        y.sum().backward()
+    w, b = torch.randn(6, 2, 3, 3, requires_grad=True), torch.randn(6, requires_grad=True)
+    DF.conv2d(x, w, b, padding=1, groups=2).square().sum().backward()
+    DF.col2im(DF.im2col(x, 3), (9, 8), 3).sum()
+    xb = torch.randn(4, 6, 5, 5, requires_grad=True)
+    r = torch.randn(4, 6, 5, 5, requires_grad=True)
+    DF.batch_norm_add_relu(xb, r, None, None, None, None, True, 0.1, 1e-5).square().sum().backward()
+    p = [torch.randn(5, requires_grad=True)]
+    p[0].grad = torch.randn(5)
+    for opt in (dlkernels.optim.Adam(p), dlkernels.optim.SGD(p, lr=0.1, momentum=0.9), dlkernels.optim.Adagrad(p),
+                dlkernels.optim.RMSprop(p)):
+        opt.step()
+    after = _launched()
+    missing = {k for k in _kernels_in_sources() if after.get(k, 0) == before.get(k, 0)}
+    assert not missing, f"kernels not launched: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop"])
+def test_optimizer_tensor_split_across_launches_and_many_tensors(name):
+    """One tensor over a launch's 160 chunks of 65536 elements, and more tensors than a table's 36."""
+    shapes = [(11_000_000,)] + [(3 + i,) for i in range(40)]
+    kw = dict(Adam=dict(lr=0.01, weight_decay=0.1, amsgrad=True), SGD=dict(lr=0.1, momentum=0.9, nesterov=True),
+              RMSprop=dict(lr=0.01, momentum=0.5, centered=True))[name]
+    ref = [torch.randn(s, requires_grad=True) for s in shapes]
+    ours = [p.detach().clone().requires_grad_() for p in ref]
+    opt_t = getattr(torch.optim, name)(ref, foreach=False, **kw)
+    opt_o = getattr(dlkernels.optim, name)(ours, **kw)
+    before = _launched().get("multi_tensor_kernel", 0)
+    for _ in range(2):
+        for a, b in zip(ref, ours):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        opt_t.step()
+        opt_o.step()
+    assert _launched()["multi_tensor_kernel"] - before >= 2 * 3  # the big tensor's two launches + the rest
+    for a, b in zip(ref, ours):
+        torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-6)

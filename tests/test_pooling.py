@@ -11,7 +11,7 @@ import dlkernels
 import dlkernels.functional as DF
 import dlkernels.nn as dnn
 
-from conftest import check_fwd_bwd
+from conftest import KDEV, check_fwd_bwd, cpu_kernels_only, cuda_semantics, needs_cuda_kernels
 
 
 def random_max_configs(n, seed):
@@ -59,6 +59,7 @@ def taps_from_indices(idx, w, k, s, p, d):
     return (kh * k[1] + kw).to(torch.uint8)
 
 
+@cpu_kernels_only
 @pytest.mark.parametrize("shape,k,s,p,d,ceil", MAX_CONFIGS, ids=[str(i) for i in range(len(MAX_CONFIGS))])
 def test_max_pool2d_tap_bytes(dtype, shape, k, s, p, d, ceil):
     """What autograd saves without return_indices: a byte per output naming the window tap. On every
@@ -88,6 +89,7 @@ def test_max_pool2d_tap_bytes(dtype, shape, k, s, p, d, ceil):
             assert torch.equal(gt, gi), isa
 
 
+@cpu_kernels_only
 def test_max_pool2d_tap_bytes_out_of_the_window_are_skipped():
     """The backward op is public: a tap byte past the window (never written by the forward) adds nothing
     and writes nothing out of place, on the lanes (scratch padded around the plane) and the generic loop."""
@@ -308,7 +310,7 @@ def test_opcheck(device):
     out, idx = ops.max_pool2d_forward(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)
     torch.library.opcheck(ops.max_pool2d_backward.default,
                           (torch.randn_like(out), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], True))
-    if device == "cpu":  # uint8 window taps: CPU only
+    if not cuda_semantics(device):  # uint8 window taps: CPU kernels only
         torch.library.opcheck(ops.max_pool2d_forward.default, (x, [3, 2], [2, 2], [1, 1], [2, 1], True, True))
         out, taps = ops.max_pool2d_forward(x.detach(), [3, 2], [2, 2], [1, 1], [2, 1], True, True)
         torch.library.opcheck(ops.max_pool2d_backward.default,
@@ -390,8 +392,8 @@ def test_bad_inputs(device):
     taps_17 = torch.zeros(1, 1, 4, 4, dtype=torch.uint8, device=device)
     cases += [
         (lambda: ops.max_pool2d_forward(big, [17, 17], [1, 1], [0, 0], [1, 1], False, True),
-         ValueError if device == "cpu" else RuntimeError,
-         "tap_index needs kernel_size[0] * kernel_size[1] <= 256" if device == "cpu" else "tap_index (uint8 window taps) is CPU-only"),
+         RuntimeError if cuda_semantics(device) else ValueError,
+         "tap_index (uint8 window taps) is CPU-only" if cuda_semantics(device) else "tap_index needs kernel_size[0] * kernel_size[1] <= 256"),
         (lambda: ops.max_pool2d_backward(out, x, idx.float(), [2, 2], [2, 2], [0, 0], [1, 1], False), ValueError,
          "indices must be int64 (flat positions) or uint8 (window taps, CPU) of shape"),
         (lambda: ops.max_pool2d_backward(out, x, idx[:1], [2, 2], [2, 2], [0, 0], [1, 1], False), ValueError,
@@ -414,10 +416,10 @@ def test_empty_batch(device):
         ours.sum().backward()
 
 
-@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+@needs_cuda_kernels
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_low_precision(dtype):
-    x = torch.randn(2, 8, 15, 13, device="cuda", dtype=dtype)
+    x = torch.randn(2, 8, 15, 13, device=KDEV, dtype=dtype)
     for ours, ref in ((lambda a: DF.max_pool2d(a, 3, 2, 1), lambda a: F.max_pool2d(a, 3, 2, 1)),
                       (lambda a: DF.avg_pool2d(a, 3, 2, 1), lambda a: F.avg_pool2d(a, 3, 2, 1)),
                       (lambda a: DF.adaptive_avg_pool2d(a, 4), lambda a: F.adaptive_avg_pool2d(a, 4))):

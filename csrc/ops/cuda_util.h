@@ -4,7 +4,11 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
-#ifndef DLKERNELS_CUDA_EMU
+#include <vector>
+
+#ifdef DLKERNELS_CUDA_EMU
+#include "dlk_emu/runtime.h"
+#else
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
@@ -41,5 +45,31 @@ class CudaScope {
   c10::cuda::CUDAGuard guard_;
 };
 #endif
+
+// Tensors a launch updates in place (optimizer parameters and states). The emulation build's race check
+// replays a launch from a snapshot of the memory it writes, found among the allocations its CPU allocator
+// registered; a storage torch allocated another way (copy.deepcopy of a state_dict) is registered here
+// for the scope's lifetime. Nothing on a GPU build.
+class EmuMemoryScope {
+ public:
+  EmuMemoryScope() = default;
+  EmuMemoryScope(const EmuMemoryScope&) = delete;
+  EmuMemoryScope& operator=(const EmuMemoryScope&) = delete;
+#ifdef DLKERNELS_CUDA_EMU
+  void add(const at::Tensor& t) {
+    if (!t.defined() || !t.has_storage()) return;
+    const void* p = t.storage().data();
+    if (dlk_emu::register_memory_if_new(p, t.storage().nbytes())) added_.push_back(p);
+  }
+  ~EmuMemoryScope() {
+    for (const void* p : added_) dlk_emu::unregister_memory(p);
+  }
+
+ private:
+  std::vector<const void*> added_;
+#else
+  void add(const at::Tensor&) {}
+#endif
+};
 
 }  // namespace dlk::ops

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -123,13 +124,17 @@ struct DeviceTables {
   std::vector<std::vector<const void*>> lists;
   std::vector<int64_t> numel;
   const void* const* list(size_t k) const { return lists[k].empty() ? nullptr : lists[k].data(); }
+  std::shared_ptr<EmuMemoryScope> written = std::make_shared<EmuMemoryScope>();  // emulation build only
 };
 
 DeviceTables device_tables(const Staged& s) {
   DeviceTables t;
   for (const auto& l : s.work) {
     t.lists.emplace_back();
-    for (const auto& x : l) t.lists.back().push_back(x.data_ptr());
+    for (const auto& x : l) {
+      t.lists.back().push_back(x.data_ptr());
+      t.written->add(x);
+    }
   }
   for (const auto& x : s.work[0]) t.numel.push_back(x.numel());
   return t;

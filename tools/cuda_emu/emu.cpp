@@ -118,6 +118,7 @@ struct Engine {
   std::vector<char> dynamic;
   int orders = 2;
   Stats stats{};
+  std::map<std::string, uint64_t> launches_by_kernel;
   // registered memory (the race check's snapshots)
   std::mutex mem_mutex;
   std::map<uintptr_t, size_t> memory;
@@ -394,10 +395,10 @@ struct Region {
   std::vector<char> before, after_first;
 };
 
-// The registered allocations that argument words point into. A word matching no allocation is not a
-// pointer to tensor memory (struct padding, an integer), or points at memory allocated before the
-// emulation build's allocator was installed (tensors made before `import dlkernels`): not restored, so an
-// in-place kernel on such memory would apply twice and fail its test against torch, not pass silently.
+// The registered allocations that argument words point into. A word matching none is not a pointer to
+// memory a kernel may write (struct padding and unused table slots hold stale stack and heap values):
+// tensors come from the CPU allocator hook, and the ops layer registers, for the duration of a launch,
+// the tensors it updates in place that torch may have allocated elsewhere (EmuMemoryScope).
 void regions_of(const LaunchSpec& s, std::vector<Region>* out) {
   Engine& e = E();
   std::lock_guard<std::mutex> lock(e.mem_mutex);
@@ -510,6 +511,7 @@ void launch(const LaunchSpec& s) {
   e.spec = &s;
   e.error.clear();
   e.stats.launches++;
+  e.launches_by_kernel[s.name]++;
   const std::string bad = config_error(s);
   if (!bad.empty()) {
     fail("invalid configuration: " + bad);
@@ -527,6 +529,8 @@ void launch(const LaunchSpec& s) {
   if (replay) regions_of(s, &regions);
   e.stats.replayed_launches += replay;
   for (auto& r : regions) r.before.assign(r.base, r.base + r.bytes);
+  if (std::getenv("DLK_EMU_VERBOSE"))
+    for (auto& r : regions) std::fprintf(stderr, "dlk_emu: %s: snapshot %p + %zu\n", s.name, (void*)r.base, r.bytes);
   bool ok = run_grid(false);
   if (ok && replay) {
     for (auto& r : regions) {
@@ -559,6 +563,17 @@ void register_memory(const void* p, size_t bytes) {
   e.memory[reinterpret_cast<uintptr_t>(p)] = bytes;
 }
 
+bool register_memory_if_new(const void* p, size_t bytes) {
+  if (!p || bytes == 0) return false;
+  Engine& e = E();
+  std::lock_guard<std::mutex> lock(e.mem_mutex);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto it = e.memory.upper_bound(a);
+  if (it != e.memory.begin() && a < std::prev(it)->first + std::prev(it)->second) return false;
+  e.memory[a] = bytes;
+  return true;
+}
+
 void unregister_memory(const void* p) {
   if (!p) return;
   Engine& e = E();
@@ -570,6 +585,12 @@ Stats stats() {
   Engine& e = E();
   std::lock_guard<std::mutex> lock(e.launch_mutex);
   return e.stats;
+}
+
+std::map<std::string, uint64_t> launches_by_kernel() {
+  Engine& e = E();
+  std::lock_guard<std::mutex> lock(e.launch_mutex);
+  return e.launches_by_kernel;
 }
 
 void set_orders(int orders) { E().orders = orders < 2 ? 1 : 2; }

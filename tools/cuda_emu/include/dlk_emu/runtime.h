@@ -3,13 +3,17 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <string>
 
 namespace dlk_emu {
 
 // Memory the race check snapshots and restores around its second run of a launch: the emulation
-// build's CPU allocator registers every tensor's bytes here.
+// build's CPU allocator registers every tensor's bytes here; the ops layer adds, for one launch, tensors
+// it updates in place that torch allocated without that allocator (storages copied by copy.deepcopy).
 void register_memory(const void* p, size_t bytes);
+// Registers [p, p + bytes) unless p lies in a registered allocation; true if it did.
+bool register_memory_if_new(const void* p, size_t bytes);
 void unregister_memory(const void* p);
 
 struct Stats {
@@ -19,6 +23,8 @@ struct Stats {
   uint64_t failed_launches;     // launches that reported an error
 };
 Stats stats();
+// Launches so far per kernel, by the kernel expression of the launch (e.g. "im2col_kernel<T>").
+std::map<std::string, uint64_t> launches_by_kernel();
 // DLK_EMU_ORDERS=1 turns the second order (the race check) off; default 2.
 void set_orders(int orders);
 
