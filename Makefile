@@ -4,7 +4,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 # torch==2.13.0 is the CPU build on disk; a CUDA torch already in the venv is kept as it is.
 TORCH_PIN := torch==2.13.0
-DEPS    := numpy pytest hypothesis pytest-benchmark ninja setuptools wheel build scikit-learn tqdm matplotlib
+DEPS    := numpy pytest hypothesis pytest-benchmark ninja setuptools wheel build scikit-learn tqdm matplotlib opacus
 STAMP   := $(VENV)/.deps-stamp
 
 .PHONY: venv deps build test demo bench info test-sanitize test-sdist test-cuda-build test-cuda-emu test-cuda-emu-sanitize test-seeds dist clean

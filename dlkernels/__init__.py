@@ -10,6 +10,9 @@ import torch
 
 from . import _C  # noqa: F401  (loads the kernels and registers torch.ops.dlkernels)
 from . import _ops  # noqa: F401  (fake kernels for torch.compile / meta tensors)
+from . import _vmap
+
+_vmap.register()  # batching rules: torch.func.vmap over every op
 from . import functional, nn, optim  # noqa: F401
 from .convert import convert  # noqa: F401
 

@@ -224,3 +224,10 @@ def _batch_norm_backward_elemt_fake(grad_output, input, output, mean, invstd, we
                                     output_mask):
     return (_bn_like(input) if output_mask[0] else input.new_empty((0,)),
             _bn_like(input) if output_mask[1] else input.new_empty((0,)))
+
+
+# Autocast: cross-entropy runs in float32 inside torch.autocast, as on torch's autocast float32 list. The
+# functional layer applies torch's lists to every op (dlkernels/functional.py, _autocast_target: conv in
+# autocast's dtype); this rule covers calls of the op itself.
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast("dlkernels::cross_entropy_forward", _device, torch.float32)

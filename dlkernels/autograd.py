@@ -33,6 +33,13 @@ FAST_APPLY = None not in (_unwrap_dead_wrappers, _function_base_apply, _functorc
 FAST_BELOW_AUTOGRAD = _below_autograd_guard is not None
 
 
+def _in_functorch():
+    """Whether a torch.func transform (grad, vjp, vmap, jacrev...) is active."""
+    if _functorch_active is not None:
+        return _functorch_active()
+    return torch._C._functorch.maybe_current_level() is not None
+
+
 def apply(fn, *args):
     """fn.apply(*args) for a Function whose arguments are all given, positionally. Function.apply binds
     them to forward's signature with inspect on every call (about 60 us) only to fill in defaults; with
@@ -67,7 +74,9 @@ def twice_differentiable(reference):
 
         @functools.wraps(backward)
         def run(ctx, *grads):
-            if torch.is_grad_enabled():
+            # Under torch.func transforms a higher-order derivative need not show as grad mode here
+            # (jacrev(jacrev(f)) runs the inner backward with it off): the differentiable form always.
+            if torch.is_grad_enabled() or _in_functorch():
                 return reference(ctx, *grads)
             return fast(ctx, *grads)
 
@@ -76,12 +85,31 @@ def twice_differentiable(reference):
     return wrap
 
 
-def _grads(out, inputs, grad, needed):
-    """torch.autograd.grad of out with respect to the needed inputs (None for the others), building the
-    graph for the next order."""
-    wrt = [t for t, n in zip(inputs, needed) if n and t is not None]
-    got = iter(torch.autograd.grad(out, wrt, grad, create_graph=True, allow_unused=True) if wrt else ())
-    return [next(got) if n and t is not None else None for t, n in zip(inputs, needed)]
+def _grads(fn, inputs, grad, needed):
+    """The gradients of fn(*inputs) (torch's differentiable ops) with respect to the needed inputs (None for
+    the others), themselves differentiable (the next order): torch.autograd.grad with create_graph, or
+    under torch.func transforms torch.func.vjp, which composes with them (saved tensors there carry
+    functorch's levels, not autograd's requires_grad)."""
+    idx = [k for k, (t, n) in enumerate(zip(inputs, needed)) if n and t is not None]
+    out = [None] * len(inputs)
+    if not idx:
+        return out
+    if _in_functorch():
+        def partial(*wrt):
+            args = list(inputs)
+            for k, t in zip(idx, wrt):
+                args[k] = t
+            return fn(*args)
+
+        _, pullback = torch.func.vjp(partial, *[inputs[k] for k in idx])
+        got = pullback(grad)
+    else:
+        args = [_leaf_or_self(t, k in idx) for k, t in enumerate(inputs)]
+        with torch.enable_grad():
+            got = torch.autograd.grad(fn(*args), [args[k] for k in idx], grad, create_graph=True, allow_unused=True)
+    for k, g in zip(idx, got):
+        out[k] = g
+    return out
 
 
 def _leaf_or_self(t, needed):
@@ -98,17 +126,20 @@ _REDUCTION_NAMES = {0: "none", 1: "mean", 2: "sum"}  # the ops' reduction codes 
 def _ce_reference(ctx, grad_loss, _grad_lse, _grad_total_weight):
     input, target, weight, _, _ = ctx.saved_tensors
     need = ctx.needs_input_grad
-    x, t = _leaf_or_self(input, need[0]), _leaf_or_self(target, need[1] and target.is_floating_point())
-    with torch.enable_grad():
-        loss = TF.cross_entropy(x, t, weight, reduction=_REDUCTION_NAMES[ctx.reduction], ignore_index=ctx.ignore_index,
+    prob = target.is_floating_point()
+
+    def loss(x, t):
+        return TF.cross_entropy(x, t, weight, reduction=_REDUCTION_NAMES[ctx.reduction], ignore_index=ctx.ignore_index,
                                 label_smoothing=ctx.label_smoothing)
-        gi, gt = _grads(loss, [x, t], grad_loss, [need[0], need[1] and target.is_floating_point()])
+
+    gi, gt = _grads(loss, [input, target], grad_loss, [need[0], need[1] and prob])
     return gi, gt, None, None, None, None
 
 
 class CrossEntropyFunction(torch.autograd.Function):
     """Fused softmax-cross-entropy. Saves the logits, the targets and one log-sum-exp per row; the
     backward recomputes softmax - target in one pass (no softmax tensor is ever stored)."""
+    generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
 
     @staticmethod
     def forward(input, target, weight, reduction, ignore_index, label_smoothing):
@@ -146,26 +177,20 @@ torch.library.register_autograd("dlkernels::cross_entropy_forward", CrossEntropy
 
 def _max_pool_reference(ctx, grad_output, _grad_indices):
     input, _ = ctx.saved_tensors
-    x = _leaf_or_self(input, True)
-    with torch.enable_grad():
-        out = TF.max_pool2d(x, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation, ctx.ceil_mode)
-        (gi,) = _grads(out, [x], grad_output, [True])
+    (gi,) = _grads(lambda x: TF.max_pool2d(x, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation, ctx.ceil_mode),
+                   [input], grad_output, [True])
     return gi, None, None, None, None, None, None
 
 
 def _avg_pool_reference(ctx, grad_output):
     (input,) = ctx.saved_tensors
-    x = _leaf_or_self(input, True)
-    with torch.enable_grad():
-        (gi,) = _grads(TF.avg_pool2d(x, *ctx.args), [x], grad_output, [True])
+    (gi,) = _grads(lambda x: TF.avg_pool2d(x, *ctx.args), [input], grad_output, [True])
     return (gi,) + (None,) * 6
 
 
 def _adaptive_avg_pool_reference(ctx, grad_output):
     (input,) = ctx.saved_tensors
-    x = _leaf_or_self(input, True)
-    with torch.enable_grad():
-        (gi,) = _grads(TF.adaptive_avg_pool2d(x, ctx.output_size), [x], grad_output, [True])
+    (gi,) = _grads(lambda x: TF.adaptive_avg_pool2d(x, ctx.output_size), [input], grad_output, [True])
     return gi, None
 
 
@@ -173,6 +198,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     """Max pooling; saves the argmax and routes gradients through it: torch's flat index in the H*W plane,
     or with tap_index (CPU, when the caller does not want the indices) one byte per output naming the
     window's tap, an eighth of the bytes for the forward to write and the backward to read."""
+    generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode, tap_index):
@@ -196,6 +222,7 @@ class MaxPool2dFunction(torch.autograd.Function):
 
 class AvgPool2dFunction(torch.autograd.Function):
     """Average pooling; backward spreads each output gradient evenly over its window."""
+    generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
@@ -215,6 +242,7 @@ class AvgPool2dFunction(torch.autograd.Function):
 
 
 class AdaptiveAvgPool2dFunction(torch.autograd.Function):
+    generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
     @staticmethod
     def forward(input, output_size):
         return below_autograd(_ops.adaptive_avg_pool2d_forward, input, output_size)
@@ -239,14 +267,14 @@ for _name, _fn in (("max_pool2d_forward", MaxPool2dFunction), ("avg_pool2d_forwa
 def _conv_reference(ctx, grad_output):
     input, weight = ctx.saved_tensors
     need = ctx.needs_input_grad
-    x, w = _leaf_or_self(input, need[0]), _leaf_or_self(weight, need[1])
     p = list(ctx.padding)
-    with torch.enable_grad():
+
+    def conv(x, w):
         if len(p) == 4:  # (top, left, bottom, right)
-            out = TF.conv2d(TF.pad(x, (p[1], p[3], p[0], p[2])), w, None, ctx.stride, 0, ctx.dilation, ctx.groups)
-        else:
-            out = TF.conv2d(x, w, None, ctx.stride, p, ctx.dilation, ctx.groups)
-        gi, gw = _grads(out, [x, w], grad_output, [need[0], need[1]])
+            return TF.conv2d(TF.pad(x, (p[1], p[3], p[0], p[2])), w, None, ctx.stride, 0, ctx.dilation, ctx.groups)
+        return TF.conv2d(x, w, None, ctx.stride, p, ctx.dilation, ctx.groups)
+
+    gi, gw = _grads(conv, [input, weight], grad_output, [need[0], need[1]])
     gb = grad_output.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
     return gi, gw, gb, None, None, None, None
 
@@ -254,6 +282,7 @@ def _conv_reference(ctx, grad_output):
 class Conv2dFunction(torch.autograd.Function):
     """im2col convolution. Saves input and weight (not the column matrix: backward rebuilds it chunk by
     chunk, so memory stays bounded by the workspace limit); backward asks only for the gradients needed."""
+    generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
@@ -278,6 +307,7 @@ class Conv2dFunction(torch.autograd.Function):
 
 class Im2colFunction(torch.autograd.Function):
     """F.unfold; its adjoint col2im is the backward."""
+    generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
 
     @staticmethod
     def forward(input, kernel_size, dilation, padding, stride):
@@ -296,6 +326,7 @@ class Im2colFunction(torch.autograd.Function):
 
 class Col2imFunction(torch.autograd.Function):
     """F.fold; its adjoint im2col is the backward."""
+    generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
 
     @staticmethod
     def forward(input, output_size, kernel_size, dilation, padding, stride):
@@ -330,11 +361,10 @@ def _relu_gate(out, relu_mask, like):
 def _batch_norm_reference(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask):
     input, weight, bias, out, save_mean, save_invstd, relu_mask = ctx.saved_tensors
     need = ctx.needs_input_grad
-    x = _leaf_or_self(input, need[0])
-    w = _leaf_or_self(weight, ctx.has_weight and need[1])
-    b = _leaf_or_self(bias, ctx.has_bias and need[2])
     shape = [1, -1] + [1] * (input.dim() - 2)
-    with torch.enable_grad():
+    gate = _relu_gate(out, relu_mask, input) if ctx.relu else None
+
+    def bn(x, w, b):
         if ctx.training:  # batch statistics, differentiated through (running stats untouched)
             y = TF.batch_norm(x, None, None, w, b, True, 0.0, ctx.eps)
         else:  # the running statistics the forward used, as constants
@@ -343,11 +373,11 @@ def _batch_norm_reference(ctx, grad_output, _grad_mean, _grad_invstd, _grad_mask
                 y = y * w.view(shape)
             if b is not None:
                 y = y + b.view(shape)
-        gate = _relu_gate(out, relu_mask, input) if ctx.relu else None
-        if gate is not None:
-            y = y * gate  # the gate is piecewise constant: its derivative is 0 almost everywhere
-        gi, gw, gb = _grads(y, [x, w, b], grad_output, [need[0], ctx.has_weight and need[1],
-                                                        ctx.has_bias and need[2]])
+        # the gate is piecewise constant: its derivative is 0 almost everywhere
+        return y * gate if gate is not None else y
+
+    gi, gw, gb = _grads(bn, [input, weight, bias], grad_output,
+                        [need[0], ctx.has_weight and need[1], ctx.has_bias and need[2]])
     gr = None
     if ctx.has_residual and need[8]:
         gr = grad_output * gate if gate is not None else grad_output
@@ -360,6 +390,7 @@ class BatchNormFunction(torch.autograd.Function):
     the ReLU mask, or the forward's mask as bits where it made one (the CPU float32 fused path of
     batch_norm_add_relu: a 32nd of the output's bytes); without a residual the CPU planar path recomputes
     the mask from the input."""
+    generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
 
     @staticmethod
     def forward(input, weight, bias, running_mean, running_var, training, momentum, eps, residual, relu):

@@ -37,6 +37,36 @@ def _check_same_device(fn, input, **others):
             raise RuntimeError(f"dlkernels.{fn}: {name} is on {t.device} but input is on {input.device}")
 
 
+# --------------------------------------------------------------------------- low precision and autocast
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _autocast_target(x, policy):
+    """The dtype torch.autocast wants this op's floating inputs in, or None (outside autocast, or an op
+    autocast leaves alone). Policies follow torch's own lists: "lower" for convolution (autocast's
+    dtype), "fp32" for cross-entropy, None for pooling, im2col/col2im and batch norm (input's dtype)."""
+    if policy is None:
+        return None
+    device = x.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device) if policy == "lower" else torch.float32
+
+
+def _cast(t, dtype):
+    return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
+
+
+def _compute_dtype(x):
+    """(dtype the kernels run in, dtype of the result) for floating input x: the CPU kernels take float32
+    and float64, so float16 and bfloat16 run there in float32 and the result is rounded once to the
+    input's dtype (torch's CPU kernels also accumulate those in float32); the CUDA kernels take all four."""
+    if x.dtype in _LOW_PRECISION and _cpu_kernels(x):
+        return torch.float32, x.dtype
+    return x.dtype, x.dtype
+
+
 # --------------------------------------------------------------------------- softmax-cross-entropy
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -90,13 +120,21 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         if weight.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"dlkernels.{fn}: weight cannot require grad: the loss is not differentiable with "
                                "respect to the class weights (as in torch)")
+    ac = _autocast_target(input, "fp32")
+    if ac is not None:
+        input, weight = _cast(input, ac), _cast(weight, ac)
+        target = _cast(target, ac) if prob_target else target
+    compute, result = _compute_dtype(input)
+    if compute != input.dtype:
+        input, weight = _cast(input, compute), _cast(weight, compute)
+        target = _cast(target, compute) if prob_target else target
     unbatched = input.dim() == 1
     if unbatched:
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     loss, _, _ = _autograd_apply(CrossEntropyFunction, input, target, weight, red, ignore_index, float(label_smoothing))
     if unbatched and red == 0:
         loss = loss.squeeze(0)
-    return loss
+    return _cast(loss, result)
 
 
 # --------------------------------------------------------------------------- pooling
@@ -121,12 +159,25 @@ def _pool_input(fn, input):
     if input.dim() not in (3, 4):
         raise ValueError(f"dlkernels.{fn}: input must have shape (N, C, H, W) or (C, H, W), got {tuple(input.shape)}")
     unbatched = input.dim() == 3
-    channels_last = input.dim() == 4 and not input.is_contiguous() and \
-        input.is_contiguous(memory_format=torch.channels_last)
-    return (input.unsqueeze(0) if unbatched else input), unbatched, channels_last
+    channels_last = _channels_last(input)
+    compute, result = _compute_dtype(input)
+    x = _cast(input, compute)
+    return (x.unsqueeze(0) if unbatched else x), unbatched, channels_last, result
 
 
-def _pool_output(t, unbatched, channels_last):
+def _channels_last(x):
+    """Whether 4-D x is channels_last and not also contiguous (torch then answers in channels_last)."""
+    if x.dim() != 4 or x.is_contiguous():
+        return False
+    try:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # inside torch.func.vmap only the default format can be queried
+        return False
+
+
+def _pool_output(t, unbatched, channels_last, dtype=None):
+    if dtype is not None:
+        t = _cast(t, dtype)
     if unbatched:
         return t.squeeze(0)
     # torch answers a channels_last input with a channels_last output; the values are the same either way
@@ -137,7 +188,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """torch.nn.functional.max_pool2d: max over each (dilated) window; with return_indices, the argmax
     as a flat index into the input's H*W plane. NaN wins a window, the first maximum wins ties."""
     fn = "max_pool2d"
-    x, unbatched, cl = _pool_input(fn, input)
+    x, unbatched, cl, result = _pool_input(fn, input)
     k = _pair(fn, "kernel_size", kernel_size)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _pair(fn, "stride", stride)
     # Without return_indices, autograd keeps a byte per output naming the window's tap (CPU) instead of
@@ -145,7 +196,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     taps = not return_indices and _cpu_kernels(x) and k[0] * k[1] <= 256
     out, indices = _autograd_apply(MaxPool2dFunction, x, k, s, _pair(fn, "padding", padding), _pair(fn, "dilation", dilation),
                                    bool(ceil_mode), taps)
-    out = _pool_output(out, unbatched, cl)
+    out = _pool_output(out, unbatched, cl, result)
     return (out, _pool_output(indices, unbatched, cl)) if return_indices else out
 
 
@@ -153,20 +204,20 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
                divisor_override=None):
     """torch.nn.functional.avg_pool2d, with ceil_mode, count_include_pad and divisor_override."""
     fn = "avg_pool2d"
-    x, unbatched, cl = _pool_input(fn, input)
+    x, unbatched, cl, result = _pool_input(fn, input)
     k = _pair(fn, "kernel_size", kernel_size)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else _pair(fn, "stride", stride)
     if divisor_override is not None and (not isinstance(divisor_override, int) or divisor_override == 0):
         raise ValueError(f"dlkernels.{fn}: divisor_override must be a non-zero int, got {divisor_override!r}")
     out = _autograd_apply(AvgPool2dFunction, x, k, s, _pair(fn, "padding", padding), bool(ceil_mode), bool(count_include_pad),
                                   divisor_override)
-    return _pool_output(out, unbatched, cl)
+    return _pool_output(out, unbatched, cl, result)
 
 
 def adaptive_avg_pool2d(input, output_size):
     """torch.nn.functional.adaptive_avg_pool2d; a None entry of output_size keeps that input size."""
     fn = "adaptive_avg_pool2d"
-    x, unbatched, cl = _pool_input(fn, input)
+    x, unbatched, cl, result = _pool_input(fn, input)
     if isinstance(output_size, int) or output_size is None:
         output_size = (output_size, output_size)
     if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
@@ -174,7 +225,7 @@ def adaptive_avg_pool2d(input, output_size):
     size = tuple(x.shape[2 + i] if v is None else v for i, v in enumerate(output_size))
     if not all(isinstance(v, int) and v > 0 for v in size):
         raise ValueError(f"dlkernels.{fn}: output_size must be positive, got {output_size!r}")
-    return _pool_output(_autograd_apply(AdaptiveAvgPool2dFunction, x, size), unbatched, cl)
+    return _pool_output(_autograd_apply(AdaptiveAvgPool2dFunction, x, size), unbatched, cl, result)
 
 
 # --------------------------------------------------------------------------- im2col convolution
@@ -217,9 +268,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     p = _conv_padding(fn, padding, kernel, s, d)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    channels_last = not unbatched and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = not unbatched and _channels_last(x)
+    ac = _autocast_target(x, "lower")
+    if ac is not None:
+        x, weight, bias = _cast(x, ac), _cast(weight, ac), _cast(bias, ac)
+    compute, result = _compute_dtype(x)
+    if compute != x.dtype:
+        x, weight, bias = _cast(x, compute), _cast(weight, compute), _cast(bias, compute)
     out = _autograd_apply(Conv2dFunction, x, weight, bias, s, p, d, groups)
-    return _pool_output(out, unbatched, channels_last)
+    return _pool_output(out, unbatched, channels_last, result)
 
 
 def im2col(input, kernel_size, dilation=1, padding=0, stride=1):
@@ -231,9 +288,11 @@ def im2col(input, kernel_size, dilation=1, padding=0, stride=1):
     if input.dim() not in (3, 4):
         raise ValueError(f"dlkernels.{fn}: input must have shape (N, C, H, W) or (C, H, W), got {tuple(input.shape)}")
     unbatched = input.dim() == 3
-    x = input.unsqueeze(0) if unbatched else input
+    compute, result = _compute_dtype(input)
+    x = _cast(input.unsqueeze(0) if unbatched else input, compute)
     out = _autograd_apply(Im2colFunction, x, _pair(fn, "kernel_size", kernel_size), _pair(fn, "dilation", dilation),
                                _pair(fn, "padding", padding), _pair(fn, "stride", stride))
+    out = _cast(out, result)
     return out.squeeze(0) if unbatched else out
 
 
@@ -247,14 +306,20 @@ def col2im(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
         raise ValueError(f"dlkernels.{fn}: input must have shape (N, C*kH*kW, L) or (C*kH*kW, L), "
                          f"got {tuple(input.shape)}")
     unbatched = input.dim() == 2
-    x = input.unsqueeze(0) if unbatched else input
+    compute, result = _compute_dtype(input)
+    x = _cast(input.unsqueeze(0) if unbatched else input, compute)
     out = _autograd_apply(Col2imFunction, x, _pair(fn, "output_size", output_size), _pair(fn, "kernel_size", kernel_size),
                                _pair(fn, "dilation", dilation), _pair(fn, "padding", padding),
                                _pair(fn, "stride", stride))
+    out = _cast(out, result)
     return out.squeeze(0) if unbatched else out
 
 
 # --------------------------------------------------------------------------- batch normalization
+
+def _shape_of(t):
+    return None if t is None else tuple(t.shape)
+
 
 def _batch_norm(fn, input, residual, running_mean, running_var, weight, bias, training, momentum, eps, relu):
     _check_tensor(fn, "input", input)
@@ -270,6 +335,33 @@ def _batch_norm(fn, input, residual, running_mean, running_var, weight, bias, tr
                         f"average factor), got {momentum!r}")
     if not isinstance(eps, (int, float)) or isinstance(eps, bool):
         raise TypeError(f"dlkernels.{fn}: eps must be a float, got {eps!r}")
+    if input.dim() == 1 and input.shape[0] == 0:
+        # A 1-D input of shape (0,) (one of torch's OpInfo samples): no channel dimension and nothing to
+        # normalize. torch returns it as it is (an empty tensor, running statistics untouched) and fails
+        # on a weight or bias with an index error; we say why.
+        if weight is not None or bias is not None:
+            raise ValueError(f"dlkernels.{fn}: an input of shape (0,) has no channel dimension, so weight and bias "
+                             f"must be None, got weight {_shape_of(weight)} and bias {_shape_of(bias)}")
+        if residual is not None and residual.shape != input.shape:
+            raise ValueError(f"dlkernels.{fn}: residual must have the input's shape (0,), got {tuple(residual.shape)}")
+        out = input.clone() if residual is None else input + residual
+        return out.relu() if relu else out
+    compute, result = _compute_dtype(input)
+    if compute != input.dtype:
+        # float16/bfloat16 on the CPU kernels: computed in float32; running statistics kept in their dtype
+        # (a model.to(torch.bfloat16) has bfloat16 buffers), updated through float32 copies.
+        up = [t.to(compute) if t is not None and t.dtype in _LOW_PRECISION else t
+              for t in (input, residual, weight, bias, running_mean, running_var)]
+        input, residual, weight, bias = up[:4]
+        stats = [(running_mean, up[4]), (running_var, up[5])]
+        out, _, _, _ = _autograd_apply(BatchNormFunction, input, weight, bias, stats[0][1], stats[1][1],
+                                       bool(training), float(momentum), float(eps), residual, relu)
+        if training:
+            with torch.no_grad():
+                for kept, work in stats:
+                    if kept is not None and work is not kept:
+                        kept.copy_(work)
+        return _cast(out, result)
     out, _, _, _ = _autograd_apply(BatchNormFunction, input, weight, bias, running_mean, running_var, bool(training),
                                         float(momentum), float(eps), residual, relu)
     return out

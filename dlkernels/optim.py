@@ -12,6 +12,8 @@ hold inf/NaN, exactly as for torch's non-fused optimizers.
 """
 import torch
 
+from ._ops import _cpu_kernels
+
 _ops = torch.ops.dlkernels
 
 
@@ -61,6 +63,24 @@ def _params_with_grad(cls_name, group):
     return groups.values()
 
 
+def _fused(op, lists, *scalars):
+    """op(*lists, *scalars): a fused update of tensor lists in place (params, grads, states..., steps).
+    float16/bfloat16 parameters on the CPU kernels (which take float32 and float64) are updated through
+    float32 copies - float32 math, as torch's fused optimizers do - and every list but the gradients is
+    written back, rounded once to its dtype."""
+    first = lists[0][0]
+    if first.dtype not in (torch.float16, torch.bfloat16) or not _cpu_kernels(first):
+        return op(*lists, *scalars)
+    work = [[t.float() for t in ts] for ts in lists]
+    op(*work, *scalars)
+    for k, (ts, ws) in enumerate(zip(lists, work)):
+        if k == 1:
+            continue  # the gradients: read only
+        for t, w in zip(ts, ws):
+            if w is not t:
+                t.copy_(w)
+
+
 def _check_supported(cls_name, group):
     if group.get("differentiable", False):
         raise NotImplementedError(f"dlkernels.optim.{cls_name}: differentiable=True is not supported")
@@ -96,8 +116,8 @@ class Adam(torch.optim.Adam):
                         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                         if amsgrad:
                             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                _ops.adam_(ps, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                           [s["max_exp_avg_sq"] for s in st] if amsgrad else [], [s["step"] for s in st],
+                _fused(_ops.adam_, (ps, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                                    [s["max_exp_avg_sq"] for s in st] if amsgrad else [], [s["step"] for s in st]),
                            _to_float("lr", group["lr"]), _to_float("beta1", beta1), _to_float("beta2", beta2),
                            float(group["eps"]), float(group["weight_decay"]), amsgrad, group["maximize"], decoupled)
         return loss
@@ -130,7 +150,7 @@ class SGD(torch.optim.SGD):
                             buf = torch.empty_like(p, memory_format=torch.preserve_format)
                             state["momentum_buffer"] = buf
                         bufs.append(buf)
-                _ops.sgd_(ps, grads, bufs, first, _to_float("lr", group["lr"]), momentum,
+                _fused(_ops.sgd_, (ps, grads, bufs), first, _to_float("lr", group["lr"]), momentum,
                           float(group["dampening"]), float(group["weight_decay"]), group["nesterov"],
                           group["maximize"])
         return loss
@@ -151,7 +171,7 @@ class Adagrad(torch.optim.Adagrad):
                         state["step"] = _new_step(group, p)
                         init = group["initial_accumulator_value"]
                         state["sum"] = torch.full_like(p, init, memory_format=torch.preserve_format)
-                _ops.adagrad_(ps, grads, [s["sum"] for s in st], [s["step"] for s in st],
+                _fused(_ops.adagrad_, (ps, grads, [s["sum"] for s in st], [s["step"] for s in st]),
                               _to_float("lr", group["lr"]), float(group["lr_decay"]), float(group["weight_decay"]),
                               float(group["eps"]), group["maximize"])
         return loss
@@ -176,9 +196,10 @@ class RMSprop(torch.optim.RMSprop):
                             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                         if centered:
                             state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                _ops.rmsprop_(ps, grads, [s["square_avg"] for s in st],
-                              [s["grad_avg"] for s in st] if centered else [],
-                              [s["momentum_buffer"] for s in st] if momentum > 0 else [], [s["step"] for s in st],
+                _fused(_ops.rmsprop_, (ps, grads, [s["square_avg"] for s in st],
+                                       [s["grad_avg"] for s in st] if centered else [],
+                                       [s["momentum_buffer"] for s in st] if momentum > 0 else [],
+                                       [s["step"] for s in st]),
                               _to_float("lr", group["lr"]), float(group["alpha"]), float(group["eps"]),
                               float(group["weight_decay"]), momentum, centered, group["maximize"])
         return loss

@@ -685,3 +685,24 @@ def test_relu_keeps_torch_special_values(device, dtype, fused, layout):
     assert torch.equal(torch.isnan(ours), torch.isnan(expected))
     keep = ~torch.isnan(expected)
     assert torch.equal(ours[keep], expected[keep])
+
+
+def test_empty_1d_input_matches_torch(device):
+    """torch's OpInfo sample of shape (0,): an empty result, training or not, with or without running
+    statistics (left untouched); a weight has no channel to apply to (torch: an index error)."""
+    for training in (True, False):
+        for stats in (True, False):
+            x = torch.randn(0, device=device, requires_grad=True)
+            rm, rv = (torch.zeros(0, device=device), torch.ones(0, device=device)) if stats else (None, None)
+            if not stats and not training:
+                continue  # evaluation needs running statistics, in torch as in ours
+            ours = DF.batch_norm(x, rm, rv, training=training)
+            ref = F.batch_norm(x, rm, rv, training=training)
+            assert ours.shape == ref.shape == (0,) and ours.dtype == ref.dtype
+            ours.sum().backward()
+            assert x.grad is not None and x.grad.shape == (0,)
+    for fn in (lambda a: DF.batch_norm_relu(a, None, None, training=True),
+               lambda a: DF.batch_norm_add_relu(a, torch.randn(0, device=device), None, None, training=True)):
+        assert fn(torch.randn(0, device=device)).shape == (0,)
+    with pytest.raises(ValueError, match="no channel dimension"):
+        DF.batch_norm(torch.randn(0, device=device), None, None, torch.randn(0, device=device), training=True)

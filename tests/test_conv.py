@@ -13,7 +13,7 @@ import dlkernels.functional as DF
 import dlkernels.nn as dnn
 from dlkernels.textbook import Convolution
 
-from conftest import KDEV, assert_lowp_close, check_fwd_bwd, cuda_semantics, needs_cuda_kernels
+from conftest import KDEV, assert_lowp_close, check_fwd_bwd, needs_cuda_kernels
 
 
 def random_conv_configs(n, seed):
@@ -591,8 +591,6 @@ def test_bad_inputs(device):
          "padding must be non-negative"),
         (lambda: dlkernels.set_workspace_limit(0), ValueError, "nbytes must be a positive int"),
     ]
-    if not cuda_semantics(device):
-        cases.append((lambda: DF.conv2d(x.half(), w.half()), TypeError, "input must be float32 or float64"))
     for i, (call, exc, fragment) in enumerate(cases):
         with pytest.raises(exc) as info:
             call()
@@ -619,6 +617,27 @@ def test_cuda_low_precision(dtype):
     # col2im sums up to 9 copies: ours in float32 and rounded once, torch's CPU fold in the low precision
     assert_lowp_close(DF.col2im(c, (15, 13), 3, padding=1), F.fold(c, (15, 13), 3, padding=1),
                       F.fold(c.double(), (15, 13), 3, padding=1), "col2im")
+
+
+@pytest.mark.skipif(not dlkernels.cuda_available() or torch.cuda.get_device_capability()[0] < 8,
+                    reason="needs a GPU with TF32 (Ampere or later) and a CUDA build")
+def test_cuda_precision_follows_the_matmul_tf32_flag():
+    """Our CUDA conv's GEMMs are at::mm: full float32 unless torch.backends.cuda.matmul.allow_tf32,
+    whatever torch.backends.cudnn.allow_tf32 (which F.conv2d follows) says."""
+    x = torch.randn(8, 64, 16, 16, device="cuda")
+    w = torch.randn(64, 64, 3, 3, device="cuda")
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        errors = []
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            errors.append(((DF.conv2d(x, w, padding=1).double() - ref).abs().max() / ref.abs().max()).item())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert errors[0] < 1e-6, errors  # float32: ~1e-7 of the largest value
+    assert errors[1] > 1e-5, errors  # TF32's 10-bit mantissas: ~1e-4
 
 
 @pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")

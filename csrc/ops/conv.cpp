@@ -13,6 +13,11 @@
 // stride 1 and no padding needs no im2col (the image is its own column matrix); on the CPU, a one-group
 // stride-1 layer with few input values per output (LeNet's first) runs its forward without a column
 // matrix (small_direct).
+//
+// Precision on CUDA: the GEMMs are at::mm/at::bmm, so they follow torch.backends.cuda.matmul.allow_tf32
+// (off by default: full float32), not torch.backends.cudnn.allow_tf32, which F.conv2d follows (on by
+// default: TF32 on Ampere and later). A converted model's convolutions are thus full float32 unless the
+// user allows TF32 matmuls; tests/test_conv.py::test_cuda_precision_follows_the_matmul_tf32_flag.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
@@ -128,13 +133,14 @@ ConvGeom conv_geom(const char* op, const Tensor& input, const Tensor& weight, In
   return c;
 }
 
-// Images per chunk: the column matrix within the workspace limit and near the cache; at least one image
-// (one image's column matrix is the smallest unit, so a single image larger than the limit is processed
-// whole).
+// Images per chunk: the column matrix within the workspace limit, and on the CPU near the cache; at least
+// one image (one image's column matrix is the smallest unit, so a single image larger than the limit is
+// processed whole). A GPU has no such cache to stay in and pays per launch: its chunks fill the limit.
 int64_t chunk_images(const ConvGeom& c, const Tensor& input) {
   if (c.direct) return 1;
   const int64_t per_image = c.g.rows() * c.g.positions() * int64_t(input.element_size());
-  const int64_t budget = std::min<int64_t>(g_workspace_limit.load(), kColumnCacheTarget);
+  const int64_t limit = g_workspace_limit.load();
+  const int64_t budget = cpu_kernels(input) ? std::min<int64_t>(limit, kColumnCacheTarget) : limit;
   return std::max<int64_t>(1, std::min<int64_t>(c.N, budget / std::max<int64_t>(per_image, 1)));
 }
 
@@ -430,8 +436,11 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
     } else {
       at::bmm_out(y, w3.select(0, 0).expand({c.N, c.OC, rows}), x.view({c.N, rows, L}));
     }
-    if (b.defined())  // in place, image by image ((1, OC, L) rows are the image itself)
+    if (b.defined() && !cpu_kernels(x)) {
+      y.add_(b.view({1, c.OC, 1}));  // one launch for the batch
+    } else if (b.defined()) {  // in place, image by image while it is in cache ((1, OC, L) rows are the image)
       for (int64_t n = 0; n < c.N; ++n) k.rows_to_images(1, c.OC, L, y[n], &b, out, n * c.OC * L);
+    }
     return out;
   }
   const int64_t B_max = chunk_images(c, x);
@@ -513,6 +522,15 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   }
   // grad_weight accumulated transposed on the CPU for one group (see the note after gemm_accumulate)
   Tensor gwT = output_mask[1] && cpu_kernels(x) && c.G == 1 && !small ? at::zeros({Rg, OCg}, w.options()) : Tensor();
+  // A GPU pays per launch: a 1x1 layer's weight gradient is one GEMM over the whole batch, (G, OCg, N*L)
+  // @ (G, N*L, Rg) from two layout copies, instead of one small GEMM per image.
+  if (output_mask[1] && c.direct && !cpu_kernels(x)) {
+    const Tensor gy_all = go.view({c.N, c.G, OCg, L}).permute({1, 2, 0, 3}).reshape({c.G, OCg, c.N * L});
+    const Tensor x_all = x.view({c.N, c.G, Rg, L}).permute({1, 0, 3, 2}).reshape({c.G, c.N * L, Rg});
+    at::bmm_out(gw3, gy_all, x_all);
+    output_mask[1] = false;  // done: the loop below runs the input gradient only, if asked for
+    if (!output_mask[0] || batched || tile_images || direct_gi) return {grad_input, grad_weight, grad_bias};
+  }
   const int64_t B_max = chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({rows * B_max * L}, x.options());
   Tensor gy_buf = B_max > 1 ? empty_output({c.OC * B_max * L}, x.options()) : Tensor();

@@ -1,0 +1,181 @@
+"""float16 and bfloat16 on every device, torch.autocast, and converted models in low precision.
+
+On the CPU the kernels take float32 and float64: low-precision inputs run in float32 and each result is
+rounded once (torch's CPU kernels also accumulate those dtypes in float32); optimizers update float16 and
+bfloat16 parameters with float32 math. Each result is judged by DESIGN.md's rule: its error against
+float64 at most twice torch's own at the same precision (conftest.assert_lowp_close)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkernels
+import dlkernels.functional as DF
+import dlkernels.optim as dopt
+from conftest import assert_lowp_close, check_fwd_bwd
+
+LOWP = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+def test_conv_im2col_col2im(device, dtype):
+    x = torch.randn(2, 6, 11, 9, device=device).to(dtype)
+    w = (torch.randn(4, 3, 3, 3, device=device) / 4).to(dtype)
+    b = torch.randn(4, device=device).to(dtype)
+    out, _ = check_fwd_bwd(lambda *a: DF.conv2d(*a, stride=(2, 1), padding=1, groups=2),
+                           lambda *a: F.conv2d(*a, stride=(2, 1), padding=1, groups=2), [x, w, b],
+                           grad_inputs=(0, 1, 2))
+    assert out.dtype == dtype
+    c = DF.im2col(x, 3, padding=1)
+    assert c.dtype == dtype and torch.equal(c, F.unfold(x, 3, padding=1))
+    assert_lowp_close(DF.col2im(c, (11, 9), 3, padding=1), F.fold(c, (11, 9), 3, padding=1),
+                      F.fold(c.double(), (11, 9), 3, padding=1), "col2im")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+def test_pooling(device, dtype):
+    x = torch.randn(2, 5, 13, 12, device=device).to(dtype)
+    for ours, ref in ((lambda a: DF.max_pool2d(a, 3, 2, 1, ceil_mode=True), lambda a: F.max_pool2d(a, 3, 2, 1, ceil_mode=True)),
+                      (lambda a: DF.avg_pool2d(a, 3, 2, 1), lambda a: F.avg_pool2d(a, 3, 2, 1)),
+                      (lambda a: DF.adaptive_avg_pool2d(a, (4, 5)), lambda a: F.adaptive_avg_pool2d(a, (4, 5)))):
+        out, _ = check_fwd_bwd(ours, ref, [x])
+        assert out.dtype == dtype
+    out, idx = DF.max_pool2d(x, 2, return_indices=True)
+    ref, ref_idx = F.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+@pytest.mark.parametrize("fused", ["plain", "relu", "add_relu"])
+def test_batch_norm(device, dtype, fused):
+    x64 = torch.randn(4, 6, 7, 5, device=device, dtype=torch.float64) * 2 + 3
+    r64 = torch.randn_like(x64)
+    w = torch.rand(6, device=device, dtype=torch.float64) + 0.5
+    b = torch.randn(6, device=device, dtype=torch.float64)
+
+    def run(fn, dt, training):
+        x = x64.to(dt).requires_grad_()
+        r = r64.to(dt).requires_grad_()
+        rm, rv = torch.zeros(6, device=device, dtype=dt), torch.ones(6, device=device, dtype=dt)
+        out = fn(x, r, rm, rv, w.to(dt), b.to(dt), training)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device, dt)
+        gx, gr = torch.autograd.grad(out, (x, r), g, allow_unused=True)
+        return [out, gx] + ([gr] if fused == "add_relu" else []) + ([rm, rv] if training else [])
+
+    def ours(x, r, rm, rv, w_, b_, training):
+        if fused == "plain":
+            return DF.batch_norm(x, rm, rv, w_, b_, training) + 0 * r
+        if fused == "relu":
+            return DF.batch_norm_relu(x, rm, rv, w_, b_, training) + 0 * r
+        return DF.batch_norm_add_relu(x, r, rm, rv, w_, b_, training)
+
+    def ref(x, r, rm, rv, w_, b_, training, gate=None):
+        y = F.batch_norm(x, rm, rv, w_, b_, training)
+        if fused == "add_relu":
+            y = y + r
+        if fused != "plain":
+            # The float64 truth takes our output's ReLU gate: where the pre-activation is within rounding
+            # of 0 the gate is a coin toss between precisions (torch's low-precision result has its own).
+            y = y.relu() if gate is None else y * gate
+        return y + (0 * r if fused != "add_relu" else 0)
+
+    for training in (True, False):
+        got, theirs = run(ours, dtype, training), run(ref, dtype, training)
+        gate = (got[0] > 0).double()
+        truth = run(lambda *a: ref(*a, gate=gate), torch.float64, training)
+        for i, (a, c, t) in enumerate(zip(got, theirs, truth)):
+            assert a.dtype == dtype, (i, a.dtype)
+            assert_lowp_close(a, c, t, f"training={training} tensor {i}")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+def test_cross_entropy(device, dtype):
+    x = (torch.randn(16, 300, device=device) * 3).to(dtype)
+    t = torch.randint(0, 300, (16,), device=device)
+    w = torch.rand(300, device=device).to(dtype)
+    out, _ = check_fwd_bwd(lambda a, b, c: DF.cross_entropy(a, b, weight=c, label_smoothing=0.1),
+                           lambda a, b, c: F.cross_entropy(a, b, weight=c, label_smoothing=0.1), [x, t, w])
+    assert out.dtype == dtype
+    q = torch.softmax(torch.randn(16, 300, device=device), 1).to(dtype)
+    check_fwd_bwd(lambda a, b: DF.cross_entropy(a, b), lambda a, b: F.cross_entropy(a, b), [x, q], grad_inputs=(0, 1))
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad", "RMSprop"])
+def test_optimizers_update_low_precision_parameters(device, dtype, name):
+    """Ten steps from the same rounded start and gradients: our parameters against the float32 optimizer's
+    within twice torch's own low-precision error (torch's float16 Adagrad/RMSprop/Adam overflow in eps:
+    then within the rounding of the steps taken)."""
+    kw = dict(Adam=dict(lr=0.01, weight_decay=0.1, amsgrad=True), AdamW=dict(lr=0.01),
+              SGD=dict(lr=0.1, momentum=0.9, nesterov=True), Adagrad=dict(lr=0.1),
+              RMSprop=dict(lr=0.01, centered=True, momentum=0.5))[name]
+    base = [torch.randn(1000, device=device).to(dtype), torch.randn(30, 7, device=device).to(dtype)]
+    p32 = [b.float().requires_grad_() for b in base]
+    pt = [b.clone().requires_grad_() for b in base]
+    po = [b.clone().requires_grad_() for b in base]
+    opts = [getattr(torch.optim, name)(p32, **kw), getattr(torch.optim, name)(pt, **kw), getattr(dopt, name)(po, **kw)]
+    for _ in range(10):
+        for a, b, c in zip(p32, pt, po):
+            g = torch.randn_like(b)
+            a.grad, b.grad, c.grad = g.float(), g.clone(), g.clone()
+        for o in opts:
+            o.step()
+    for a, b, c in zip(p32, pt, po):
+        assert c.dtype == dtype and all(v.dtype == dtype for k, v in opts[2].state[c].items() if k != "step")
+        ours = (c.double() - a.double()).abs().max().item()
+        theirs = (b.double() - a.double()).abs().max().item()
+        ulp = 2.0 ** (-8 if dtype == torch.bfloat16 else -11) * a.abs().max().item()
+        bound = 2 * theirs if theirs == theirs and theirs != float("inf") else 10 * ulp
+        assert ours <= bound + ulp, (ours, theirs)
+
+
+def _small_cnn():
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, padding=1, stride=2), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+
+
+def test_autocast_training_matches_torch(device):
+    """A converted model trains under torch.autocast (bfloat16 on the CPU, float16 on CUDA) as torch's
+    does: the same output dtypes (conv in autocast's dtype, cross-entropy in float32) and losses within
+    the low precision's rounding over five SGD steps."""
+    torch.manual_seed(0)
+    ref = _small_cnn().to(device)
+    ours = dlkernels.convert(ref, fuse_bn_relu=True)
+    lowp = torch.bfloat16 if device == "cpu" else torch.float16
+    x = torch.randn(8, 3, 16, 16, device=device)
+    y = torch.randint(0, 10, (8,), device=device)
+    opt_r = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    opt_o = dopt.SGD(ours.parameters(), lr=0.05, momentum=0.9)
+    for step in range(5):
+        losses = []
+        for model, opt, ce in ((ref, opt_r, F.cross_entropy), (ours, opt_o, DF.cross_entropy)):
+            with torch.autocast(device, dtype=lowp):
+                first = model[0](x)
+                logits = model(x)
+                loss = ce(logits, y)
+            assert first.dtype == lowp and loss.dtype == torch.float32
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert abs(losses[0] - losses[1]) <= 0.05 * abs(losses[0]) + 0.02, (step, losses)
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+def test_converted_model_in_low_precision(device, dtype):
+    """model.to(dtype) of a converted model: forward and gradients against torch's model in the same
+    dtype, judged against the float64 model."""
+    torch.manual_seed(1)
+    ref = _small_cnn().to(device)
+    ours = dlkernels.convert(ref, fuse_bn_relu=True)
+    x = torch.randn(8, 3, 16, 16, device=device)
+    results = []
+    for model, dt in ((ours, dtype), (ref, dtype), (ref, torch.float64)):
+        m = __import__("copy").deepcopy(model).to(dt).train()
+        out = m(x.to(dt))
+        out.square().sum().backward()
+        results.append([out] + [p.grad for p in m.parameters()])
+    for i, (a, b, r) in enumerate(zip(*results)):
+        assert a.dtype == dtype
+        assert_lowp_close(a, b, r, f"tensor {i}")
