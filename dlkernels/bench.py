@@ -535,6 +535,9 @@ def main(argv=None):
     p.add_argument("--models", nargs="?", const="all", default=None,
                    help="whole-model training and inference timings (dlkernels/model_bench.py); optionally a "
                         "comma-separated subset of resnet18,resnet50,mobilenet_v2,resnet20_cifar")
+    p.add_argument("--autocast", action="store_true",
+                   help="with --models: also each model under torch.autocast('cpu', torch.bfloat16) (format "
+                        "'bf16-autocast')")
     args = p.parse_args(argv)
     if args.device == "cuda" and not dlkernels.cuda_available():
         p.error("--device cuda: no GPU, or this dlkernels build is CPU-only")
@@ -557,7 +560,8 @@ def main(argv=None):
         if unknown:
             p.error(f"--models: unknown model(s) {unknown}; choose from {sorted(model_bench.M.MODELS)}")
         gemm = machine_limits(args.device)["gemm_gflops"]
-        model_rows = model_bench.run(names, gemm_gflops=gemm, log=sys.stderr)
+        formats = ("contiguous", "channels_last") + (("bf16-autocast",) if args.autocast else ())
+        model_rows = model_bench.run(names, formats=formats, gemm_gflops=gemm, log=sys.stderr)
         model_table = model_bench.format_table(model_rows, gemm)
         if not run_ops:
             table = f"Device: {device_name(args.device)}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}\n"

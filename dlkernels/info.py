@@ -16,7 +16,9 @@ def build_info():
         "CPU ISA in use": dlkernels.cpu_isa(),
         "CPU ISAs compiled": ", ".join(_C.compiled_cpu_isas()),
         "CPU ISAs this machine runs": ", ".join(dlkernels.supported_cpu_isas()),
-        "CUDA archs compiled": _C.cuda_archs if _C.with_cuda else "CPU-only build",
+        "CUDA archs compiled": _C.cuda_archs if _C.with_cuda else (
+            "none: CUDA emulation build (CPU tensors run the CUDA kernels on tools/cuda_emu)"
+            if getattr(_C, "cuda_emulated", False) else "CPU-only build"),
         "GPU": torch.cuda.get_device_name() if dlkernels.cuda_available() else "none",
         "threads": torch.get_num_threads(),
     }

@@ -45,17 +45,19 @@ def forward_flops(model, x):
     return total[0]
 
 
-def _train_step(model, opt, loss_fn, x, y):
+def _train_step(model, opt, loss_fn, x, y, autocast=False):
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(model(x), y)
+        loss.backward()
         opt.step()
     return step
 
 
-def _infer(model, x):
+def _infer(model, x, autocast=False):
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             model(x)
     return run
 
@@ -83,6 +85,7 @@ def bench_model(name, memory_format, gemm_gflops, rounds=3, block=3, seed=0):
     classes = theirs.fc.out_features if hasattr(theirs, "fc") else theirs.classifier[-1].out_features
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, classes, (batch,))
+    autocast = memory_format == "bf16-autocast"  # contiguous, under torch.autocast("cpu", torch.bfloat16)
     if memory_format == "channels_last":
         theirs = theirs.to(memory_format=torch.channels_last)
         ours = ours.to(memory_format=torch.channels_last)
@@ -93,14 +96,14 @@ def bench_model(name, memory_format, gemm_gflops, rounds=3, block=3, seed=0):
     ours.train()
     opt_t = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
     opt_o = dopt.SGD(ours.parameters(), lr=0.01, momentum=0.9)
-    t, o = _alternate(_train_step(theirs, opt_t, F.cross_entropy, x, y),
-                      _train_step(ours, opt_o, DF.cross_entropy, x, y), rounds, block)
+    t, o = _alternate(_train_step(theirs, opt_t, F.cross_entropy, x, y, autocast),
+                      _train_step(ours, opt_o, DF.cross_entropy, x, y, autocast), rounds, block)
     row.update(train_torch_ms=t * 1e3, train_ours_ms=o * 1e3, train_speedup=t / o,
                train_pct_gemm=100 * 3 * flops / o / 1e9 / gemm_gflops,
                train_torch_pct_gemm=100 * 3 * flops / t / 1e9 / gemm_gflops)
     theirs.eval()
     ours.eval()
-    t, o = _alternate(_infer(theirs, x), _infer(ours, x), rounds, block)
+    t, o = _alternate(_infer(theirs, x, autocast), _infer(ours, x, autocast), rounds, block)
     row.update(infer_torch_ms=t * 1e3, infer_ours_ms=o * 1e3, infer_speedup=t / o,
                infer_pct_gemm=100 * flops / o / 1e9 / gemm_gflops)
     return row

@@ -44,7 +44,9 @@ def test_info_reports_build():
     assert f"CPU ISA in use               {dlkernels.cpu_isa()}" in out
     assert "CPU ISAs compiled            scalar, avx2, avx512" in out
     assert torch.__version__ in out
-    assert ("CPU-only build" in out) == (not _C.with_cuda)
+    emulated = bool(getattr(_C, "cuda_emulated", False))
+    assert ("CPU-only build" in out) == (not _C.with_cuda and not emulated)
+    assert ("CUDA emulation build" in out) == emulated
 
 
 @cpu_kernels_only
