@@ -58,6 +58,18 @@ def _cast(t, dtype):
     return t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
 
 
+def _autocast(t, dtype):
+    """torch.autocast's cast: float16, bfloat16 and float32 tensors only (float64 is left alone)."""
+    return _cast(t, dtype) if t is not None and t.dtype in (torch.float16, torch.bfloat16, torch.float32) else t
+
+
+def _check_same_dtype(fn, input, **others):
+    """Before a low-precision input is computed in float32: the dtype rule the kernels would apply."""
+    for name, t in others.items():
+        if t is not None and t.dtype != input.dtype:
+            raise TypeError(f"dlkernels.{fn}: {name} must have the input's dtype {input.dtype}, got {t.dtype}")
+
+
 def _compute_dtype(x):
     """(dtype the kernels run in, dtype of the result) for floating input x: the CPU kernels take float32
     and float64, so float16 and bfloat16 run there in float32 and the result is rounded once to the
@@ -122,10 +134,11 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                                "respect to the class weights (as in torch)")
     ac = _autocast_target(input, "fp32")
     if ac is not None:
-        input, weight = _cast(input, ac), _cast(weight, ac)
-        target = _cast(target, ac) if prob_target else target
+        input, weight = _autocast(input, ac), _autocast(weight, ac)
+        target = _autocast(target, ac) if prob_target else target
     compute, result = _compute_dtype(input)
     if compute != input.dtype:
+        _check_same_dtype(fn, input, weight=weight)
         input, weight = _cast(input, compute), _cast(weight, compute)
         target = _cast(target, compute) if prob_target else target
     unbatched = input.dim() == 1
@@ -271,9 +284,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     channels_last = not unbatched and _channels_last(x)
     ac = _autocast_target(x, "lower")
     if ac is not None:
-        x, weight, bias = _cast(x, ac), _cast(weight, ac), _cast(bias, ac)
+        x, weight, bias = _autocast(x, ac), _autocast(weight, ac), _autocast(bias, ac)
     compute, result = _compute_dtype(x)
     if compute != x.dtype:
+        _check_same_dtype(fn, x, weight=weight, bias=bias)
         x, weight, bias = _cast(x, compute), _cast(weight, compute), _cast(bias, compute)
     out = _autograd_apply(Conv2dFunction, x, weight, bias, s, p, d, groups)
     return _pool_output(out, unbatched, channels_last, result)

@@ -51,6 +51,13 @@ def test_planted_bugs_are_reported(name, expected):
     assert dlkernels._C.emu_stats()["failed_launches"] == before + 1
 
 
+def test_shuffle_offset_uses_its_low_five_bits():
+    err, out = probe("shuffle_offset_33")
+    lane = torch.arange(64) % 32
+    expected = torch.where(lane < 31, torch.arange(64) + 1, torch.arange(64)).float()
+    assert err == "" and torch.equal(out[:64], expected)
+
+
 def test_unwritten_shared_memory_reads_show_as_nan():
     err, out = probe("unwritten_shared")
     assert err == ""

@@ -179,3 +179,24 @@ def test_converted_model_in_low_precision(device, dtype):
     for i, (a, b, r) in enumerate(zip(*results)):
         assert a.dtype == dtype
         assert_lowp_close(a, b, r, f"tensor {i}")
+
+
+def test_autocast_leaves_float64_alone(device):
+    """torch.autocast casts float16, bfloat16 and float32 tensors only: float64 stays float64, in ours as in
+    torch's."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, device=device)
+    logits = torch.randn(5, 4, dtype=torch.float64, device=device)
+    t = torch.randint(0, 4, (5,), device=device)
+    with torch.autocast(device):
+        assert DF.conv2d(x, w).dtype == F.conv2d(x, w).dtype == torch.float64
+        assert DF.cross_entropy(logits, t).dtype == F.cross_entropy(logits, t).dtype == torch.float64
+
+
+def test_low_precision_dtype_mismatch_raises(device):
+    x = torch.randn(2, 3, 8, 8, device=device).to(torch.bfloat16)
+    with pytest.raises(TypeError, match="weight must have the (input's dtype|dtype of input)"):
+        DF.conv2d(x, torch.randn(4, 3, 3, 3, device=device))
+    with pytest.raises(TypeError, match="weight must have the input's dtype"):
+        DF.cross_entropy(torch.randn(5, 4, device=device).half(), torch.randint(0, 4, (5,), device=device),
+                         weight=torch.rand(4, device=device))

@@ -138,9 +138,11 @@ ConvGeom conv_geom(const char* op, const Tensor& input, const Tensor& weight, In
 // processed whole). A GPU has no such cache to stay in and pays per launch: its chunks fill the limit.
 int64_t chunk_images(const ConvGeom& c, const Tensor& input) {
   if (c.direct) return 1;
-  const int64_t per_image = c.g.rows() * c.g.positions() * int64_t(input.element_size());
+  const bool cpu = cpu_kernels(input);
+  // the column matrix, and on a GPU (chunks of many images) the (OC, B*L) rows buffer beside it
+  const int64_t per_image = (c.g.rows() + (cpu ? 0 : c.OC)) * c.g.positions() * int64_t(input.element_size());
   const int64_t limit = g_workspace_limit.load();
-  const int64_t budget = cpu_kernels(input) ? std::min<int64_t>(limit, kColumnCacheTarget) : limit;
+  const int64_t budget = cpu ? std::min<int64_t>(limit, kColumnCacheTarget) : limit;
   return std::max<int64_t>(1, std::min<int64_t>(c.N, budget / std::max<int64_t>(per_image, 1)));
 }
 

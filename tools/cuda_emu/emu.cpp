@@ -15,6 +15,7 @@
 #include "dlk_emu/emu.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define DLK_EMU_ASAN 1
 #endif
@@ -194,6 +195,10 @@ void init_fiber(int i, uint3 tid) {
   sp[0] = uint64_t(csr) | (uint64_t(cw) << 32);
   for (int r = 1; r < 7; ++r) sp[r] = 0;  // r15 r14 r13 r12 rbx rbp
   sp[7] = reinterpret_cast<uint64_t>(&dlk_emu_fiber_entry);
+#ifdef DLK_EMU_ASAN
+  // a failed launch abandons its fibers mid-frame: their stack shadow must not poison the next one
+  __asan_unpoison_memory_region(top - kStackBytes, kStackBytes);
+#endif
   f.sp = sp;
   f.tid = tid;
   f.state = kReady;
@@ -317,12 +322,13 @@ bool resolve_warp(int w) {
       Fiber& me = e.fibers[base + b];
       if (me.state == kShuffle) {
         const int width = me.width, seg = b & ~(width - 1), lane_in = b & (width - 1);
+        const int arg = me.kind == 0 ? me.arg : (me.arg & 31);  // a GPU reads the offset's low 5 bits
         int src = b;
         switch (me.kind) {
-          case 0: src = seg + (me.arg & (width - 1)); break;
-          case 1: src = lane_in - me.arg >= 0 ? b - me.arg : b; break;
-          case 2: src = lane_in + me.arg < width ? b + me.arg : b; break;
-          case 3: src = b ^ me.arg; if ((src & ~(width - 1)) > seg || src > 31) src = b; break;
+          case 0: src = seg + (arg & (width - 1)); break;
+          case 1: src = lane_in - arg >= 0 ? b - arg : b; break;
+          case 2: src = lane_in + arg < width ? b + arg : b; break;
+          case 3: src = b ^ arg; if ((src & ~(width - 1)) > seg || src > 31) src = b; break;
         }
         if (src < 0 || src > 31 || !(f.mask >> src & 1u)) {
           fail(head + ": lane " + std::to_string(b) + " reads lane " + std::to_string(src) +
@@ -432,8 +438,9 @@ bool run_grid(bool reverse) {
   return true;
 }
 
-cudaError_t g_last_error = cudaSuccess;
-std::string g_last_message;
+// Per host thread, as CUDA's last error is.
+thread_local cudaError_t g_last_error = cudaSuccess;
+thread_local std::string g_last_message;
 
 void set_error(cudaError_t code, const std::string& message) {
   g_last_error = code;
@@ -527,15 +534,17 @@ void launch(const LaunchSpec& s) {
   std::vector<Region> regions;
   const bool replay = e.orders > 1;
   if (replay) regions_of(s, &regions);
-  e.stats.replayed_launches += replay;
   for (auto& r : regions) r.before.assign(r.base, r.base + r.bytes);
   if (std::getenv("DLK_EMU_VERBOSE"))
     for (auto& r : regions) std::fprintf(stderr, "dlk_emu: %s: snapshot %p + %zu\n", s.name, (void*)r.base, r.bytes);
   bool ok = run_grid(false);
-  if (ok && replay) {
+  if (ok && replay && !regions.empty()) {
+    e.stats.replayed_launches++;
+    // Only what the first run wrote is restored (a region it left as it was, perhaps matched by a stale
+    // argument word, is not written); every region is compared after the second run.
     for (auto& r : regions) {
       r.after_first.assign(r.base, r.base + r.bytes);
-      std::memcpy(r.base, r.before.data(), r.bytes);
+      if (std::memcmp(r.base, r.before.data(), r.bytes) != 0) std::memcpy(r.base, r.before.data(), r.bytes);
     }
     ok = run_grid(true);
     for (auto& r : regions) {

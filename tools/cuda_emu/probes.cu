@@ -36,6 +36,11 @@ __global__ void partial_shuffle_kernel(float* out, bool whole_warp) {
   out[threadIdx.x] = v;
 }
 
+// A shuffle offset of 33: a GPU reads the offset's low 5 bits (1).
+__global__ void shuffle_offset_kernel(float* out) {
+  out[threadIdx.x] = __shfl_down_sync(0xffffffffu, float(threadIdx.x), 33u);
+}
+
 // Shared memory read that no thread wrote (after a barrier): the 0xFF fill shows in the output.
 __global__ void unwritten_shared_kernel(float* out) {
   __shared__ float s[64];
@@ -67,6 +72,7 @@ std::string run_probe(const std::string& name, float* out, int64_t n) {
   else if (name == "early_return") early_return_kernel<<<1, 64>>>(out);
   else if (name == "shuffle_whole_warp") partial_shuffle_kernel<<<1, 64>>>(out, true);
   else if (name == "shuffle_half_warp") partial_shuffle_kernel<<<1, 64>>>(out, false);
+  else if (name == "shuffle_offset_33") shuffle_offset_kernel<<<1, 64>>>(out);
   else if (name == "unwritten_shared") unwritten_shared_kernel<<<1, 64>>>(out);
   else if (name == "off_by_one") off_by_one_kernel<<<1, 64>>>(out, int(n));
   else if (name == "cross_block") cross_block_kernel<<<8, 32>>>(out);

@@ -18,7 +18,8 @@ void unregister_memory(const void* p);
 
 struct Stats {
   uint64_t launches;            // kernel launches run
-  uint64_t replayed_launches;   // of those, run a second time in the other order (the race check)
+  uint64_t replayed_launches;   // of those, run a second time in the other order (the race check): those
+                                // whose arguments point at registered memory
   uint64_t threads;             // emulated threads run, both orders counted
   uint64_t failed_launches;     // launches that reported an error
 };
