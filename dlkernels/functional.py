@@ -285,12 +285,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ac = _autocast_target(x, "lower")
     if ac is not None:
         x, weight, bias = _autocast(x, ac), _autocast(weight, ac), _autocast(bias, ac)
-    compute, result = _compute_dtype(x)
-    if compute != x.dtype:
-        _check_same_dtype(fn, x, weight=weight, bias=bias)
-        x, weight, bias = _cast(x, compute), _cast(weight, compute), _cast(bias, compute)
+    # float16/bfloat16 need no cast here: the op takes them on every device (on the CPU, GEMMs in that dtype)
     out = _autograd_apply(Conv2dFunction, x, weight, bias, s, p, d, groups)
-    return _pool_output(out, unbatched, channels_last, result)
+    return _pool_output(out, unbatched, channels_last)
 
 
 def im2col(input, kernel_size, dilation=1, padding=0, stride=1):

@@ -39,6 +39,37 @@ DLK_ISA_DISPATCH(conv_depthwise_input_grad, (const DepthwiseGeom& d, const T* gr
 DLK_ISA_DISPATCH(conv_depthwise_weight_grad, (const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_w),
                  (d, in, grad_out, grad_w))
 
+void im2col_bits16(const Im2colGeom& g, const uint16_t* in, uint16_t* col) {
+  const int64_t rows = g.rows(), KK = g.KH * g.KW, plane = g.H * g.W;
+  const int64_t tasks = rows * g.images;
+#pragma omp parallel for schedule(static) if (tasks * g.positions() > (int64_t(1) << 15))
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t r = t / g.images, b = t % g.images;
+    const int64_t c = r / KK, kh = (r % KK) / g.KW, kw = r % g.KW;
+    const uint16_t* x = in + (b * g.C + c) * plane;
+    uint16_t* dst = col + r * g.row_stride + b * g.image_stride;
+    const int64_t off = kw * g.DW - g.PW;
+    int64_t lo, hi;
+    conv_tap_range(off, g.SW, g.W, g.OW, lo, hi);
+    for (int64_t oh = 0; oh < g.OH; ++oh) {
+      uint16_t* d = dst + oh * g.OW;
+      const int64_t h = oh * g.SH - g.PH + kh * g.DH;
+      if (h < 0 || h >= g.H || hi < lo) {
+        std::fill(d, d + g.OW, uint16_t(0));
+        continue;
+      }
+      const uint16_t* xr = x + h * g.W + off;
+      std::fill(d, d + lo, uint16_t(0));
+      if (g.SW == 1) {
+        std::memcpy(d + lo, xr + lo, size_t(hi + 1 - lo) * sizeof(uint16_t));
+      } else {
+        for (int64_t ow = lo; ow <= hi; ++ow) d[ow] = xr[ow * g.SW];
+      }
+      std::fill(d + hi + 1, d + g.OW, uint16_t(0));
+    }
+  }
+}
+
 int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N) {
   constexpr int64_t kDot = ConvKernels<scalar::Vec<float>>::kDot;
   return M * K * ((N + kDot - 1) / kDot);

@@ -10,6 +10,9 @@ namespace dlk::cpu {
 
 // Writes the whole column matrix of g.images images (layout in common/conv.h), zeros in the padding.
 template <class T> void im2col(const Im2colGeom& g, const T* in, T* col);
+// im2col of 16-bit values (float16 or bfloat16, moved as bits: +0.0 is all zero bits in both): the column
+// matrix of the low-precision CPU convolution, whose GEMMs run in that dtype.
+void im2col_bits16(const Im2colGeom& g, const uint16_t* in, uint16_t* col);
 // The adjoint of im2col: out (images, C, H, W) is fully written; each input pixel is the sum of the
 // column entries that copied it. Each input row is owned by one thread: deterministic, no atomics.
 template <class T> void col2im(const Im2colGeom& g, const T* col, T* out);

@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <string>
 
 #include "common/conv.h"
 #include "cpu/conv.h"
@@ -59,12 +60,19 @@ struct ConvGeom {
   int64_t rows_per_group() const { return g.rows() / G; }
 };
 
-void check_float(const char* op, const char* name, const Tensor& t) {
+bool low_precision(const Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+
+// lowp_on_cpu: the op takes float16/bfloat16 on the CPU too (conv2d and its backward: lowp_cpu_forward).
+void check_float(const char* op, const char* name, const Tensor& t, bool lowp_on_cpu = false) {
   const auto s = t.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (cuda_kernels(t) && (s == at::kHalf || s == at::kBFloat16)),
-                   "dlkernels.", op, ": ", name, " must be float32 or float64", cuda_kernels(t) ? ", float16 or bfloat16" : "",
-                   " on ", t.device().type(), ", got ", s);
+  const bool lowp_ok = cuda_kernels(t) || lowp_on_cpu;
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (lowp_ok && low_precision(t)), "dlkernels.", op, ": ", name,
+                   " must be float32 or float64", lowp_ok ? ", float16 or bfloat16" : "", " on ", t.device().type(),
+                   ", got ", s);
 }
+
+// The CPU kernels of this file that take float32/float64 only (the float16/bfloat16 CPU path is separate).
+bool cpu_float_kernels(const Tensor& t) { return cpu_kernels(t) && !low_precision(t); }
 
 void check_same(const char* op, const char* name, const Tensor& t, const Tensor& input) {
   TORCH_CHECK(t.device() == input.device(), "dlkernels.", op, ": ", name, " is on ", t.device(), " but input is on ",
@@ -89,7 +97,8 @@ void padding4(const char* op, IntArrayRef padding, int64_t p[4]) {
 void check_input(const char* op, const Tensor& input) {
   TORCH_CHECK(input.is_cpu() || input.is_cuda(), "dlkernels.", op, ": input must be a CPU or CUDA tensor, got ",
               input.device());
-  check_float(op, "input", input);
+  const std::string name(op);
+  check_float(op, "input", input, name == "conv2d" || name == "conv2d_backward");  // lowp_cpu_forward
   TORCH_CHECK_VALUE(input.dim() == 4, "dlkernels.", op, ": input must have shape (N, C, H, W) or (C, H, W), got ",
                     input.sizes());
   TORCH_CHECK_VALUE(input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0, "dlkernels.", op,
@@ -189,7 +198,7 @@ bool batched_direct(const ConvGeom& c, bool tile_images) { return c.direct && c.
 // -> 64 1.2 -> 0.9 ms). Its backward keeps the column matrix.
 bool small_direct(const ConvGeom& c, const Tensor& x) {
   const Im2colGeom& g = c.g;
-  return cpu_kernels(x) && !c.direct && c.G == 1 && (g.SW == 1 || g.SW == 2) && g.DH == 1 && g.DW == 1 &&
+  return cpu_float_kernels(x) && !c.direct && c.G == 1 && (g.SW == 1 || g.SW == 2) && g.DH == 1 && g.DW == 1 &&
          cpu::conv_direct_fits(g.C, g.KH, g.KW, c.OC, g.OW, g.SW, int64_t(x.element_size()));
 }
 
@@ -225,7 +234,7 @@ void small_direct_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, c
 // Depthwise layers (groups == channels > 1, any multiplier) on the CPU: the direct kernels of
 // cpu::conv_depthwise_*, memory-bound passes over each plane instead of a column matrix of KH * KW
 // copies of the input and a GEMM per group of one row.
-bool depthwise(const ConvGeom& c, const Tensor& x) { return cpu_kernels(x) && c.G == c.g.C && c.G > 1; }
+bool depthwise(const ConvGeom& c, const Tensor& x) { return cpu_float_kernels(x) && c.G == c.g.C && c.G > 1; }
 
 cpu::DepthwiseGeom depthwise_geom(const ConvGeom& c) {
   const Im2colGeom& g = c.g;
@@ -242,7 +251,7 @@ cpu::DepthwiseGeom depthwise_geom(const ConvGeom& c) {
 // tile's 6 or 12 filters.
 bool direct_input_grad(const ConvGeom& c, const Tensor& x) {
   const Im2colGeom& g = c.g;
-  return cpu_kernels(x) && !c.direct && c.G == 1 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 &&
+  return cpu_float_kernels(x) && !c.direct && c.G == 1 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 &&
          g.C >= 8 && cpu::conv_direct_fits(c.OC, g.KH, g.KW, g.C, g.W, 1, int64_t(x.element_size()));
 }
 
@@ -271,13 +280,13 @@ void direct_input_grad_run(const ConvGeom& c, const Tensor& go, const Tensor& w,
 // forward of a layer with a column matrix up to cpu::kConvTileMaxForwardFilters).
 // grad_weight takes the hand-written dot-product kernel only for the smallest layers
 // (cpu::conv_gemm_small_fits), else MKL. All take contiguous (G, rows, cols) operands.
-bool tile_gemm(const ConvGeom& c, const Tensor& x) { return cpu_kernels(x) && c.OC / c.G <= cpu::kConvTileMaxFilters; }
+bool tile_gemm(const ConvGeom& c, const Tensor& x) { return cpu_float_kernels(x) && c.OC / c.G <= cpu::kConvTileMaxFilters; }
 // The forward of a layer with a column matrix goes further, up to cpu::kConvTileMaxForwardFilters (see there).
 bool tile_gemm_forward(const ConvGeom& c, const Tensor& x) {
-  return tile_gemm(c, x) || (cpu_kernels(x) && !c.direct && c.OC / c.G <= cpu::kConvTileMaxForwardFilters);
+  return tile_gemm(c, x) || (cpu_float_kernels(x) && !c.direct && c.OC / c.G <= cpu::kConvTileMaxForwardFilters);
 }
 bool small_gemm(const ConvGeom& c, const Tensor& x) {
-  return cpu_kernels(x) && cpu::conv_gemm_small_fits(c.OC / c.G, c.rows_per_group());
+  return cpu_float_kernels(x) && cpu::conv_gemm_small_fits(c.OC / c.G, c.rows_per_group());
 }
 
 // out[g] = w[g] @ b[g] with w (G, M, K) taken as stored (trans false) or as w[g]^T for w (G, K, M).
@@ -301,7 +310,7 @@ void tile_gemm_out(const Tensor& out, const Tensor& w, bool trans, const Tensor&
 // 3136 the same, so larger images keep it.
 constexpr int64_t kConvTileDirectPositions = 256;
 bool tile_direct(const ConvGeom& c, const Tensor& x) {
-  return cpu_kernels(x) && c.direct && (tile_gemm(c, x) || c.g.positions() <= kConvTileDirectPositions);
+  return cpu_float_kernels(x) && c.direct && (tile_gemm(c, x) || c.g.positions() <= kConvTileDirectPositions);
 }
 
 // The direct layer's GEMMs over all N images, group by group: out_n[g] = w[g] @ in_n[g] (forward: in x,
@@ -401,6 +410,32 @@ void set_workspace_limit(int64_t bytes) {
   g_workspace_limit.store(bytes);
 }
 
+namespace {
+
+// float16/bfloat16 on the CPU: im2col moves the 16-bit values and the GEMMs run in that dtype (at::bmm:
+// oneDNN, with AVX512-BF16's vdpbf16ps where the CPU has it; float32 accumulation, one rounding per
+// output, as torch's own low-precision convolution). Chunks of images fill the workspace limit (one
+// chunk for a typical batch); the layout move and the bias are torch ops.
+void lowp_cpu_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& out) {
+  const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
+  const int64_t per_image = (rows + c.OC) * L * int64_t(x.element_size());
+  const int64_t B_max = std::max<int64_t>(1, std::min<int64_t>(c.N, g_workspace_limit.load() / std::max<int64_t>(per_image, 1)));
+  const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
+  Tensor col_buf = at::empty({rows * B_max * L}, x.options());
+  for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
+    const int64_t B = std::min(B_max, c.N - n0);
+    const Im2colGeom g = chunk_geom(c, B);
+    Tensor col = col_buf.narrow(0, 0, rows * B * L);
+    cpu::im2col_bits16(g, reinterpret_cast<const uint16_t*>(x.data_ptr()) + n0 * image,
+                       reinterpret_cast<uint16_t*>(col.data_ptr()));
+    const Tensor y = at::bmm(w3, col.view({c.G, c.rows_per_group(), B * L}));  // (G, OCg, B*L)
+    out.narrow(0, n0, B).view({B, c.OC, L}).copy_(y.view({c.OC, B, L}).transpose(0, 1));
+  }
+  if (b.defined()) out.add_(b.view({1, c.OC, 1, 1}));
+}
+
+}  // namespace
+
 Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias, IntArrayRef stride,
                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "conv2d";
@@ -416,6 +451,10 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
   Tensor out = empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
   if (c.N == 0) return out;
+  if (cpu_kernels(x) && low_precision(x)) {
+    lowp_cpu_forward(c, x, w, b, out);
+    return out;
+  }
   if (small_direct(c, x)) {
     small_direct_forward(c, x, w, b, out);
     return out;
@@ -482,6 +521,14 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
                         grad_output.size(2) == c.g.OH && grad_output.size(3) == c.g.OW,
                     "dlkernels.conv2d_backward: grad_output must have shape (", c.N, ", ", c.OC, ", ", c.g.OH, ", ",
                     c.g.OW, "), got ", grad_output.sizes());
+  if (cpu_kernels(input) && low_precision(input)) {
+    // float16/bfloat16 on the CPU: the gradients of the float32 computation, rounded once (the column
+    // matrices of the input gradient must not be rounded to 16 bits before col2im sums them).
+    auto [gi, gw, gb] = conv2d_backward(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat),
+                                        stride, padding, dilation, groups, output_mask);
+    const auto t = input.scalar_type();
+    return {gi.to(t), gw.to(t), gb.to(t)};
+  }
   const Tensor x = input.contiguous(), w = weight.contiguous(), go = grad_output.contiguous();
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
   const int64_t OCg = c.OC / c.G, Rg = c.rows_per_group();
