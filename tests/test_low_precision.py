@@ -200,3 +200,18 @@ def test_low_precision_dtype_mismatch_raises(device):
     with pytest.raises(TypeError, match="weight must have the input's dtype"):
         DF.cross_entropy(torch.randn(5, 4, device=device).half(), torch.randint(0, 4, (5,), device=device),
                          weight=torch.rand(4, device=device))
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+def test_conv_in_chunks_of_images(device, dtype):
+    """A workspace limit of about one image: the low-precision forward and weight gradient run chunk by
+    chunk (the weight gradient's chunks summed in float32), judged as in one chunk."""
+    x = torch.randn(5, 4, 10, 10, device=device).to(dtype)
+    w = (torch.randn(6, 4, 3, 3, device=device) / 4).to(dtype)
+    previous = dlkernels.workspace_limit()
+    try:
+        dlkernels.set_workspace_limit(2 * (4 * 9 + 6) * 100 * 2)  # two images' column and rows buffers
+        check_fwd_bwd(lambda *a: DF.conv2d(*a, padding=1), lambda *a: F.conv2d(*a, padding=1), [x, w],
+                      grad_inputs=(0, 1))
+    finally:
+        dlkernels.set_workspace_limit(previous)

@@ -522,12 +522,44 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
                     "dlkernels.conv2d_backward: grad_output must have shape (", c.N, ", ", c.OC, ", ", c.g.OH, ", ",
                     c.g.OW, "), got ", grad_output.sizes());
   if (cpu_kernels(input) && low_precision(input)) {
-    // float16/bfloat16 on the CPU: the gradients of the float32 computation, rounded once (the column
-    // matrices of the input gradient must not be rounded to 16 bits before col2im sums them).
-    auto [gi, gw, gb] = conv2d_backward(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat),
-                                        stride, padding, dilation, groups, output_mask);
+    // float16/bfloat16 on the CPU. The weight gradient is GEMMs in that dtype, (G, OCg, B*L) @ (G, B*L, Rg)
+    // on the 16-bit column matrix, one per chunk of images (one for a typical batch: rounded once, as
+    // torch's), summed in float32. The input and bias gradients are those of the float32 computation,
+    // rounded once: the input gradient's column matrices must not be rounded to 16 bits before col2im
+    // sums them.
     const auto t = input.scalar_type();
-    return {gi.to(t), gw.to(t), gb.to(t)};
+    Tensor gw;
+    if (output_mask[1]) {
+      const Tensor x = input.contiguous(), go = grad_output.contiguous();
+      const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
+      const int64_t per_image = (rows + c.OC) * L * int64_t(x.element_size());
+      const int64_t B_max =
+          std::max<int64_t>(1, std::min<int64_t>(c.N, g_workspace_limit.load() / std::max<int64_t>(per_image, 1)));
+      Tensor acc = at::zeros({c.G, c.OC / c.G, c.rows_per_group()}, x.options().dtype(at::kFloat));
+      Tensor col_buf = at::empty({rows * B_max * L}, x.options());
+      for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
+        const int64_t B = std::min(B_max, c.N - n0);
+        Tensor col = col_buf.narrow(0, 0, rows * B * L);
+        cpu::im2col_bits16(chunk_geom(c, B), reinterpret_cast<const uint16_t*>(x.data_ptr()) + n0 * image,
+                           reinterpret_cast<uint16_t*>(col.data_ptr()));
+        const Tensor gy = go.narrow(0, n0, B).reshape({B, c.OC, L}).transpose(0, 1).reshape({c.G, c.OC / c.G, B * L});
+        const Tensor part = at::bmm(gy, col.view({c.G, c.rows_per_group(), B * L}).transpose(1, 2));
+        if (n0 == 0 && B == c.N) {
+          gw = part.view(weight.sizes());  // one chunk: the GEMM's own rounding, nothing more
+          break;
+        }
+        acc.add_(part);
+      }
+      if (!gw.defined()) gw = acc.to(t).view(weight.sizes());
+    }
+    Tensor gi = at::empty({0}, input.options()), gb = at::empty({0}, input.options());
+    if (output_mask[0] || output_mask[2]) {
+      auto r = conv2d_backward(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat), stride,
+                               padding, dilation, groups, {output_mask[0], false, output_mask[2]});
+      if (output_mask[0]) gi = std::get<0>(r).to(t);
+      if (output_mask[2]) gb = std::get<2>(r).to(t);
+    }
+    return {gi, gw.defined() ? gw : at::empty({0}, input.options()), gb};
   }
   const Tensor x = input.contiguous(), w = weight.contiguous(), go = grad_output.contiguous();
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
