@@ -282,8 +282,10 @@ void update_running(const optional<Tensor>& running_mean, const optional<Tensor>
   if (cpu_kernels(mean)) return update_running_cpu(running_mean, running_var, f64(mean), f64(var), momentum, count);
   const double n = double(count);
   Tensor rm = *running_mean, rv = *running_var;
-  rm.mul_(1 - momentum).add_((mean * momentum).to(rm.scalar_type()));
-  rv.mul_(1 - momentum).add_((var * (momentum * n / (n - 1))).to(rv.scalar_type()));
+  // in float64 and rounded once into the statistics' dtype (float16/bfloat16 statistics updated in place
+  // would round twice: 3.5x torch's error in bfloat16)
+  rm.copy_(rm.to(at::kDouble).mul_(1 - momentum).add_(mean.to(at::kDouble), momentum));
+  rv.copy_(rv.to(at::kDouble).mul_(1 - momentum).add_(var.to(at::kDouble), momentum * n / (n - 1)));
 }
 
 }  // namespace
