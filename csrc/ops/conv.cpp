@@ -412,11 +412,11 @@ void set_workspace_limit(int64_t bytes) {
 
 namespace {
 
-// float16/bfloat16 on the CPU: im2col moves the 16-bit values and the GEMMs run in that dtype (at::bmm:
-// oneDNN, with AVX512-BF16's vdpbf16ps where the CPU has it; float32 accumulation, one rounding per
-// output, as torch's own low-precision convolution). Chunks of images fill the workspace limit (one
-// chunk for a typical batch); the layout move and the bias are torch ops.
-void lowp_cpu_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& out) {
+// float16/bfloat16 on the CPU, without a bias: im2col moves the 16-bit values and the GEMMs run in that
+// dtype (at::bmm: oneDNN, with AVX512-BF16's vdpbf16ps where the CPU has it; float32 accumulation, one
+// rounding per output, as torch's own low-precision convolution). Chunks of images fill the workspace
+// limit (one chunk for a typical batch); the layout move is a torch op.
+void lowp_cpu_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& out) {
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
   const int64_t per_image = (rows + c.OC) * L * int64_t(x.element_size());
   const int64_t B_max = std::max<int64_t>(1, std::min<int64_t>(c.N, g_workspace_limit.load() / std::max<int64_t>(per_image, 1)));
@@ -431,7 +431,6 @@ void lowp_cpu_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const
     const Tensor y = at::bmm(w3, col.view({c.G, c.rows_per_group(), B * L}));  // (G, OCg, B*L)
     out.narrow(0, n0, B).view({B, c.OC, L}).copy_(y.view({c.OC, B, L}).transpose(0, 1));
   }
-  if (b.defined()) out.add_(b.view({1, c.OC, 1, 1}));
 }
 
 }  // namespace
@@ -452,8 +451,14 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   Tensor out = empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
   if (c.N == 0) return out;
   if (cpu_kernels(x) && low_precision(x)) {
-    lowp_cpu_forward(c, x, w, b, out);
-    return out;
+    if (!b.defined()) {
+      lowp_cpu_forward(c, x, w, out);
+      return out;
+    }
+    // With a bias: the float32 computation, rounded once (a bias added to the GEMM's rounded output
+    // would round twice: 2.6x torch's error, whose oneDNN adds it before rounding).
+    return conv2d_forward(input.to(at::kFloat), weight.to(at::kFloat), b.to(at::kFloat), stride, padding, dilation,
+                          groups).to(input.scalar_type());
   }
   if (small_direct(c, x)) {
     small_direct_forward(c, x, w, b, out);
