@@ -118,6 +118,7 @@ struct Engine {
   std::map<const void*, SharedVar> shared;  // by declaration site
   std::vector<char> dynamic;
   int orders = 2;
+  bool stacks_dirty = false;  // fibers abandoned by a failed launch (ASan: their shadow to clear)
   Stats stats{};
   std::map<std::string, uint64_t> launches_by_kernel;
   // registered memory (the race check's snapshots)
@@ -195,10 +196,6 @@ void init_fiber(int i, uint3 tid) {
   sp[0] = uint64_t(csr) | (uint64_t(cw) << 32);
   for (int r = 1; r < 7; ++r) sp[r] = 0;  // r15 r14 r13 r12 rbx rbp
   sp[7] = reinterpret_cast<uint64_t>(&dlk_emu_fiber_entry);
-#ifdef DLK_EMU_ASAN
-  // a failed launch abandons its fibers mid-frame: their stack shadow must not poison the next one
-  __asan_unpoison_memory_region(top - kStackBytes, kStackBytes);
-#endif
   f.sp = sp;
   f.tid = tid;
   f.state = kReady;
@@ -526,6 +523,12 @@ void launch(const LaunchSpec& s) {
     return;
   }
   ensure_stacks();
+#ifdef DLK_EMU_ASAN
+  if (e.stacks_dirty) {  // a failed launch abandoned its fibers mid-frame: clear their stack shadow once
+    __asan_unpoison_memory_region(e.stacks, size_t(kMaxThreads) * (kGuardBytes + kStackBytes));
+    e.stacks_dirty = false;
+  }
+#endif
   g_grid_dim = s.grid;
   g_block_dim = s.block;
   e.nthreads = int(s.block.x * s.block.y * s.block.z);
@@ -561,7 +564,10 @@ void launch(const LaunchSpec& s) {
       ok = false;
     }
   }
-  if (!ok) set_error(cudaErrorLaunchFailure, e.error);
+  if (!ok) {
+    set_error(cudaErrorLaunchFailure, e.error);
+    e.stacks_dirty = true;
+  }
   e.spec = nullptr;
 }
 
