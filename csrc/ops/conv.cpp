@@ -416,10 +416,15 @@ namespace {
 // dtype (at::bmm: oneDNN, with AVX512-BF16's vdpbf16ps where the CPU has it; float32 accumulation, one
 // rounding per output, as torch's own low-precision convolution). Chunks of images fill the workspace
 // limit (one chunk for a typical batch); the layout move is a torch op.
+// Images per chunk of the low-precision CPU path: its column matrix and rows within the workspace limit.
+int64_t lowp_chunk_images(const ConvGeom& c, const Tensor& x) {
+  const int64_t per_image = (c.g.rows() + c.OC) * c.g.positions() * int64_t(x.element_size());
+  return std::max<int64_t>(1, std::min<int64_t>(c.N, g_workspace_limit.load() / std::max<int64_t>(per_image, 1)));
+}
+
 void lowp_cpu_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& out) {
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
-  const int64_t per_image = (rows + c.OC) * L * int64_t(x.element_size());
-  const int64_t B_max = std::max<int64_t>(1, std::min<int64_t>(c.N, g_workspace_limit.load() / std::max<int64_t>(per_image, 1)));
+  const int64_t B_max = lowp_chunk_images(c, x);
   const Tensor w3 = w.view({c.G, c.OC / c.G, c.rows_per_group()});
   Tensor col_buf = at::empty({rows * B_max * L}, x.options());
   for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
@@ -537,9 +542,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     if (output_mask[1]) {
       const Tensor x = input.contiguous(), go = grad_output.contiguous();
       const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
-      const int64_t per_image = (rows + c.OC) * L * int64_t(x.element_size());
-      const int64_t B_max =
-          std::max<int64_t>(1, std::min<int64_t>(c.N, g_workspace_limit.load() / std::max<int64_t>(per_image, 1)));
+      const int64_t B_max = lowp_chunk_images(c, x);
       Tensor acc = at::zeros({c.G, c.OC / c.G, c.rows_per_group()}, x.options().dtype(at::kFloat));
       Tensor col_buf = at::empty({rows * B_max * L}, x.options());
       for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {

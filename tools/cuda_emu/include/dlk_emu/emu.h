@@ -83,18 +83,13 @@ template <class... A> struct Pending {
   std::tuple<std::decay_t<A>...> args;
 };
 
+// What rewrite.py makes of `<<<grid, block, smem, stream>>>`: the launch's spec, awaiting its arguments.
 struct Launch {
-  const char* name;
-  const char* file;
-  int line;
-  dim3 grid, block;
-  size_t smem;
-  cudaStream_t stream;
+  LaunchSpec spec;
   Launch(const char* n, const char* f, int l, dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr)
-      : name(n), file(f), line(l), grid(g), block(b), smem(s), stream(st) {}
+      : spec{n, f, l, g, b, s, st, nullptr, 0, nullptr, nullptr} {}
   template <class... A> Pending<A...> operator()(A&&... a) const {
-    return Pending<A...>{LaunchSpec{name, file, line, grid, block, smem, stream, nullptr, 0, nullptr, nullptr},
-                         std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
+    return Pending<A...>{spec, std::tuple<std::decay_t<A>...>(std::forward<A>(a)...)};
   }
 };
 
