@@ -175,6 +175,15 @@ void gemm_accumulate(Tensor& acc, const Tensor& a, const Tensor& b) {
   }
 }
 
+// out[g] = a[g] @ b[g] + bias (the (G, M) bias broadcast along N) through the GEMM's float32 accumulator,
+// for float16/bfloat16 on CUDA: cuBLAS (and at::baddbmm on the CPU, which the emulation build runs) adds
+// C before the single rounding; the bias added to the GEMM's rounded output would round twice (2.6x
+// torch's CPU error; torch's own CUDA conv adds it that way, after cuDNN).
+void gemm_bias(Tensor out, const Tensor& a, const Tensor& b, const Tensor& bias) {
+  out.copy_(bias.view({out.size(0), out.size(1), 1}).expand_as(out));
+  gemm_accumulate(out, a, b);
+}
+
 // On the CPU, grad_weight of a one-group layer is accumulated transposed, (rows, OC) += col @ gy^T,
 // and copied back once: MKL (2024.2, AVX2 path) runs that form faster for every shape measured on the
 // 2-core CI host (64 x 576 x 3136: 1.71 -> 1.42 ms; 32 x 288 x 7168: 1.30 -> 0.89 ms; 128 x 1152 x
@@ -484,6 +493,9 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
     Tensor y = out.view({c.N, c.OC, L});
     if (tile_images) {
       tile_gemm_images(c, y, w3, false, x);
+    } else if (b.defined() && low_precision(x)) {  // CUDA: the bias inside the GEMM, one rounding
+      gemm_bias(y, w3.select(0, 0).expand({c.N, c.OC, rows}), x.view({c.N, rows, L}), b.expand({c.N, c.OC}));
+      return out;
     } else {
       at::bmm_out(y, w3.select(0, 0).expand({c.N, c.OC, rows}), x.view({c.N, rows, L}));
     }
@@ -508,15 +520,17 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
       k.im2col(g, x, n0 * image, col);
     }
     const Tensor col3 = col.view({c.G, c.rows_per_group(), B * L});
-    if (B == 1) {  // the (OC, L) block is the image itself
-      Tensor y = out[n0].view({c.G, c.OC / c.G, L});
-      tile ? tile_gemm_out(y, w3, false, col3) : gemm(y, w3, col3);
-      if (b.defined()) k.rows_to_images(1, c.OC, L, y, &b, out, n0 * c.OC * L);
+    // float16/bfloat16 (CUDA only here): the bias goes in through the GEMM's accumulator
+    const bool bias_in_gemm = b.defined() && low_precision(x);
+    const Tensor* bias_after = b.defined() && !bias_in_gemm ? &b : nullptr;
+    Tensor y = B == 1 ? out[n0].view({c.G, c.OC / c.G, L})  // the (OC, L) block is the image itself
+                      : y_buf.narrow(0, 0, c.OC * B * L).view({c.G, c.OC / c.G, B * L});
+    if (bias_in_gemm) {
+      gemm_bias(y, w3, col3, b.view({c.G, c.OC / c.G}));
     } else {
-      Tensor y = y_buf.narrow(0, 0, c.OC * B * L).view({c.G, c.OC / c.G, B * L});
       tile ? tile_gemm_out(y, w3, false, col3) : gemm(y, w3, col3);
-      k.rows_to_images(B, c.OC, L, y, b.defined() ? &b : nullptr, out, n0 * c.OC * L);
     }
+    if (B > 1 || bias_after) k.rows_to_images(B, c.OC, L, y, bias_after, out, n0 * c.OC * L);
   }
   return out;
 }
