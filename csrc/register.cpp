@@ -25,16 +25,22 @@ TORCH_LIBRARY(dlkernels, m) {
   m.def("cross_entropy_target_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
         "Tensor total_weight, int reduction, float label_smoothing) -> Tensor");
   // Fused optimizer steps: every list but grads is updated in place; state_steps are incremented.
+  // lr_tensor (a one-element tensor) replaces lr; on the parameters' GPU the kernels read it there.
+  // capturable: the step counters stay on the GPU, read by the kernels (no host synchronisation).
   m.def("adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
         "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, float lr, float beta1, float beta2, float eps, "
-        "float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) -> ()");
+        "float weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay, Tensor? lr_tensor=None, "
+        "bool capturable=False) -> ()");
   m.def("sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, bool[] first_step, float lr, "
-        "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize) -> ()");
+        "float momentum, float dampening, float weight_decay, bool nesterov, bool maximize, Tensor? lr_tensor=None) "
+        "-> ()");
   m.def("adagrad_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] state_sums, Tensor(c!)[] state_steps, "
-        "float lr, float lr_decay, float weight_decay, float eps, bool maximize) -> ()");
+        "float lr, float lr_decay, float weight_decay, float eps, bool maximize, Tensor? lr_tensor=None, "
+        "bool capturable=False) -> ()");
   m.def("rmsprop_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avgs, Tensor(c!)[] grad_avgs, "
         "Tensor(d!)[] momentum_buffers, Tensor(e!)[] state_steps, float lr, float alpha, float eps, "
-        "float weight_decay, float momentum, bool centered, bool maximize) -> ()");
+        "float weight_decay, float momentum, bool centered, bool maximize, Tensor? lr_tensor=None, "
+        "bool capturable=False) -> ()");
   // Pooling on (N, C, H, W). max_pool2d returns the argmax as a flat index in the H*W plane, as torch,
   // or with tap_index (CPU) as a uint8 window tap kh * KW + kw (what autograd saves).
   m.def("max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "

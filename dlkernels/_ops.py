@@ -44,23 +44,25 @@ def _cross_entropy_target_backward_fake(grad_loss, input, target, weight, lse, t
 # Fused optimizer steps mutate their lists in place and return nothing.
 @torch.library.register_fake("dlkernels::adam_")
 def _adam_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2, eps,
-               weight_decay, amsgrad, maximize, decoupled_weight_decay):
+               weight_decay, amsgrad, maximize, decoupled_weight_decay, lr_tensor=None, capturable=False):
     return None
 
 
 @torch.library.register_fake("dlkernels::sgd_")
-def _sgd_fake(params, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize):
+def _sgd_fake(params, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize,
+              lr_tensor=None):
     return None
 
 
 @torch.library.register_fake("dlkernels::adagrad_")
-def _adagrad_fake(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize):
+def _adagrad_fake(params, grads, state_sums, state_steps, lr, lr_decay, weight_decay, eps, maximize, lr_tensor=None,
+                  capturable=False):
     return None
 
 
 @torch.library.register_fake("dlkernels::rmsprop_")
 def _rmsprop_fake(params, grads, square_avgs, grad_avgs, momentum_buffers, state_steps, lr, alpha, eps, weight_decay,
-                  momentum, centered, maximize):
+                  momentum, centered, maximize, lr_tensor=None, capturable=False):
     return None
 
 

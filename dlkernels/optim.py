@@ -31,6 +31,31 @@ def _to_float(name, value):
     return float(value)
 
 
+def _lr(group, p):
+    """lr for the op: (a float, a tensor or None). A one-element tensor lr on the parameters' device, for
+    the CUDA kernels, is read there by the kernels (no host synchronisation: a step can be captured in a
+    CUDA graph); any other lr is read here."""
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor) and lr.numel() == 1 and lr.device == p.device and not _cpu_kernels(p):
+        return 0.0, lr
+    return _to_float("lr", lr), None
+
+
+def _capturable(group):
+    # step counters on the parameters' device (see _new_step): the kernels advance and read them there
+    return bool(group.get("capturable", False) or group.get("fused", False))
+
+
+def _check_capture(opt):
+    """A step captured in a CUDA graph replays with the values it was captured with: host step counters
+    would freeze there, so capture needs capturable=True (Adagrad: fused=True), as torch's does."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        flag = "fused" if isinstance(opt, torch.optim.Adagrad) else "capturable"
+        if not all(_capturable(g) for g in opt.param_groups):
+            raise RuntimeError(f"dlkernels.optim.{type(opt).__name__}: CUDA graph capture of step() needs "
+                               f"{flag}=True in every param group (the step counters then stay on the GPU)")
+
+
 def _new_step(group, p):
     # where torch puts the counter: on the parameter's device when capturable or fused, else on the CPU
     if group.get("capturable", False) or group.get("fused", False):
@@ -63,16 +88,16 @@ def _params_with_grad(cls_name, group):
     return groups.values()
 
 
-def _fused(op, lists, *scalars):
+def _fused(op, lists, *scalars, **options):
     """op(*lists, *scalars): a fused update of tensor lists in place (params, grads, states..., steps).
     float16/bfloat16 parameters on the CPU kernels (which take float32 and float64) are updated through
     float32 copies - float32 math, as torch's fused optimizers do - and every list but the gradients is
     written back, rounded once to its dtype."""
     first = lists[0][0]
     if first.dtype not in (torch.float16, torch.bfloat16) or not _cpu_kernels(first):
-        return op(*lists, *scalars)
+        return op(*lists, *scalars, **options)
     work = [[t.float() for t in ts] for ts in lists]
-    op(*work, *scalars)
+    op(*work, *scalars, **options)
     for k, (ts, ws) in enumerate(zip(lists, work)):
         if k == 1:
             continue  # the gradients: read only
@@ -100,6 +125,7 @@ class Adam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure=None):
+        _check_capture(self)
         loss = _run_closure(closure)
         name = type(self).__name__
         for group in self.param_groups:
@@ -109,6 +135,7 @@ class Adam(torch.optim.Adam):
             decoupled = group.get("decoupled_weight_decay", self._decoupled_default)
             for ps, grads in _params_with_grad(name, group):
                 st = [self.state[p] for p in ps]
+                lr, lr_tensor = _lr(group, ps[0])
                 for p, state in zip(ps, st):
                     if len(state) == 0:
                         state["step"] = _new_step(group, p)
@@ -118,8 +145,9 @@ class Adam(torch.optim.Adam):
                             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 _fused(_ops.adam_, (ps, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
                                     [s["max_exp_avg_sq"] for s in st] if amsgrad else [], [s["step"] for s in st]),
-                           _to_float("lr", group["lr"]), _to_float("beta1", beta1), _to_float("beta2", beta2),
-                           float(group["eps"]), float(group["weight_decay"]), amsgrad, group["maximize"], decoupled)
+                       lr, _to_float("beta1", beta1), _to_float("beta2", beta2), float(group["eps"]),
+                       float(group["weight_decay"]), amsgrad, group["maximize"], decoupled, lr_tensor=lr_tensor,
+                       capturable=_capturable(group))
         return loss
 
 
@@ -150,9 +178,9 @@ class SGD(torch.optim.SGD):
                             buf = torch.empty_like(p, memory_format=torch.preserve_format)
                             state["momentum_buffer"] = buf
                         bufs.append(buf)
-                _fused(_ops.sgd_, (ps, grads, bufs), first, _to_float("lr", group["lr"]), momentum,
-                          float(group["dampening"]), float(group["weight_decay"]), group["nesterov"],
-                          group["maximize"])
+                lr, lr_tensor = _lr(group, ps[0])
+                _fused(_ops.sgd_, (ps, grads, bufs), first, lr, momentum, float(group["dampening"]),
+                       float(group["weight_decay"]), group["nesterov"], group["maximize"], lr_tensor=lr_tensor)
         return loss
 
 
@@ -161,6 +189,7 @@ class Adagrad(torch.optim.Adagrad):
 
     @torch.no_grad()
     def step(self, closure=None):
+        _check_capture(self)
         loss = _run_closure(closure)
         for group in self.param_groups:
             _check_supported("Adagrad", group)
@@ -171,9 +200,10 @@ class Adagrad(torch.optim.Adagrad):
                         state["step"] = _new_step(group, p)
                         init = group["initial_accumulator_value"]
                         state["sum"] = torch.full_like(p, init, memory_format=torch.preserve_format)
+                lr, lr_tensor = _lr(group, ps[0])
                 _fused(_ops.adagrad_, (ps, grads, [s["sum"] for s in st], [s["step"] for s in st]),
-                              _to_float("lr", group["lr"]), float(group["lr_decay"]), float(group["weight_decay"]),
-                              float(group["eps"]), group["maximize"])
+                       lr, float(group["lr_decay"]), float(group["weight_decay"]), float(group["eps"]),
+                       group["maximize"], lr_tensor=lr_tensor, capturable=_capturable(group))
         return loss
 
 
@@ -182,6 +212,7 @@ class RMSprop(torch.optim.RMSprop):
 
     @torch.no_grad()
     def step(self, closure=None):
+        _check_capture(self)
         loss = _run_closure(closure)
         for group in self.param_groups:
             _check_supported("RMSprop", group)
@@ -196,12 +227,12 @@ class RMSprop(torch.optim.RMSprop):
                             state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                         if centered:
                             state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                _fused(_ops.rmsprop_, (ps, grads, [s["square_avg"] for s in st],
-                                       [s["grad_avg"] for s in st] if centered else [],
-                                       [s["momentum_buffer"] for s in st] if momentum > 0 else [],
-                                       [s["step"] for s in st]),
-                              _to_float("lr", group["lr"]), float(group["alpha"]), float(group["eps"]),
-                              float(group["weight_decay"]), momentum, centered, group["maximize"])
+                lists = (ps, grads, [s["square_avg"] for s in st], [s["grad_avg"] for s in st] if centered else [],
+                         [s["momentum_buffer"] for s in st] if momentum > 0 else [], [s["step"] for s in st])
+                lr, lr_tensor = _lr(group, ps[0])
+                _fused(_ops.rmsprop_, lists, lr, float(group["alpha"]), float(group["eps"]),
+                       float(group["weight_decay"]), momentum, centered, group["maximize"], lr_tensor=lr_tensor,
+                       capturable=_capturable(group))
         return loss
 
 

@@ -10,7 +10,7 @@ import torch
 import dlkernels
 import dlkernels.optim as dopt
 
-from conftest import TOL
+from conftest import KDEV, TOL, needs_cuda_kernels
 
 # mixed shapes: a scalar, an empty tensor, odd lengths (tails of every vector width), a matrix, a
 # conv-like 4-D weight and one large prime-length vector
@@ -208,6 +208,103 @@ def test_state_dict_round_trip(name, config_index, direction):
     for p, q in zip(p1, p2):
         torch.testing.assert_close(q.detach(), p.detach(), **TOL[torch.float64])
     assert set(opt1.state_dict()["state"][0].keys()) == set(opt2.state_dict()["state"][0].keys())
+
+
+CAPTURABLE = [("Adam", torch.optim.Adam, dopt.Adam, dict(betas=(0.7, 0.9), weight_decay=0.1, amsgrad=True)),
+              ("AdamW", torch.optim.AdamW, dopt.AdamW, dict(weight_decay=0.3)),
+              ("SGD", torch.optim.SGD, dopt.SGD, dict(momentum=0.9, weight_decay=0.1)),
+              ("Adagrad", torch.optim.Adagrad, dopt.Adagrad, dict(lr_decay=0.3, weight_decay=0.05)),
+              ("RMSprop", torch.optim.RMSprop, dopt.RMSprop, dict(momentum=0.5, centered=True))]
+
+
+@pytest.mark.parametrize("name,torch_cls,ours_cls,config", CAPTURABLE, ids=[c[0] for c in CAPTURABLE])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_capturable_with_a_tensor_lr_matches_torch(name, torch_cls, ours_cls, config, dtype):
+    """capturable=True (step counters on the parameters' device) with a one-element tensor lr there: on
+    the CUDA kernels (a GPU, or the emulation build) the kernels read both from device memory and compute
+    the per-tensor scalars themselves; the trajectory is torch's with a float lr (torch's capturable mode
+    needs a GPU). Parameters at different step counts (a group added later) and an lr changed in place
+    between steps (what a scheduler writing into the tensor does under a CUDA graph) both count."""
+    device = KDEV or "cpu"
+    base = make_params(dtype, device, shapes=[(7,), (33, 17), (1009,)])
+    late = make_params(dtype, device, seed=1, shapes=[(5, 3), (70000,)])  # 70000: two chunks of one tensor
+    a, b = [[p.clone().requires_grad_(True) for p in ps] for ps in (base, base)]
+    la, lb = [[p.clone().requires_grad_(True) for p in ps] for ps in (late, late)]
+    # torch's Adagrad has no capturable flag: fused=True keeps its counters on the parameters' device
+    capturable = {"SGD": {}, "Adagrad": dict(fused=True)}.get(name, dict(capturable=True))
+    lr = torch.tensor(0.05, dtype=dtype, device=device)
+    opt_t, opt_o = torch_cls(a, lr=0.05, **config), ours_cls(b, lr=lr, **capturable, **config)
+    for step in range(6):
+        if step == 2:
+            opt_t.add_param_group(dict(params=la, lr=0.02))
+            opt_o.add_param_group(dict(params=lb, lr=torch.tensor(0.02, dtype=dtype, device=device)))
+        if step == 4:
+            opt_t.param_groups[0]["lr"] = 0.01
+            lr.fill_(0.01)
+        grads = grads_for(step, base + late)
+        for x, y, g in zip(a + la, b + lb, grads):
+            x.grad, y.grad = g.clone(), g.clone()
+        opt_t.step()
+        opt_o.step()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else TOL[dtype]
+    for x, y in zip(a + la, b + lb):
+        torch.testing.assert_close(y.detach(), x.detach(), **tol)
+    if name != "SGD":
+        for x, y in zip(a + la, b + lb):
+            st, so = opt_t.state[x]["step"], opt_o.state[y]["step"]
+            assert so.device == y.device and so.item() == st.item()
+
+
+@needs_cuda_kernels
+def test_capturable_steps_must_share_a_dtype():
+    p = [torch.zeros(3, device=KDEV), torch.zeros(2, device=KDEV)]
+    steps = [torch.tensor(0.0, device=KDEV), torch.tensor(0.0, dtype=torch.float64, device=KDEV)]
+    with pytest.raises(TypeError, match=r"capturable state_steps must all be float32 or all float64, got Double "
+                                        r"for state_steps\[1\]"):
+        torch.ops.dlkernels.adam_(p, [q.clone() for q in p], [q.clone() for q in p], [q.clone() for q in p], [],
+                                  steps, 0.1, 0.9, 0.99, 1e-8, 0.0, False, False, False, capturable=True)
+    assert steps[0].item() == 0.0 and steps[1].item() == 0.0  # checked before anything moved
+
+
+@pytest.mark.skipif(not dlkernels.cuda_available(), reason="needs a GPU and a CUDA build")
+def test_capturable_step_captured_in_a_cuda_graph():
+    """A capturable step with a tensor lr neither synchronises with the host nor reads a value there: it
+    captures in a CUDA graph, and replays (with the lr changed in place) follow torch's eager steps."""
+    base = make_params(torch.float32, "cuda", shapes=[(7,), (33, 17), (100000,)])
+    a, b = [[p.clone().requires_grad_(True) for p in base] for _ in range(2)]
+    lr = torch.tensor(0.01, device="cuda")
+    opt_t = torch.optim.Adam(a, lr=0.01, capturable=True, weight_decay=0.1)
+    opt_o = dopt.Adam(b, lr=lr, capturable=True, weight_decay=0.1)
+    grads = [torch.randn_like(p) for p in base]
+    for x, y, g in zip(a, b, grads):
+        x.grad, y.grad = g.clone(), g.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up: the state is created outside the graph
+        opt_t.step()
+        opt_o.step()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            opt_o.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    plain = dopt.Adam([torch.zeros(3, device="cuda", requires_grad=True)])
+    plain.param_groups[0]["params"][0].grad = torch.ones(3, device="cuda")
+    with pytest.raises(RuntimeError, match="capture of step\\(\\) needs capturable=True"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            plain.step()
+    for step in range(3):
+        if step == 2:
+            lr.fill_(0.003)
+            opt_t.param_groups[0]["lr"] = 0.003
+        opt_t.step()
+        graph.replay()
+    torch.cuda.synchronize()
+    for x, y in zip(a, b):
+        torch.testing.assert_close(y.detach(), x.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_add_param_group_and_mixed_dtypes():

@@ -47,16 +47,17 @@ namespace dlk::cuda {
 int multi_tensor_adam(DType dt, const AdamOptions& o, int64_t count, const void* const* params,
                       const void* const* grads, const void* const* exp_avgs, const void* const* exp_avg_sqs,
                       const void* const* max_exp_avg_sqs, const int64_t* numel, const AdamStepScalars* scalars,
-                      void* stream);
+                      const DeviceScalars& ds, void* stream);
 int multi_tensor_sgd(DType dt, const SgdOptions& o, int64_t count, const void* const* params, const void* const* grads,
                      const void* const* momentum_buffers, const int64_t* numel, const uint8_t* first_step,
-                     void* stream);
+                     const DeviceScalars& ds, void* stream);
 int multi_tensor_adagrad(DType dt, const AdagradOptions& o, int64_t count, const void* const* params,
                          const void* const* grads, const void* const* state_sums, const int64_t* numel,
-                         const double* clr, void* stream);
+                         const double* clr, const DeviceScalars& ds, void* stream);
 int multi_tensor_rmsprop(DType dt, const RmspropOptions& o, int64_t count, const void* const* params,
                          const void* const* grads, const void* const* square_avgs, const void* const* grad_avgs,
-                         const void* const* momentum_buffers, const int64_t* numel, void* stream);
+                         const void* const* momentum_buffers, const int64_t* numel, const DeviceScalars& ds,
+                         void* stream);
 
 }  // namespace dlk::cuda
 

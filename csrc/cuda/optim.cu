@@ -6,6 +6,11 @@
 // ~120 x several. Each optimizer is a small functor applied per element, in the same order of
 // operations as the CPU path (csrc/cpu/optim_impl.h) and torch.optim. Math in float (double for
 // float64 parameters); float16/bfloat16 parameters and states are read and written in their dtype.
+//
+// Per-tensor scalars (Adam's bias corrections, Adagrad's decayed lr) come from the host, computed from
+// host step counters; or, for capturable optimizers (step counters on the GPU) and a tensor lr on the
+// GPU, each block computes them from device memory (DeviceScalars): no host read, so a step can be
+// captured in a CUDA graph.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -29,6 +34,7 @@ template <int NLists> struct TensorTable {
   int64_t numel[kMaxTensors];
   double scalar_a[kMaxTensors];  // per-tensor scalars: Adam step_size, SGD first-step flag, Adagrad clr
   double scalar_b[kMaxTensors];  // Adam sqrt(1 - beta2^t)
+  const void* step[kMaxTensors];  // capturable: the tensor's step counter on the device, else nullptr
   uint8_t tensor_of_block[kMaxBlocks];
   int32_t chunk_of_block[kMaxBlocks];
 };
@@ -46,8 +52,20 @@ template <class M> __device__ __forceinline__ M lerp_m(M start, M end, M w) {
   return (w < M(0.5) && w > M(-0.5)) ? start + w * diff : end - diff * (M(1) - w);
 }
 
+__device__ __forceinline__ double load_scalar(const void* p, bool is_double) {
+  return is_double ? *static_cast<const double*>(p) : double(*static_cast<const float*>(p));
+}
+
+// The per-tensor values a functor's bind() takes: the host's two scalars (a, b), and what lives on the
+// device: lr (when lr_on_device) and the step count t (when step_on_device). Scalars the kernel computes
+// from t leave lr out; so do the host's when lr is on the device: bind() multiplies it in.
+struct TensorScalars {
+  double a, b, lr, t;
+  bool lr_on_device, step_on_device;
+};
+
 template <class T, int NLists, class Functor>
-__global__ void multi_tensor_kernel(TensorTable<NLists> table, Functor f) {
+__global__ void multi_tensor_kernel(TensorTable<NLists> table, Functor f, DeviceScalars ds) {
   const int slot = table.tensor_of_block[blockIdx.x];
   const int64_t begin = int64_t(table.chunk_of_block[blockIdx.x]) * kChunk;
   const int64_t n = table.numel[slot];
@@ -55,19 +73,23 @@ __global__ void multi_tensor_kernel(TensorTable<NLists> table, Functor f) {
   T* ptrs[NLists];
 #pragma unroll
   for (int k = 0; k < NLists; ++k) ptrs[k] = static_cast<T*>(table.ptr[k][slot]);
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x)
-    f(ptrs, i, table.scalar_a[slot], table.scalar_b[slot]);
+  const void* step = table.step[slot];
+  TensorScalars s{table.scalar_a[slot], table.scalar_b[slot], ds.lr ? load_scalar(ds.lr, ds.lr_double) : 0.0,
+                  step ? load_scalar(step, ds.steps_double) : 0.0, ds.lr != nullptr, step != nullptr};
+  Functor g = f;
+  g.bind(s);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) g(ptrs, i);
 }
 
 // The driver: fills tables and launches. lists[k][i] is list k's pointer for tensor i (a nullptr list
 // stands for state the options leave unused); scalars(i, a, b) gives tensor i's two per-tensor scalars.
 template <class T, int NLists, class Functor, class Scalars>
 cudaError_t multi_tensor_apply(int64_t count, const void* const* const* lists, const int64_t* numel, Scalars scalars,
-                               Functor f, cudaStream_t stream) {
+                               const DeviceScalars& ds, Functor f, cudaStream_t stream) {
   TensorTable<NLists> table;
   int nt = 0, nb = 0;
   auto launch = [&]() {
-    if (nb > 0) multi_tensor_kernel<T, NLists, Functor><<<nb, kThreads, 0, stream>>>(table, f);
+    if (nb > 0) multi_tensor_kernel<T, NLists, Functor><<<nb, kThreads, 0, stream>>>(table, f, ds);
     nt = nb = 0;
     return cudaGetLastError();
   };
@@ -85,6 +107,7 @@ cudaError_t multi_tensor_apply(int64_t count, const void* const* const* lists, c
         for (int k = 0; k < NLists; ++k) table.ptr[k][nt] = lists[k] ? const_cast<void*>(lists[k][i]) : nullptr;
         table.numel[nt] = numel[i];
         scalars(i, table.scalar_a[nt], table.scalar_b[nt]);
+        table.step[nt] = ds.steps ? ds.steps[i] : nullptr;
         ++nt;
         in_table = true;
       }
@@ -110,7 +133,24 @@ template <class T> struct AdamFunctor {
   using M = typename AccOf<T>::type;
   M beta1_weight, beta2, one_minus_beta2, eps, weight_decay, decay;
   bool amsgrad, maximize, decoupled;
-  __device__ void operator()(T* const* l, int64_t i, double step_size, double bc2_sqrt) const {
+  double lr, beta1_d, beta2_d, weight_decay_d;
+  double step_size = 0, bc2_sqrt = 1;  // per tensor (bind)
+  __device__ void bind(const TensorScalars& s) {
+    step_size = s.a;
+    bc2_sqrt = s.b;
+    if (s.step_on_device) {
+      const AdamStepScalars d = adam_step_scalars(1.0, beta1_d, beta2_d, s.t);
+      step_size = d.step_size;
+      bc2_sqrt = d.bias_correction2_sqrt;
+    }
+    if (s.lr_on_device) {
+      step_size *= s.lr;
+      decay = M(1.0 - s.lr * weight_decay_d);
+    } else if (s.step_on_device) {
+      step_size *= lr;
+    }
+  }
+  __device__ void operator()(T* const* l, int64_t i) const {
     M p = load_m(l[0], i);
     if (decoupled) p = p * decay;
     const M g = effective_grad(load_m(l[1], i), p, maximize, decoupled ? M(0) : weight_decay);
@@ -135,11 +175,16 @@ template <class T> struct SgdFunctor {
   using M = typename AccOf<T>::type;
   M lr, momentum, keep, weight_decay;
   bool nesterov, maximize, use_momentum;
-  __device__ void operator()(T* const* l, int64_t i, double first_step, double) const {
+  bool first_step = false;  // per tensor (bind)
+  __device__ void bind(const TensorScalars& s) {
+    first_step = s.a != 0.0;
+    if (s.lr_on_device) lr = M(s.lr);
+  }
+  __device__ void operator()(T* const* l, int64_t i) const {
     const M p = load_m(l[0], i);
     M g = effective_grad(load_m(l[1], i), p, maximize, weight_decay);
     if (use_momentum) {
-      const M b = first_step != 0.0 ? g : load_m(l[2], i) * momentum + g * keep;
+      const M b = first_step ? g : load_m(l[2], i) * momentum + g * keep;
       store_m(l[2], i, b);
       g = nesterov ? g + b * momentum : b;
     }
@@ -152,7 +197,17 @@ template <class T> struct AdagradFunctor {
   using M = typename AccOf<T>::type;
   M weight_decay, eps;
   bool maximize;
-  __device__ void operator()(T* const* l, int64_t i, double clr, double) const {
+  double lr, lr_decay;
+  double clr = 0;  // per tensor (bind)
+  __device__ void bind(const TensorScalars& s) {
+    clr = s.step_on_device ? adagrad_clr(1.0, lr_decay, s.t) : s.a;
+    if (s.lr_on_device) {
+      clr *= s.lr;
+    } else if (s.step_on_device) {
+      clr *= lr;
+    }
+  }
+  __device__ void operator()(T* const* l, int64_t i) const {
     const M p = load_m(l[0], i);
     const M g = effective_grad(load_m(l[1], i), p, maximize, weight_decay);
     const M s = load_m(l[2], i) + g * g;
@@ -166,7 +221,10 @@ template <class T> struct RmspropFunctor {
   using M = typename AccOf<T>::type;
   M lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
   bool centered, maximize;
-  __device__ void operator()(T* const* l, int64_t i, double, double) const {
+  __device__ void bind(const TensorScalars& s) {
+    if (s.lr_on_device) lr = M(s.lr);
+  }
+  __device__ void operator()(T* const* l, int64_t i) const {
     M p = load_m(l[0], i);
     const M g = effective_grad(load_m(l[1], i), p, maximize, weight_decay);
     const M s = load_m(l[2], i) * alpha + g * g * one_minus_alpha;
@@ -197,7 +255,7 @@ template <class T> struct RmspropFunctor {
 int multi_tensor_adam(DType dt, const AdamOptions& o, int64_t count, const void* const* params,
                       const void* const* grads, const void* const* exp_avgs, const void* const* exp_avg_sqs,
                       const void* const* max_exp_avg_sqs, const int64_t* numel, const AdamStepScalars* scalars,
-                      void* stream) {
+                      const DeviceScalars& ds, void* stream) {
   const void* const* lists[5] = {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs};
   auto per_tensor = [scalars](int64_t i, double& a, double& b) {
     a = scalars[i].step_size;
@@ -208,14 +266,14 @@ int multi_tensor_adam(DType dt, const AdamOptions& o, int64_t count, const void*
     using M = typename AccOf<T>::type;
     AdamFunctor<T> f{M(1.0 - o.beta1), M(o.beta2), M(1.0 - o.beta2), M(o.eps), M(o.weight_decay),
                      M(1.0 - o.lr * o.weight_decay), o.amsgrad, o.maximize,
-                     o.decoupled_weight_decay && o.weight_decay != 0};
-    return multi_tensor_apply<T, 5>(count, lists, numel, per_tensor, f, static_cast<cudaStream_t>(stream));
+                     o.decoupled_weight_decay && o.weight_decay != 0, o.lr, o.beta1, o.beta2, o.weight_decay};
+    return multi_tensor_apply<T, 5>(count, lists, numel, per_tensor, ds, f, static_cast<cudaStream_t>(stream));
   });
 }
 
 int multi_tensor_sgd(DType dt, const SgdOptions& o, int64_t count, const void* const* params, const void* const* grads,
                      const void* const* momentum_buffers, const int64_t* numel, const uint8_t* first_step,
-                     void* stream) {
+                     const DeviceScalars& ds, void* stream) {
   const void* const* lists[3] = {params, grads, momentum_buffers};
   auto per_tensor = [first_step](int64_t i, double& a, double& b) {
     a = first_step[i] ? 1.0 : 0.0;
@@ -226,29 +284,30 @@ int multi_tensor_sgd(DType dt, const SgdOptions& o, int64_t count, const void* c
     using M = typename AccOf<T>::type;
     SgdFunctor<T> f{M(o.lr), M(o.momentum), M(1.0 - o.dampening), M(o.weight_decay), o.nesterov, o.maximize,
                     o.momentum != 0};
-    return multi_tensor_apply<T, 3>(count, lists, numel, per_tensor, f, static_cast<cudaStream_t>(stream));
+    return multi_tensor_apply<T, 3>(count, lists, numel, per_tensor, ds, f, static_cast<cudaStream_t>(stream));
   });
 }
 
 int multi_tensor_adagrad(DType dt, const AdagradOptions& o, int64_t count, const void* const* params,
                          const void* const* grads, const void* const* state_sums, const int64_t* numel,
-                         const double* clr, void* stream) {
+                         const double* clr, const DeviceScalars& ds, void* stream) {
   const void* const* lists[3] = {params, grads, state_sums};
   return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
     using M = typename AccOf<T>::type;
-    AdagradFunctor<T> f{M(o.weight_decay), M(o.eps), o.maximize};
+    AdagradFunctor<T> f{M(o.weight_decay), M(o.eps), o.maximize, o.lr, o.lr_decay};
     auto per_tensor = [clr](int64_t i, double& a, double& b) {
       a = clr[i];
       b = 0.0;
     };
-    return multi_tensor_apply<T, 3>(count, lists, numel, per_tensor, f, static_cast<cudaStream_t>(stream));
+    return multi_tensor_apply<T, 3>(count, lists, numel, per_tensor, ds, f, static_cast<cudaStream_t>(stream));
   });
 }
 
 int multi_tensor_rmsprop(DType dt, const RmspropOptions& o, int64_t count, const void* const* params,
                          const void* const* grads, const void* const* square_avgs, const void* const* grad_avgs,
-                         const void* const* momentum_buffers, const int64_t* numel, void* stream) {
+                         const void* const* momentum_buffers, const int64_t* numel, const DeviceScalars& ds,
+                         void* stream) {
   const void* const* lists[5] = {params, grads, square_avgs, grad_avgs, momentum_buffers};
   return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
@@ -256,7 +315,7 @@ int multi_tensor_rmsprop(DType dt, const RmspropOptions& o, int64_t count, const
     RmspropFunctor<T> f{M(o.lr), M(o.alpha), M(1.0 - o.alpha), M(o.eps), M(o.weight_decay), M(o.momentum),
                         o.centered, o.maximize};
     auto none = [](int64_t, double& a, double& b) { a = b = 0.0; };
-    return multi_tensor_apply<T, 5>(count, lists, numel, none, f, static_cast<cudaStream_t>(stream));
+    return multi_tensor_apply<T, 5>(count, lists, numel, none, ds, f, static_cast<cudaStream_t>(stream));
   });
 }
 

@@ -31,14 +31,18 @@ namespace dlk::ops {
 // ---- fused optimizers (csrc/ops/optim.cpp): in-place updates of every list; state_steps incremented.
 void adam_(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
            at::TensorList max_exp_avg_sqs, at::TensorList state_steps, double lr, double beta1, double beta2,
-           double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay);
+           double eps, double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay,
+           const c10::optional<at::Tensor>& lr_tensor, bool capturable);
 void sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, c10::List<bool> first_step,
-          double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize);
+          double lr, double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+          const c10::optional<at::Tensor>& lr_tensor);
 void adagrad_(at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList state_steps,
-              double lr, double lr_decay, double weight_decay, double eps, bool maximize);
+              double lr, double lr_decay, double weight_decay, double eps, bool maximize,
+              const c10::optional<at::Tensor>& lr_tensor, bool capturable);
 void rmsprop_(at::TensorList params, at::TensorList grads, at::TensorList square_avgs, at::TensorList grad_avgs,
               at::TensorList momentum_buffers, at::TensorList state_steps, double lr, double alpha, double eps,
-              double weight_decay, double momentum, bool centered, bool maximize);
+              double weight_decay, double momentum, bool centered, bool maximize,
+              const c10::optional<at::Tensor>& lr_tensor, bool capturable);
 
 }  // namespace dlk::ops
 

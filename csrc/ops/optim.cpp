@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <ATen/core/List.h>
+#include <ATen/ops/_foreach_add.h>
 
 #include <algorithm>
 #include <cmath>
@@ -142,16 +143,61 @@ DeviceTables device_tables(const Staged& s) {
 
 #endif
 
-// state_steps: one float scalar per parameter, incremented here (on the host: torch keeps the step
-// on the CPU unless capturable or fused). Returns the new step values.
-std::vector<double> advance_steps(const char* op, TensorList params, TensorList steps) {
+// The step counters (one floating-point scalar per parameter), advanced, and where the kernels find them.
+struct Steps {
+  std::vector<double> host;        // the new values, read on the host: torch keeps counters on the CPU unless
+                                   // capturable or fused
+  DeviceScalars device;            // lr and, when the counters stay on the device, their addresses
+  std::vector<const void*> device_steps;
+};
+
+// lr as the host computes with it: the float, or a one-element tensor's value. A tensor on the
+// parameters' device, for the CUDA kernels, is read by the kernels (into s.device; the host then
+// computes its per-tensor scalars with lr = 1, and the kernels multiply lr in).
+double resolve_lr(const char* op, TensorList params, double lr, const c10::optional<Tensor>& lr_tensor, Steps& s) {
+  if (!lr_tensor.has_value() || !lr_tensor->defined()) return lr;
+  const Tensor& t = *lr_tensor;
+  TORCH_CHECK_VALUE(t.numel() == 1 && at::isFloatingType(t.scalar_type()), "dlkernels.", op,
+                    ": lr must be a number or a one-element floating-point tensor, got ", t.scalar_type(), " of shape ",
+                    t.sizes());
+  const auto dt = t.scalar_type();
+  if (cuda_kernels(params[0]) && t.device() == params[0].device() && (dt == at::kFloat || dt == at::kDouble)) {
+    s.device.lr = t.data_ptr();
+    s.device.lr_double = dt == at::kDouble;
+    return 1.0;
+  }
+  return t.item<double>();  // a CPU tensor here (or a tensor on another device: a read, as torch's)
+}
+
+// Advances state_steps by one. On the CUDA kernels, counters on the parameters' device (capturable
+// optimizers; with `capturable` always, which the emulation build's tests use) stay there: one
+// _foreach_add_ launch, and the kernels read them. Otherwise they are read on the host.
+Steps advance_steps(const char* op, TensorList params, TensorList steps, bool capturable, double lr,
+                    const c10::optional<Tensor>& lr_tensor, double& host_lr) {
   TORCH_CHECK_VALUE(steps.size() == params.size(), "dlkernels.", op, ": state_steps must have one tensor per parameter (",
                     params.size(), "), got ", steps.size());
   for (size_t i = 0; i < steps.size(); ++i)  // all checked before any is changed
     TORCH_CHECK_VALUE(steps[i].numel() == 1 && at::isFloatingType(steps[i].scalar_type()), "dlkernels.", op,
                       ": state_steps[", i, "] must be a one-element floating-point tensor, got ",
                       steps[i].scalar_type(), " of shape ", steps[i].sizes());
-  std::vector<double> out;
+  Steps out;
+  host_lr = resolve_lr(op, params, lr, lr_tensor, out);
+  if (cuda_kernels(params[0]) && !steps.empty() && (capturable || !steps[0].is_cpu())) {
+    const auto dt = steps[0].scalar_type();
+    for (size_t i = 0; i < steps.size(); ++i) {
+      TORCH_CHECK(steps[i].device() == params[0].device(), "dlkernels.", op,
+                  ": capturable=True keeps state_steps on the parameters' device; state_steps[", i, "] is on ",
+                  steps[i].device(), " and params[0] on ", params[0].device());
+      TORCH_CHECK_TYPE(steps[i].scalar_type() == dt && (dt == at::kFloat || dt == at::kDouble), "dlkernels.", op,
+                       ": capturable state_steps must all be float32 or all float64, got ", steps[i].scalar_type(),
+                       " for state_steps[", i, "] and ", dt, " for state_steps[0]");
+    }
+    at::_foreach_add_(steps, 1);
+    for (const Tensor& t : steps) out.device_steps.push_back(t.data_ptr());
+    out.device.steps = out.device_steps.data();
+    out.device.steps_double = dt == at::kDouble;
+    return out;
+  }
   for (const Tensor& s : steps) {
     const auto t = s.scalar_type();
     if (s.is_cpu() && (t == at::kFloat || t == at::kDouble) && !s.requires_grad()) {
@@ -161,16 +207,16 @@ std::vector<double> advance_steps(const char* op, TensorList params, TensorList 
       if (t == at::kFloat) {
         float* v = s.data_ptr<float>();
         *v = *v + 1.0f;
-        out.push_back(*v);
+        out.host.push_back(*v);
       } else {
         double* v = s.data_ptr<double>();
         *v = *v + 1.0;
-        out.push_back(*v);
+        out.host.push_back(*v);
       }
       if (!s.is_inference()) s.unsafeGetTensorImpl()->bump_version();
     } else {
       s.add_(1);
-      out.push_back(s.item<double>());  // a host read (a sync for a counter on the GPU)
+      out.host.push_back(s.item<double>());  // a host read (a sync for a counter on a GPU)
     }
   }
   return out;
@@ -180,7 +226,8 @@ std::vector<double> advance_steps(const char* op, TensorList params, TensorList 
 
 void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_avg_sqs,
            TensorList max_exp_avg_sqs, TensorList state_steps, double lr, double beta1, double beta2, double eps,
-           double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay) {
+           double weight_decay, bool amsgrad, bool maximize, bool decoupled_weight_decay,
+           const c10::optional<Tensor>& lr_tensor, bool capturable) {
   const char* op = decoupled_weight_decay ? "adamw" : "adam";
   if (params.empty()) return;
   check_params(op, params);
@@ -188,10 +235,12 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
   check_list(op, "exp_avgs", params, exp_avgs);
   check_list(op, "exp_avg_sqs", params, exp_avg_sqs);
   if (amsgrad) check_list(op, "max_exp_avg_sqs", params, max_exp_avg_sqs);
-  const std::vector<double> steps = advance_steps(op, params, state_steps);
+  double host_lr = lr;
+  const Steps steps = advance_steps(op, params, state_steps, capturable, lr, lr_tensor, host_lr);
   std::vector<AdamStepScalars> scalars;
-  for (double t : steps) scalars.push_back({lr / (1.0 - std::pow(beta1, t)), std::sqrt(1.0 - std::pow(beta2, t))});
-  const AdamOptions o{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
+  for (double t : steps.host) scalars.push_back(adam_step_scalars(host_lr, beta1, beta2, t));
+  scalars.resize(params.size());  // counters on the device: the kernels compute them
+  const AdamOptions o{host_lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay};
   Staged s = stage({params, grads, exp_avgs, exp_avg_sqs, amsgrad ? max_exp_avg_sqs : TensorList()},
                    {true, false, true, true, true});
   const auto chunks = chunk_table(params);
@@ -209,7 +258,7 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_adam(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()), t.list(0),
                                             t.list(1), t.list(2), t.list(3), t.list(4), t.numel.data(), scalars.data(),
-                                            scope.stream());
+                                            steps.device, scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
@@ -219,9 +268,12 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
 }
 
 void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10::List<bool> first_step, double lr,
-          double momentum, double dampening, double weight_decay, bool nesterov, bool maximize) {
+          double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+          const c10::optional<Tensor>& lr_tensor) {
   const char* op = "sgd";
   if (params.empty()) return;
+  Steps device;  // only its lr
+  lr = resolve_lr(op, params, lr, lr_tensor, device);
   check_params(op, params);
   check_list(op, "grads", params, grads);
   if (momentum != 0) {
@@ -246,7 +298,8 @@ void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10:
     CudaScope scope(params[0]);
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_sgd(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()), t.list(0),
-                                           t.list(1), t.list(2), t.numel.data(), first.data(), scope.stream());
+                                           t.list(1), t.list(2), t.numel.data(), first.data(), device.device,
+                                           scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.sgd: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.sgd: this build has no CUDA support");
@@ -256,16 +309,24 @@ void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10:
 }
 
 void adagrad_(TensorList params, TensorList grads, TensorList state_sums, TensorList state_steps, double lr,
-              double lr_decay, double weight_decay, double eps, bool maximize) {
+              double lr_decay, double weight_decay, double eps, bool maximize, const c10::optional<Tensor>& lr_tensor,
+              bool capturable) {
   const char* op = "adagrad";
   if (params.empty()) return;
   check_params(op, params);
   check_list(op, "grads", params, grads);
   check_list(op, "state_sums", params, state_sums);
-  const std::vector<double> steps = advance_steps(op, params, state_steps);
+  double host_lr = lr;
+  const Steps steps = advance_steps(op, params, state_steps, capturable, lr, lr_tensor, host_lr);
   std::vector<double> clr;
-  for (double t : steps) clr.push_back(lr / (1.0 + (t - 1.0) * lr_decay));
-  const AdagradOptions o{weight_decay, eps, maximize};
+  for (double t : steps.host) clr.push_back(adagrad_clr(host_lr, lr_decay, t));
+  clr.resize(params.size());  // counters on the device: the kernels compute them
+  AdagradOptions o{};
+  o.weight_decay = weight_decay;
+  o.eps = eps;
+  o.lr = host_lr;
+  o.lr_decay = lr_decay;
+  o.maximize = maximize;
   Staged s = stage({params, grads, state_sums}, {true, false, true});
   const auto chunks = chunk_table(params);
   if (cpu_kernels(params[0])) {
@@ -281,7 +342,7 @@ void adagrad_(TensorList params, TensorList grads, TensorList state_sums, Tensor
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_adagrad(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
                                                t.list(0), t.list(1), t.list(2), t.numel.data(), clr.data(),
-                                               scope.stream());
+                                               steps.device, scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.adagrad: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.adagrad: this build has no CUDA support");
@@ -292,7 +353,8 @@ void adagrad_(TensorList params, TensorList grads, TensorList state_sums, Tensor
 
 void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, TensorList grad_avgs,
               TensorList momentum_buffers, TensorList state_steps, double lr, double alpha, double eps,
-              double weight_decay, double momentum, bool centered, bool maximize) {
+              double weight_decay, double momentum, bool centered, bool maximize,
+              const c10::optional<Tensor>& lr_tensor, bool capturable) {
   const char* op = "rmsprop";
   if (params.empty()) return;
   check_params(op, params);
@@ -300,8 +362,9 @@ void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, Tenso
   check_list(op, "square_avgs", params, square_avgs);
   if (centered) check_list(op, "grad_avgs", params, grad_avgs);
   if (momentum > 0) check_list(op, "momentum_buffers", params, momentum_buffers);
-  advance_steps(op, params, state_steps);
-  const RmspropOptions o{lr, alpha, eps, weight_decay, momentum, centered, maximize};
+  double host_lr = lr;
+  const Steps steps = advance_steps(op, params, state_steps, capturable, lr, lr_tensor, host_lr);
+  const RmspropOptions o{host_lr, alpha, eps, weight_decay, momentum, centered, maximize};
   Staged s = stage({params, grads, square_avgs, centered ? grad_avgs : TensorList(),
                     momentum > 0 ? momentum_buffers : TensorList()},
                    {true, false, true, true, true});
@@ -321,7 +384,7 @@ void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, Tenso
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_rmsprop(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
                                                t.list(0), t.list(1), t.list(2), t.list(3), t.list(4), t.numel.data(),
-                                               scope.stream());
+                                               steps.device, scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.rmsprop: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.rmsprop: this build has no CUDA support");
