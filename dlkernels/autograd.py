@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as TF
 from torch.autograd.function import once_differentiable
 
+from . import _C
+
 _ops = torch.ops.dlkernels
 
 
@@ -436,14 +438,19 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
         mean, var = _ops.batch_norm_stats(input)
         count = input.numel() // input.shape[1]
-        local = torch.cat([torch.tensor([float(count)], dtype=torch.float64, device=input.device), mean, var])
+        # Nothing here reads a GPU value on the host (no synchronisation per layer): the count is filled
+        # in on the device, the total stays a device tensor.
+        local = torch.cat([torch.full((1,), float(count), dtype=torch.float64, device=input.device), mean, var])
         gathered = [torch.empty_like(local) for _ in range(world_size)]
         dist.all_gather(gathered, local, group=process_group)
         table = torch.stack(gathered)  # (ranks, 1 + 2C)
         c = input.shape[1]
         counts, means, variances = table[:, :1], table[:, 1:1 + c], table[:, 1 + c:]
         n = counts.sum()
-        if n.item() <= 1:
+        # The total count is checked where reading it costs nothing (CPU tensors) or where asked for
+        # (dlkernels.set_cuda_sync_checks); on a GPU otherwise, as torch.nn.SyncBatchNorm, a total of one
+        # value makes the running variance inf (its n / (n - 1) correction).
+        if (input.device.type == "cpu" or _C.cuda_sync_checks()) and n.item() <= 1:
             raise ValueError(f"dlkernels.SyncBatchNorm: expected more than 1 value per channel when training, got "
                              f"{int(n.item())} over all ranks")
         g_mean = (counts * means).sum(0) / n
@@ -456,7 +463,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         out = _ops.batch_norm_elemt(input, g_mean, invstd, weight, bias, None, relu)
         ctx.save_for_backward(input, weight, g_mean, invstd, out if relu else None)
         ctx.relu = relu
-        ctx.count = int(n.item())
+        ctx.save_count = n  # a device tensor: backward divides by it there
         ctx.process_group, ctx.has_weight, ctx.has_bias = process_group, weight is not None, bias is not None
         return out
 
@@ -482,7 +489,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
         if need[0]:
             sums = torch.cat([sum_dz, sum_dz_xmu])
             dist.all_reduce(sums, group=ctx.process_group)
+            # the per-value means over all ranks, divided on the device (the op's count is then 1)
+            sums = (sums / ctx.save_count).to(sums.dtype)
             c = input.shape[1]
             gi, _ = _ops.batch_norm_backward_elemt(grad_output, input, out, mean, invstd, weight, sums[:c].contiguous(),
-                                                   sums[c:].contiguous(), ctx.count, ctx.relu, [True, False])
+                                                   sums[c:].contiguous(), 1, ctx.relu, [True, False])
         return gi, gw, gb, None, None, None, None, None, None, None

@@ -121,6 +121,8 @@ def test_every_kernel_runs():
     xb = torch.randn(4, 6, 5, 5, requires_grad=True)
     r = torch.randn(4, 6, 5, 5, requires_grad=True)
     DF.batch_norm_add_relu(xb, r, None, None, None, None, True, 0.1, 1e-5).square().sum().backward()
+    xc = torch.randn(2, 40, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    DF.batch_norm(xc, None, None, None, None, True).square().sum().backward()  # the column kernels
     p = [torch.randn(5, requires_grad=True)]
     p[0].grad = torch.randn(5)
     for opt in (dlkernels.optim.Adam(p), dlkernels.optim.SGD(p, lr=0.1, momentum=0.9), dlkernels.optim.Adagrad(p),

@@ -16,36 +16,41 @@ namespace dlk::cuda {
 namespace {
 
 // Consecutive threads take consecutive output positions l of one (row, image): coalesced writes, and
-// for stride 1 coalesced reads along the input row.
-template <class T> __global__ void im2col_kernel(Im2colGeom g, const T* in, T* col) {
-  const int64_t L = g.OH * g.OW, KK = g.KH * g.KW;
-  DLK_GRID_LOOP(i, g.rows() * g.images * L) {
-    const int64_t l = i % L, b = (i / L) % g.images, r = i / (L * g.images);
-    const int64_t c = r / KK, kh = (r % KK) / g.KW, kw = r % g.KW;
-    const int64_t oh = l / g.OW, ow = l % g.OW;
-    const int64_t h = oh * g.SH - g.PH + kh * g.DH, w = ow * g.SW - g.PW + kw * g.DW;
+// for stride 1 coalesced reads along the input row. Index math in I (see dispatch_index).
+template <class T, class I> __global__ void im2col_kernel(Im2colGeom g, const T* in, T* col) {
+  const I OW = I(g.OW), L = I(g.OH) * OW, KW = I(g.KW), KK = I(g.KH) * KW, images = I(g.images);
+  const I H = I(g.H), W = I(g.W), C = I(g.C);
+  DLK_GRID_LOOP_I(I, i, I(g.rows()) * images * L) {
+    const I l = i % L, rb = i / L, b = rb % images, r = rb / images;
+    const I c = r / KK, k = r - c * KK, kh = k / KW, kw = k - kh * KW;
+    const I oh = l / OW, ow = l - oh * OW;
+    const I h = oh * I(g.SH) - I(g.PH) + kh * I(g.DH), w = ow * I(g.SW) - I(g.PW) + kw * I(g.DW);
     T v = from_acc<T>(typename AccOf<T>::type(0));
-    if (h >= 0 && h < g.H && w >= 0 && w < g.W) v = in[((b * g.C + c) * g.H + h) * g.W + w];
-    col[r * g.row_stride + b * g.image_stride + l] = v;
+    if (h >= 0 && h < H && w >= 0 && w < W) v = in[((b * C + c) * H + h) * W + w];
+    col[r * I(g.row_stride) + b * I(g.image_stride) + l] = v;
   }
 }
 
 // Output positions o along one axis whose tap k lands on input coordinate x: x = o*S - P + k*D.
-template <class T> __global__ void col2im_kernel(Im2colGeom g, const T* col, T* out) {
+template <class T, class I> __global__ void col2im_kernel(Im2colGeom g, const T* col, T* out) {
   using A = typename AccOf<T>::type;
-  const int64_t KK = g.KH * g.KW;
-  DLK_GRID_LOOP(i, g.images * g.C * g.H * g.W) {
-    const int64_t w = i % g.W, h = (i / g.W) % g.H, c = (i / (g.W * g.H)) % g.C, b = i / (g.W * g.H * g.C);
+  const I H = I(g.H), W = I(g.W), C = I(g.C), KH = I(g.KH), KW = I(g.KW), KK = KH * KW;
+  const I SH = I(g.SH), SW = I(g.SW), OH = I(g.OH), OW = I(g.OW);
+  DLK_GRID_LOOP_I(I, i, I(g.images) * C * H * W) {
+    const I hw = i % (H * W), bc = i / (H * W), c = bc % C, b = bc / C, h = hw / W, w = hw - h * W;
     A acc = 0;
-    for (int64_t kh = 0; kh < g.KH; ++kh) {
-      const int64_t hh = h + g.PH - kh * g.DH;
-      if (hh < 0 || hh % g.SH != 0 || hh / g.SH >= g.OH) continue;
-      const int64_t oh = hh / g.SH;
-      for (int64_t kw = 0; kw < g.KW; ++kw) {
-        const int64_t ww = w + g.PW - kw * g.DW;
-        if (ww < 0 || ww % g.SW != 0 || ww / g.SW >= g.OW) continue;
-        const int64_t r = c * KK + kh * g.KW + kw;
-        acc += to_acc(col[r * g.row_stride + b * g.image_stride + oh * g.OW + ww / g.SW]);
+    for (I kh = 0; kh < KH; ++kh) {
+      const I hh = h + I(g.PH) - kh * I(g.DH);
+      if (hh < 0) break;  // hh falls as kh grows
+      const I oh = hh / SH;
+      if (oh * SH != hh || oh >= OH) continue;
+      for (I kw = 0; kw < KW; ++kw) {
+        const I ww = w + I(g.PW) - kw * I(g.DW);
+        if (ww < 0) break;
+        const I ow = ww / SW;
+        if (ow * SW != ww || ow >= OW) continue;
+        const I r = c * KK + kh * KW + kw;
+        acc += to_acc(col[r * I(g.row_stride) + b * I(g.image_stride) + oh * OW + ow]);
       }
     }
     out[i] = from_acc<T>(acc);
@@ -90,21 +95,36 @@ template <class T> __global__ void channel_sum_kernel(int64_t N, int64_t C, int6
 
 }  // namespace
 
+namespace {
+// The largest index either side of im2col/col2im touches: the column block (its row stride spans the
+// chunk's images) and the images.
+int64_t largest_index(const Im2colGeom& g) {
+  const int64_t col = g.rows() * g.row_stride + g.images * g.image_stride, image = g.images * g.C * g.H * g.W;
+  return col > image ? col : image;
+}
+}  // namespace
+
 int im2col(DType dt, const Im2colGeom& g, const void* in, void* col, void* stream) {
   return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    im2col_kernel<T><<<blocks_for(g.rows() * g.images * g.OH * g.OW), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-        g, static_cast<const T*>(in), static_cast<T*>(col));
-    return cudaGetLastError();
+    return dispatch_index(largest_index(g), [&](auto itag) {
+      using I = decltype(itag);
+      im2col_kernel<T, I><<<blocks_for(g.rows() * g.images * g.OH * g.OW), 256, 0,
+                            static_cast<cudaStream_t>(stream)>>>(g, static_cast<const T*>(in), static_cast<T*>(col));
+      return cudaGetLastError();
+    });
   });
 }
 
 int col2im(DType dt, const Im2colGeom& g, const void* col, void* out, void* stream) {
   return dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
-    col2im_kernel<T><<<blocks_for(g.images * g.C * g.H * g.W), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-        g, static_cast<const T*>(col), static_cast<T*>(out));
-    return cudaGetLastError();
+    return dispatch_index(largest_index(g), [&](auto itag) {
+      using I = decltype(itag);
+      col2im_kernel<T, I><<<blocks_for(g.images * g.C * g.H * g.W), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+          g, static_cast<const T*>(col), static_cast<T*>(out));
+      return cudaGetLastError();
+    });
   });
 }
 

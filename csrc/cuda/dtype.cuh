@@ -36,6 +36,15 @@ inline int blocks_for(int64_t n) {
 #define DLK_GRID_LOOP(i, n) \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
 
+// The same loop in an index type I: int32_t where every index of the launch stays below 2^30 (so that
+// i + the grid's stride cannot overflow), which makes the divisions of index decompositions 32-bit
+// ones (several times cheaper than 64-bit); dispatch_index picks it.
+#define DLK_GRID_LOOP_I(I, i, n) \
+  for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < I(n); i += I(gridDim.x) * I(blockDim.x))
+template <class F> cudaError_t dispatch_index(int64_t largest_index, F&& f) {
+  return largest_index < (int64_t(1) << 30) ? f(int32_t()) : f(int64_t());
+}
+
 // Calls f with a value of the C++ type of dt.
 template <class F> cudaError_t dispatch_dtype(DType dt, F&& f) {
   switch (dt) {

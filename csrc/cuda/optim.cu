@@ -28,6 +28,7 @@ constexpr int kMaxTensors = 36;
 constexpr int kMaxBlocks = 160;
 constexpr int64_t kChunk = 65536;
 constexpr int kThreads = 512;
+constexpr int kIlp = 4;  // elements per thread in flight: all their loads issued before any arithmetic
 
 template <int NLists> struct TensorTable {
   void* ptr[NLists][kMaxTensors];
@@ -78,7 +79,29 @@ __global__ void multi_tensor_kernel(TensorTable<NLists> table, Functor f, Device
                   step ? load_scalar(step, ds.steps_double) : 0.0, ds.lr != nullptr, step != nullptr};
   Functor g = f;
   g.bind(s);
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) g(ptrs, i);
+  // kIlp elements a thread (blockDim.x apart: coalesced) loaded, updated, stored as three phases, so
+  // that their loads overlap; a list's pointer is nullptr where the options leave it unused, and every
+  // list but the gradients (list 1) is written back.
+  using M = typename AccOf<T>::type;
+  for (int64_t base = begin + threadIdx.x; base < end; base += int64_t(blockDim.x) * kIlp) {
+    M v[kIlp][NLists];
+#pragma unroll
+    for (int u = 0; u < kIlp; ++u) {
+      const int64_t i = base + int64_t(u) * blockDim.x;
+#pragma unroll
+      for (int k = 0; k < NLists; ++k) v[u][k] = i < end && ptrs[k] ? load_m(ptrs[k], i) : M(0);
+    }
+#pragma unroll
+    for (int u = 0; u < kIlp; ++u) g.update(v[u]);
+#pragma unroll
+    for (int u = 0; u < kIlp; ++u) {
+      const int64_t i = base + int64_t(u) * blockDim.x;
+      if (i >= end) break;
+#pragma unroll
+      for (int k = 0; k < NLists; ++k)
+        if (k != 1 && ptrs[k]) store_m(ptrs[k], i, v[u][k]);
+    }
+  }
 }
 
 // The driver: fills tables and launches. lists[k][i] is list k's pointer for tensor i (a nullptr list
@@ -150,23 +173,22 @@ template <class T> struct AdamFunctor {
       step_size *= lr;
     }
   }
-  __device__ void operator()(T* const* l, int64_t i) const {
-    M p = load_m(l[0], i);
+  // x: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (updated in place)
+  __device__ void update(M* x) const {
+    M p = x[0];
     if (decoupled) p = p * decay;
-    const M g = effective_grad(load_m(l[1], i), p, maximize, decoupled ? M(0) : weight_decay);
-    const M m = lerp_m(load_m(l[2], i), g, beta1_weight);
-    const M v = load_m(l[3], i) * beta2 + g * g * one_minus_beta2;
+    const M g = effective_grad(x[1], p, maximize, decoupled ? M(0) : weight_decay);
+    const M m = lerp_m(x[2], g, beta1_weight);
+    const M v = x[3] * beta2 + g * g * one_minus_beta2;
     M second = v;
     if (amsgrad) {
-      const M old = load_m(l[4], i);
-      second = old > v ? old : v;
-      store_m(l[4], i, second);
+      second = x[4] > v ? x[4] : v;
+      x[4] = second;
     }
     const M denom = sqrt_m(second) / M(bc2_sqrt) + eps;
-    p = p + M(-step_size) * m / denom;
-    store_m(l[0], i, p);
-    store_m(l[2], i, m);
-    store_m(l[3], i, v);
+    x[0] = p + M(-step_size) * m / denom;
+    x[2] = m;
+    x[3] = v;
   }
 };
 
@@ -180,15 +202,16 @@ template <class T> struct SgdFunctor {
     first_step = s.a != 0.0;
     if (s.lr_on_device) lr = M(s.lr);
   }
-  __device__ void operator()(T* const* l, int64_t i) const {
-    const M p = load_m(l[0], i);
-    M g = effective_grad(load_m(l[1], i), p, maximize, weight_decay);
+  // x: param, grad, momentum_buffer
+  __device__ void update(M* x) const {
+    const M p = x[0];
+    M g = effective_grad(x[1], p, maximize, weight_decay);
     if (use_momentum) {
-      const M b = first_step ? g : load_m(l[2], i) * momentum + g * keep;
-      store_m(l[2], i, b);
+      const M b = first_step ? g : x[2] * momentum + g * keep;
+      x[2] = b;
       g = nesterov ? g + b * momentum : b;
     }
-    store_m(l[0], i, p + g * (-lr));
+    x[0] = p + g * (-lr);
   }
 };
 
@@ -207,12 +230,13 @@ template <class T> struct AdagradFunctor {
       clr *= lr;
     }
   }
-  __device__ void operator()(T* const* l, int64_t i) const {
-    const M p = load_m(l[0], i);
-    const M g = effective_grad(load_m(l[1], i), p, maximize, weight_decay);
-    const M s = load_m(l[2], i) + g * g;
-    store_m(l[2], i, s);
-    store_m(l[0], i, p + M(-clr) * g / (sqrt_m(s) + eps));
+  // x: param, grad, state_sum
+  __device__ void update(M* x) const {
+    const M p = x[0];
+    const M g = effective_grad(x[1], p, maximize, weight_decay);
+    const M s = x[2] + g * g;
+    x[2] = s;
+    x[0] = p + M(-clr) * g / (sqrt_m(s) + eps);
   }
 };
 
@@ -224,28 +248,29 @@ template <class T> struct RmspropFunctor {
   __device__ void bind(const TensorScalars& s) {
     if (s.lr_on_device) lr = M(s.lr);
   }
-  __device__ void operator()(T* const* l, int64_t i) const {
-    M p = load_m(l[0], i);
-    const M g = effective_grad(load_m(l[1], i), p, maximize, weight_decay);
-    const M s = load_m(l[2], i) * alpha + g * g * one_minus_alpha;
-    store_m(l[2], i, s);
+  // x: param, grad, square_avg, grad_avg, momentum_buffer
+  __device__ void update(M* x) const {
+    M p = x[0];
+    const M g = effective_grad(x[1], p, maximize, weight_decay);
+    const M s = x[2] * alpha + g * g * one_minus_alpha;
+    x[2] = s;
     M avg;
     if (centered) {
-      const M ga = lerp_m(load_m(l[3], i), g, one_minus_alpha);
-      store_m(l[3], i, ga);
+      const M ga = lerp_m(x[3], g, one_minus_alpha);
+      x[3] = ga;
       avg = sqrt_m(s - ga * ga);
     } else {
       avg = sqrt_m(s);
     }
     avg = avg + eps;
     if (momentum > M(0)) {
-      const M b = load_m(l[4], i) * momentum + g / avg;
-      store_m(l[4], i, b);
+      const M b = x[4] * momentum + g / avg;
+      x[4] = b;
       p = p + b * (-lr);
     } else {
       p = p + (-lr) * g / avg;
     }
-    store_m(l[0], i, p);
+    x[0] = p;
   }
 };
 
