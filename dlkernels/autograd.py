@@ -122,6 +122,39 @@ def _leaf_or_self(t, needed):
     return t.detach().requires_grad_(True)
 
 
+def _tangent(fn, primals, tangents):
+    """Forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) of the ops without a cheaper
+    rule: the tangent of fn(*primals) (torch's differentiable ops) along tangents (None: zero). Under
+    torch.func transforms by torch.func.jvp (differentiable: higher orders compose); under
+    torch.autograd.forward_ad, which does not nest, as the derivative of the vector-Jacobian product
+    u -> J^T u . t with respect to u (two reverse passes)."""
+    idx = [k for k, t in enumerate(tangents) if t is not None]
+    if not idx:
+        return None
+    if _in_functorch():
+        def partial(*wrt):
+            args = list(primals)
+            for k, t in zip(idx, wrt):
+                args[k] = t
+            return fn(*args)
+
+        return torch.func.jvp(partial, tuple(primals[k] for k in idx), tuple(tangents[k] for k in idx))[1]
+    with torch.enable_grad():
+        args = [p.detach().requires_grad_(True) if k in idx else p for k, p in enumerate(primals)]
+        out = fn(*args)
+        u = torch.zeros_like(out, requires_grad=True)
+        grads = torch.autograd.grad(out, [args[k] for k in idx], u, create_graph=True, allow_unused=True)
+        dot = sum((g * tangents[k]).sum() for g, k in zip(grads, idx) if g is not None)
+        if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
+            return torch.zeros_like(out)
+        (jt,) = torch.autograd.grad(dot, u, allow_unused=True)
+    return jt if jt is not None else torch.zeros_like(out)
+
+
+def _add(a, b):
+    return b if a is None else (a if b is None else a + b)
+
+
 _REDUCTION_NAMES = {0: "none", 1: "mean", 2: "sum"}  # the ops' reduction codes (functional._REDUCTIONS)
 
 
@@ -152,6 +185,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         input, target, weight, reduction, ignore_index, label_smoothing = inputs
         _, lse, total_weight = output
         ctx.save_for_backward(input, target, weight, lse, total_weight)
+        ctx.save_for_forward(input, target, weight)
         ctx.reduction = reduction
         ctx.ignore_index = ignore_index
         ctx.label_smoothing = label_smoothing
@@ -169,6 +203,17 @@ class CrossEntropyFunction(torch.autograd.Function):
             grad_target = _ops.cross_entropy_target_backward(grad_loss, input, target, weight, lse, total_weight,
                                                              ctx.reduction, ctx.label_smoothing)
         return grad_input, grad_target, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, target_t, *_):
+        input, target, weight = ctx.saved_tensors
+
+        def loss(x, t):
+            return TF.cross_entropy(x, t, weight, reduction=_REDUCTION_NAMES[ctx.reduction],
+                                    ignore_index=ctx.ignore_index, label_smoothing=ctx.label_smoothing)
+
+        prob = target.is_floating_point()
+        return _tangent(loss, [input, target], [input_t, target_t if prob else None]), None, None
 
 
 # The raw op gets the same backward, so torch.ops.dlkernels.cross_entropy_forward is differentiable on its
@@ -211,6 +256,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         input, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation, ctx.ceil_mode = inputs[:6]
         ctx.save_for_backward(input, output[1])
+        ctx.save_for_forward(input)
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
@@ -220,6 +266,12 @@ class MaxPool2dFunction(torch.autograd.Function):
         grad = _ops.max_pool2d_backward(grad_output, input, indices, ctx.kernel_size, ctx.stride, ctx.padding,
                                         ctx.dilation, ctx.ceil_mode)
         return grad, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, *_):
+        (input,) = ctx.saved_tensors
+        return _tangent(lambda x: TF.max_pool2d(x, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation,
+                                                ctx.ceil_mode), [input], [input_t]), None
 
 
 class AvgPool2dFunction(torch.autograd.Function):
@@ -242,6 +294,10 @@ class AvgPool2dFunction(torch.autograd.Function):
         (input,) = ctx.saved_tensors
         return (_ops.avg_pool2d_backward(grad_output, input, *ctx.args),) + (None,) * 6
 
+    @staticmethod
+    def jvp(ctx, input_t, *_):  # linear: the op itself on the tangent
+        return apply(AvgPool2dFunction, input_t, *ctx.args)
+
 
 class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     generate_vmap_rule = True  # torch.func.vmap: the ops' batching rules (dlkernels/_vmap.py)
@@ -259,6 +315,10 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
         return _ops.adaptive_avg_pool2d_backward(grad_output, input), None
+
+    @staticmethod
+    def jvp(ctx, input_t, _):  # linear
+        return apply(AdaptiveAvgPool2dFunction, input_t, ctx.output_size)
 
 
 for _name, _fn in (("max_pool2d_forward", MaxPool2dFunction), ("avg_pool2d_forward", AvgPool2dFunction),
@@ -294,6 +354,7 @@ class Conv2dFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         input, weight, bias, ctx.stride, ctx.padding, ctx.dilation, ctx.groups = inputs
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
         ctx.has_bias = bias is not None
 
     @staticmethod
@@ -305,6 +366,20 @@ class Conv2dFunction(torch.autograd.Function):
         gi, gw, gb = _ops.conv2d_backward(grad_output, input, weight, ctx.stride, ctx.padding, ctx.dilation,
                                           ctx.groups, mask)
         return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        # bilinear: conv(dx, w) + conv(x, dw) + db, each through the op itself
+        input, weight = ctx.saved_tensors
+        args = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
+        out = None
+        if input_t is not None:
+            out = apply(Conv2dFunction, input_t, weight, None, *args)
+        if weight_t is not None:
+            out = _add(out, apply(Conv2dFunction, input, weight_t, None, *args))
+        if bias_t is not None:
+            out = _add(out, bias_t.view(1, -1, 1, 1))
+        return out
 
 
 class Im2colFunction(torch.autograd.Function):
@@ -325,6 +400,10 @@ class Im2colFunction(torch.autograd.Function):
         return (apply(Col2imFunction, grad_output, ctx.output_size, ctx.kernel_size, ctx.dilation, ctx.padding,
                                      ctx.stride), None, None, None, None)
 
+    @staticmethod
+    def jvp(ctx, input_t, *_):  # linear
+        return apply(Im2colFunction, input_t, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride)
+
 
 class Col2imFunction(torch.autograd.Function):
     """F.fold; its adjoint im2col is the backward."""
@@ -336,12 +415,16 @@ class Col2imFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride = inputs
+        _, ctx.output_size, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride = inputs
 
     @staticmethod
     def backward(ctx, grad_output):
         return (apply(Im2colFunction, grad_output, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride),
                 None, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, input_t, *_):  # linear
+        return apply(Col2imFunction, input_t, ctx.output_size, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride)
 
 
 for _name, _fn in (("conv2d_forward", Conv2dFunction), ("im2col", Im2colFunction), ("col2im", Col2imFunction)):
@@ -409,6 +492,7 @@ class BatchNormFunction(torch.autograd.Function):
         ctx.save_for_backward(input, weight, bias, out if ctx.relu and not has_bits else None, save_mean,
                               save_invstd, relu_mask if has_bits else None)
         ctx.has_weight, ctx.has_bias, ctx.has_residual = weight is not None, bias is not None, residual is not None
+        ctx.save_for_forward(input, weight, bias, out, save_mean, save_invstd)
         ctx.mark_non_differentiable(save_mean, save_invstd, relu_mask)
 
     @staticmethod
@@ -422,6 +506,24 @@ class BatchNormFunction(torch.autograd.Function):
                                                   ctx.training, ctx.relu, mask, bias, not ctx.has_residual, relu_mask)
         return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None,
                 None, gr if mask[3] else None, None)
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, _rm, _rv, _training, _momentum, _eps, residual_t, _relu):
+        input, weight, bias, out, save_mean, save_invstd = ctx.saved_tensors
+        shape = [1, -1] + [1] * (input.dim() - 2)
+
+        def bn(x, w, b):  # the normalization, before the residual and the ReLU
+            if ctx.training:
+                return TF.batch_norm(x, None, None, w, b, True, 0.0, ctx.eps)
+            y = (x - save_mean.to(x.dtype).view(shape)) * save_invstd.to(x.dtype).view(shape)
+            if w is not None:
+                y = y * w.view(shape)
+            return y + b.view(shape) if b is not None else y
+
+        t = _add(_tangent(bn, [input, weight, bias], [input_t, weight_t, bias_t]), residual_t)
+        if t is not None and ctx.relu:
+            t = t * (out > 0).to(t.dtype)  # the gate is piecewise constant
+        return t, None, None, None
 
 
 class SyncBatchNormFunction(torch.autograd.Function):

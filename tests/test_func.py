@@ -1,10 +1,12 @@
 """torch.func over dlkernels: vmap of every functional op equals torch's, per-sample gradients
-(vmap(grad(...))) of a converted model equal torch's, torch.func.hessian, and the error where torch also
-refuses (a training batch norm updating unbatched running statistics under vmap)."""
+(vmap(grad(...))) of a converted model equal torch's, forward mode (torch.func.jvp, jacfwd,
+torch.autograd.forward_ad) of every op, torch.func.hessian, and the error where torch also refuses (a
+training batch norm updating unbatched running statistics under vmap)."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, hessian, jacrev, vmap
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
 
 import dlkernels
 import dlkernels.functional as DF
@@ -77,9 +79,70 @@ def test_per_sample_gradients_of_a_converted_model():
         assert_close(got[k], expected[k], torch.float64, k)
 
 
+# Forward mode: each op with tangents on every differentiable input (weights, biases, residuals,
+# probability targets included), against torch's composite.
+W_T, B_T = torch.randn_like(CONV_W), torch.randn_like(CONV_B)
+BN_W, BN_B = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+JVP_CASES = {
+    **{k: (lambda m, make=make: (lambda a: make(m)(a)), [shape[1:]]) for k, (make, shape) in CASES.items()},
+    "conv2d_weight_bias": (lambda m: lambda a, w, b: m.conv2d(a, w, b, stride=2, padding=1),
+                           [(2, 3, 9, 8), (4, 3, 3, 3), (4,)]),
+    "conv2d_groups": (lambda m: lambda a, w: m.conv2d(a, w, None, padding=(1, 2), dilation=2, groups=3),
+                      [(2, 3, 9, 8), (6, 1, 3, 3)]),
+    "batch_norm_affine_train": (lambda m: lambda a, w, b: m.batch_norm(a, None, None, w, b, True),
+                                [(4, 3, 5, 5), (3,), (3,)]),
+    "batch_norm_relu_train": (lambda m: lambda a, w, b: (
+        DF.batch_norm_relu(a, None, None, w, b, True, 0.1, 1e-5) if m is DF
+        else F.relu(F.batch_norm(a, None, None, w, b, True))), [(4, 3, 5, 5), (3,), (3,)]),
+    "batch_norm_add_relu_eval": (lambda m: lambda a, r, w: (
+        DF.batch_norm_add_relu(a, r, BN_W.abs(), BN_B.abs() + 1, w, None, False, 0.1, 1e-5) if m is DF
+        else F.relu(F.batch_norm(a, BN_W.abs(), BN_B.abs() + 1, w, None, False) + r)),
+        [(4, 3, 5, 5), (4, 3, 5, 5), (3,)]),
+    "cross_entropy_prob_target": (lambda m: lambda a, q: m.cross_entropy(a, q.softmax(1), label_smoothing=0.2),
+                                  [(6, 5), (6, 5)]),
+    "im2col_col2im": (lambda m: lambda a: (DF.col2im(DF.im2col(a, 3, padding=1, stride=2), (9, 8), 3, padding=1,
+                                                     stride=2) if m is DF
+                                           else F.fold(F.unfold(a, 3, padding=1, stride=2), (9, 8), 3, padding=1,
+                                                       stride=2)), [(2, 3, 9, 8)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JVP_CASES))
+def test_forward_mode_of_each_op(name):
+    make, shapes = JVP_CASES[name]
+    primals = tuple(torch.randn(*s, dtype=torch.float64) for s in shapes)
+    tangents = tuple(torch.randn_like(p) for p in primals)
+    ours, ref = make(DF), make(TORCH_F)
+    out, tan = jvp(ours, primals, tangents)
+    ref_out, ref_tan = jvp(ref, primals, tangents)
+    assert_close(out, ref_out, torch.float64)
+    assert_close(tan, ref_tan, torch.float64, "torch.func.jvp")
+    with fwAD.dual_level():  # torch.autograd.forward_ad: the rules without torch.func around them
+        dual = ours(*(fwAD.make_dual(p, t) for p, t in zip(primals, tangents)))
+        assert_close(fwAD.unpack_dual(dual).tangent, ref_tan, torch.float64, "forward_ad")
+
+
+def test_jacfwd_and_forward_over_reverse_hessian():
+    """jacfwd, and torch.func.hessian (jacfwd(jacrev(f))) through conv, batch norm + ReLU, max pooling and
+    cross-entropy, equal torch's."""
+    img = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    t = torch.tensor([1, 0])
+
+    def net(m, bn):
+        def f(w):
+            y = bn(m.conv2d(img, w, padding=1))
+            return m.cross_entropy(m.max_pool2d(y, 2).flatten(1)[:, :4], t)
+        return f
+
+    ours = net(DF, lambda y: DF.batch_norm_relu(y, None, None, None, None, True, 0.1, 1e-5))
+    ref = net(TORCH_F, lambda y: F.relu(F.batch_norm(y, None, None, training=True)))
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
+    assert_close(jacfwd(ours)(w), jacfwd(ref)(w), torch.float64)
+    assert_close(hessian(ours)(w), hessian(ref)(w), torch.float64)
+
+
 def test_reverse_over_reverse_hessian():
-    """jacrev(jacrev(f)): second order by reverse mode (forward mode - jvp, so jacfwd and torch.func.hessian
-    - is not implemented: torch raises its own NotImplementedError)."""
+    """jacrev(jacrev(f)): second order by reverse mode."""
     x = torch.randn(3, 4, dtype=torch.float64)
     t = torch.tensor([1, 0, 3])
     assert_close(jacrev(jacrev(lambda a: DF.cross_entropy(a, t)))(x), hessian(lambda a: F.cross_entropy(a, t))(x),
