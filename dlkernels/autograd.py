@@ -124,10 +124,8 @@ def _leaf_or_self(t, needed):
 
 def _tangent(fn, primals, tangents):
     """Forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) of the ops without a cheaper
-    rule: the tangent of fn(*primals) (torch's differentiable ops) along tangents (None: zero). Under
-    torch.func transforms by torch.func.jvp (differentiable: higher orders compose); under
-    torch.autograd.forward_ad, which does not nest, as the derivative of the vector-Jacobian product
-    u -> J^T u . t with respect to u (two reverse passes)."""
+    rule: the tangent of fn(*primals) (torch's differentiable ops) along tangents (None: zero); under
+    torch.func transforms by torch.func.jvp (higher orders compose)."""
     idx = [k for k, t in enumerate(tangents) if t is not None]
     if not idx:
         return None
@@ -139,15 +137,19 @@ def _tangent(fn, primals, tangents):
             return fn(*args)
 
         return torch.func.jvp(partial, tuple(primals[k] for k in idx), tuple(tangents[k] for k in idx))[1]
+    # torch.autograd.forward_ad (which does not nest, and inside a Function's jvp computes no tangents):
+    # J t as the derivative of the vector-Jacobian product u -> (J^T u) . t with respect to u, its graph
+    # kept where a primal or a tangent has a history (reverse mode over the tangent)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in list(primals) + list(tangents))
     with torch.enable_grad():
-        args = [p.detach().requires_grad_(True) if k in idx else p for k, p in enumerate(primals)]
+        args = [_leaf_or_self(p, k in idx) for k, p in enumerate(primals)]
         out = fn(*args)
         u = torch.zeros_like(out, requires_grad=True)
         grads = torch.autograd.grad(out, [args[k] for k in idx], u, create_graph=True, allow_unused=True)
         dot = sum((g * tangents[k]).sum() for g, k in zip(grads, idx) if g is not None)
         if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
             return torch.zeros_like(out)
-        (jt,) = torch.autograd.grad(dot, u, allow_unused=True)
+        (jt,) = torch.autograd.grad(dot, u, create_graph=keep, allow_unused=True)
     return jt if jt is not None else torch.zeros_like(out)
 
 
@@ -509,18 +511,32 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, input_t, weight_t, bias_t, _rm, _rv, _training, _momentum, _eps, residual_t, _relu):
+        # The closed form, in torch's differentiable ops (exact at every order): with x^ = (x - mean) invstd,
+        # training: d(x^) = invstd ((dx - mean(dx)) - x^ mean(x^ dx)) (per channel, over batch and space);
+        # evaluation (the running statistics, constants): d(x^) = invstd dx. Then y = x^ w + b.
         input, weight, bias, out, save_mean, save_invstd = ctx.saved_tensors
         shape = [1, -1] + [1] * (input.dim() - 2)
-
-        def bn(x, w, b):  # the normalization, before the residual and the ReLU
+        dims = [0] + list(range(2, input.dim()))
+        if ctx.training:  # the batch statistics again, as functions of the input (reverse mode over this)
+            mean = input.mean(dims, keepdim=True)
+            invstd = torch.rsqrt((input - mean).square().mean(dims, keepdim=True) + ctx.eps)
+        else:
+            mean, invstd = save_mean.to(input.dtype).view(shape), save_invstd.to(input.dtype).view(shape)
+        xhat = (input - mean) * invstd
+        t = None
+        if input_t is not None:
             if ctx.training:
-                return TF.batch_norm(x, None, None, w, b, True, 0.0, ctx.eps)
-            y = (x - save_mean.to(x.dtype).view(shape)) * save_invstd.to(x.dtype).view(shape)
-            if w is not None:
-                y = y * w.view(shape)
-            return y + b.view(shape) if b is not None else y
-
-        t = _add(_tangent(bn, [input, weight, bias], [input_t, weight_t, bias_t]), residual_t)
+                d = input_t - input_t.mean(dims, keepdim=True)
+                t = invstd * (d - xhat * (xhat * input_t).mean(dims, keepdim=True))
+            else:
+                t = invstd * input_t
+            if weight is not None:
+                t = t * weight.view(shape)
+        if weight_t is not None:
+            t = _add(t, xhat * weight_t.view(shape))
+        if bias_t is not None:
+            t = _add(t, bias_t.view(shape).expand_as(input))
+        t = _add(t, residual_t)
         if t is not None and ctx.relu:
             t = t * (out > 0).to(t.dtype)  # the gate is piecewise constant
         return t, None, None, None

@@ -178,6 +178,10 @@ class SGD(torch.optim.SGD):
                             buf = torch.empty_like(p, memory_format=torch.preserve_format)
                             state["momentum_buffer"] = buf
                         bufs.append(buf)
+                if any(first) and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    raise RuntimeError("dlkernels.optim.SGD: CUDA graph capture of a first momentum step (no "
+                                       "momentum buffer yet) would replay it as a first step every time; run "
+                                       "one step before capturing")
                 lr, lr_tensor = _lr(group, ps[0])
                 _fused(_ops.sgd_, (ps, grads, bufs), first, lr, momentum, float(group["dampening"]),
                        float(group["weight_decay"]), group["nesterov"], group["maximize"], lr_tensor=lr_tensor)

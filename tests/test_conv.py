@@ -317,7 +317,10 @@ UNFOLD_CONFIGS = [((2, 3, 9, 8), (3, 2), (2, 1), (1, 0), (2, 3)), ((1, 1, 5, 5),
                   ((6, 7, 6, 66), (2, 3), (1, 1), (0, 0), (1, 2)), ((12, 4, 8, 67), (3, 2), (1, 2), (1, 1), (2, 2)),
                   ((12, 9, 9, 9), (3, 3), (1, 1), (2, 2), (2, 2)),
                   # an input row wider than col2im's 512-element row buffer (the general loop)
-                  ((2, 2, 3, 600), (1, 3), (1, 1), (0, 1), (1, 1))]
+                  ((2, 2, 3, 600), (1, 3), (1, 1), (0, 1), (1, 1)),
+                  # padding and stride near 2^31 on tiny buffers: coordinates past 32 bits (CUDA's index
+                  # math must not pick 32 bits from the buffer sizes alone)
+                  ((1, 1, 2, 1), (1, 1), (1, 1), (2 ** 31 - 1, 0), (2 ** 30, 1))]
 
 
 @pytest.mark.parametrize("shape,k,d,p,s", UNFOLD_CONFIGS, ids=[str(i) for i in range(len(UNFOLD_CONFIGS))])

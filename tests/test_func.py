@@ -122,6 +122,37 @@ def test_forward_mode_of_each_op(name):
         assert_close(fwAD.unpack_dual(dual).tangent, ref_tan, torch.float64, "forward_ad")
 
 
+def _bn_composite(a, w, b):
+    m = a.mean((0, 2, 3), keepdim=True)
+    y = (a - m) / torch.sqrt((a - m).square().mean((0, 2, 3), keepdim=True) + 1e-5)
+    return torch.relu(y * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1))
+
+
+def test_reverse_over_forward_of_batch_norm():
+    """The gradient of a function of a tangent (reverse over forward) through a training batch norm +
+    ReLU: equal to that of the composite written out (torch's own F.batch_norm gets this one wrong in
+    torch 2.13: its tangent treats the batch statistics as constants under reverse mode), by torch.func
+    and by torch.autograd.forward_ad, and against central differences."""
+    torch.manual_seed(1)
+    x0 = torch.randn(3, 2, 4, 5, dtype=torch.float64)
+    w, b = torch.randn(2, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    t = torch.randn_like(x0)
+    ours = lambda a: DF.batch_norm_relu(a, None, None, w, b, True, 0.1, 1e-5)  # noqa: E731
+
+    def phi(f):
+        return lambda a: jvp(f, (a,), (t,))[1].square().sum()
+
+    expected = grad(phi(lambda a: _bn_composite(a, w, b)))(x0)
+    assert_close(grad(phi(ours))(x0), expected, torch.float64, "torch.func")
+    x = x0.clone().requires_grad_(True)
+    with fwAD.dual_level():
+        fwAD.unpack_dual(ours(fwAD.make_dual(x, t))).tangent.square().sum().backward()
+    assert_close(x.grad, expected, torch.float64, "forward_ad")
+    v, e = torch.randn_like(x0), 1e-6
+    fd = (phi(lambda a: _bn_composite(a, w, b))(x0 + e * v) - phi(lambda a: _bn_composite(a, w, b))(x0 - e * v)) / (2 * e)
+    torch.testing.assert_close((expected * v).sum(), fd, rtol=1e-6, atol=1e-6)
+
+
 def test_jacfwd_and_forward_over_reverse_hessian():
     """jacfwd, and torch.func.hessian (jacfwd(jacrev(f))) through conv, batch norm + ReLU, max pooling and
     cross-entropy, equal torch's."""

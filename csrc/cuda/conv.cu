@@ -96,11 +96,17 @@ template <class T> __global__ void channel_sum_kernel(int64_t N, int64_t C, int6
 }  // namespace
 
 namespace {
-// The largest index either side of im2col/col2im touches: the column block (its row stride spans the
-// chunk's images) and the images.
+// A bound on every value the index math of im2col/col2im forms: the column block's indices (its row
+// stride spans the chunk's images), the images', and the coordinates along each axis (oh * S - P + k * D
+// and h + P - k * D, up to (O - 1) S + (K - 1) D + P + H in magnitude: padding, stride and dilation
+// reach 2^31 - 1).
 int64_t largest_index(const Im2colGeom& g) {
   const int64_t col = g.rows() * g.row_stride + g.images * g.image_stride, image = g.images * g.C * g.H * g.W;
-  return col > image ? col : image;
+  const int64_t rows = (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + g.PH + g.H;
+  const int64_t cols = (g.OW - 1) * g.SW + (g.KW - 1) * g.DW + g.PW + g.W;
+  int64_t m = col > image ? col : image;
+  m = m > rows ? m : rows;
+  return m > cols ? m : cols;
 }
 }  // namespace
 
