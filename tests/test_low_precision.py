@@ -223,3 +223,18 @@ def test_conv_in_chunks_of_images(device, dtype):
                       grad_inputs=(0, 1))
     finally:
         dlkernels.set_workspace_limit(previous)
+
+
+# stride-1 layers whose input gradient runs as a 16-bit convolution of grad_output (1x1; 3x3 padded 0, 1;
+# 5x3 asymmetric; 2x2 even), and layers that keep the float32 path (padding past K - 1, dilation, stride 2)
+GI_CASES = [((1, 1), dict()), ((3, 3), dict(padding=0)), ((3, 3), dict(padding=1)), ((5, 3), dict(padding=(2, 1))),
+            ((2, 2), dict(padding=1)), ((3, 3), dict(padding=3)), ((3, 3), dict(padding=2, dilation=2)),
+            ((3, 3), dict(padding=1, stride=2))]
+
+
+@pytest.mark.parametrize("k,kw", GI_CASES, ids=[str(i) for i in range(len(GI_CASES))])
+@pytest.mark.parametrize("dtype", LOWP, ids=["f16", "bf16"])
+def test_conv_input_gradient_paths(device, dtype, k, kw):
+    x = torch.randn(3, 8, 9, 10, device=device).to(dtype)
+    w = (torch.randn(5, 8, *k, device=device) / 6).to(dtype)
+    check_fwd_bwd(lambda *a: DF.conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), [x, w], grad_inputs=(0, 1))

@@ -575,10 +575,25 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       if (!gw.defined()) gw = acc.to(t).view(weight.sizes());
     }
     Tensor gi = at::empty({0}, input.options()), gb = at::empty({0}, input.options());
-    if (output_mask[0] || output_mask[2]) {
-      auto r = conv2d_backward(grad_output.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat), stride,
-                               padding, dilation, groups, {output_mask[0], false, output_mask[2]});
-      if (output_mask[0]) gi = std::get<0>(r).to(t);
+    // A stride-1 layer's input gradient is itself a stride-1 convolution: of grad_output padded by
+    // K - 1 - P with the filters flipped and transposed, (C, OC, KH, KW). In the 16-bit dtype that is
+    // the forward's bfloat16 GEMM, float32 accumulation, rounded once (as torch's oneDNN backward-data):
+    // no column matrix for col2im to sum.
+    const bool gi_as_conv = output_mask[0] && c.G == 1 && c.g.SH == 1 && c.g.SW == 1 && c.g.DH == 1 &&
+                            c.g.DW == 1 && c.g.PH <= c.g.KH - 1 && c.g.PW <= c.g.KW - 1 && padding.size() == 2;
+    if (gi_as_conv) {
+      const Tensor wt = weight.flip({2, 3}).transpose(0, 1).contiguous();
+      const int64_t pad[2] = {c.g.KH - 1 - c.g.PH, c.g.KW - 1 - c.g.PW};
+      const int64_t one[2] = {1, 1};
+      gi = conv2d_forward(grad_output, wt, c10::nullopt, one, pad, one, 1);
+    }
+    if ((output_mask[0] && !gi_as_conv) || output_mask[2]) {
+      // float32, rounded once (the column matrices must not be rounded to 16 bits before col2im sums
+      // them). The input itself is not read for these two: its float32 stand-in is left unwritten.
+      auto r = conv2d_backward(grad_output.to(at::kFloat), at::empty(input.sizes(), input.options().dtype(at::kFloat)),
+                               weight.to(at::kFloat), stride, padding, dilation, groups,
+                               {output_mask[0] && !gi_as_conv, false, output_mask[2]});
+      if (output_mask[0] && !gi_as_conv) gi = std::get<0>(r).to(t);
       if (output_mask[2]) gb = std::get<2>(r).to(t);
     }
     return {gi, gw.defined() ? gw : at::empty({0}, input.options()), gb};
