@@ -47,8 +47,11 @@ def apply(fn, *args):
     them to forward's signature with inspect on every call (about 60 us) only to fill in defaults; with
     nothing to fill in, what it then calls (the C++ apply underneath) is called directly. While
     torch.compile traces, under torch.func transforms, and on a torch without those private APIs, the
-    full Function.apply runs."""
-    if not FAST_APPLY or torch.compiler.is_compiling() or _functorch_active():
+    full Function.apply runs. Outside torch.compile the Function is its forward-mode twin (_WITH_JVP)."""
+    if torch.compiler.is_compiling():
+        return fn.apply(*args)
+    fn = _WITH_JVP.get(fn, fn)
+    if not FAST_APPLY or _functorch_active():
         return fn.apply(*args)
     return super(torch.autograd.Function, fn).apply(*_unwrap_dead_wrappers(args))
 
@@ -207,7 +210,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return grad_input, grad_target, None, None, None, None
 
     @staticmethod
-    def jvp(ctx, input_t, target_t, *_):
+    def tangent(ctx, input_t, target_t, *_):
         input, target, weight = ctx.saved_tensors
 
         def loss(x, t):
@@ -270,7 +273,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
     @staticmethod
-    def jvp(ctx, input_t, *_):
+    def tangent(ctx, input_t, *_):
         (input,) = ctx.saved_tensors
         return _tangent(lambda x: TF.max_pool2d(x, ctx.kernel_size, ctx.stride, ctx.padding, ctx.dilation,
                                                 ctx.ceil_mode), [input], [input_t]), None
@@ -297,7 +300,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         return (_ops.avg_pool2d_backward(grad_output, input, *ctx.args),) + (None,) * 6
 
     @staticmethod
-    def jvp(ctx, input_t, *_):  # linear: the op itself on the tangent
+    def tangent(ctx, input_t, *_):  # linear: the op itself on the tangent
         return apply(AvgPool2dFunction, input_t, *ctx.args)
 
 
@@ -319,7 +322,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
         return _ops.adaptive_avg_pool2d_backward(grad_output, input), None
 
     @staticmethod
-    def jvp(ctx, input_t, _):  # linear
+    def tangent(ctx, input_t, _):  # linear
         return apply(AdaptiveAvgPool2dFunction, input_t, ctx.output_size)
 
 
@@ -370,7 +373,7 @@ class Conv2dFunction(torch.autograd.Function):
         return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
 
     @staticmethod
-    def jvp(ctx, input_t, weight_t, bias_t, *_):
+    def tangent(ctx, input_t, weight_t, bias_t, *_):
         # bilinear: conv(dx, w) + conv(x, dw) + db, each through the op itself
         input, weight = ctx.saved_tensors
         args = (ctx.stride, ctx.padding, ctx.dilation, ctx.groups)
@@ -403,7 +406,7 @@ class Im2colFunction(torch.autograd.Function):
                                      ctx.stride), None, None, None, None)
 
     @staticmethod
-    def jvp(ctx, input_t, *_):  # linear
+    def tangent(ctx, input_t, *_):  # linear
         return apply(Im2colFunction, input_t, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride)
 
 
@@ -425,7 +428,7 @@ class Col2imFunction(torch.autograd.Function):
                 None, None, None, None, None)
 
     @staticmethod
-    def jvp(ctx, input_t, *_):  # linear
+    def tangent(ctx, input_t, *_):  # linear
         return apply(Col2imFunction, input_t, ctx.output_size, ctx.kernel_size, ctx.dilation, ctx.padding, ctx.stride)
 
 
@@ -510,7 +513,7 @@ class BatchNormFunction(torch.autograd.Function):
                 None, gr if mask[3] else None, None)
 
     @staticmethod
-    def jvp(ctx, input_t, weight_t, bias_t, _rm, _rv, _training, _momentum, _eps, residual_t, _relu):
+    def tangent(ctx, input_t, weight_t, bias_t, _rm, _rv, _training, _momentum, _eps, residual_t, _relu):
         # The closed form, in torch's differentiable ops (exact at every order): with x^ = (x - mean) invstd,
         # training: d(x^) = invstd ((dx - mean(dx)) - x^ mean(x^ dx)) (per channel, over batch and space);
         # evaluation (the running statistics, constants): d(x^) = invstd dx. Then y = x^ w + b.
@@ -613,3 +616,16 @@ class SyncBatchNormFunction(torch.autograd.Function):
             gi, _ = _ops.batch_norm_backward_elemt(grad_output, input, out, mean, invstd, weight, sums[:c].contiguous(),
                                                    sums[c:].contiguous(), 1, ctx.relu, [True, False])
         return gi, gw, gb, None, None, None, None, None, None, None
+
+
+def _with_jvp(cls):
+    """cls with its `tangent` rule as the jvp of forward-mode AD. Eager calls (apply) take this twin;
+    torch.compile traces cls itself, since Dynamo (torch 2.13) refuses a Function that defines a jvp
+    ("Unsupported custom jvp") - under torch.compile, forward mode through our ops is not available."""
+    return type(cls.__name__, (cls,), {"jvp": staticmethod(cls.tangent), "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+
+
+_WITH_JVP = {cls: _with_jvp(cls) for cls in (CrossEntropyFunction, MaxPool2dFunction, AvgPool2dFunction,
+                                             AdaptiveAvgPool2dFunction, Conv2dFunction, Im2colFunction,
+                                             Col2imFunction, BatchNormFunction)}
