@@ -518,14 +518,19 @@ class BatchNormFunction(torch.autograd.Function):
         # training: d(x^) = invstd ((dx - mean(dx)) - x^ mean(x^ dx)) (per channel, over batch and space);
         # evaluation (the running statistics, constants): d(x^) = invstd dx. Then y = x^ w + b.
         input, weight, bias, out, save_mean, save_invstd = ctx.saved_tensors
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        dims = [0] + list(range(2, input.dim()))
+        # float16/bfloat16 (the CUDA kernels take them as they are): at least float32 here, as the kernels
+        # accumulate (squares of values past 256 overflow float16), rounded once at the end
+        acc = torch.promote_types(input.dtype, torch.float32)
+        up = [t.to(acc) if t is not None else None for t in (input, weight, input_t, weight_t, bias_t, residual_t)]
+        x, w, input_t, weight_t, bias_t, residual_t = up
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        dims = [0] + list(range(2, x.dim()))
         if ctx.training:  # the batch statistics again, as functions of the input (reverse mode over this)
-            mean = input.mean(dims, keepdim=True)
-            invstd = torch.rsqrt((input - mean).square().mean(dims, keepdim=True) + ctx.eps)
+            mean = x.mean(dims, keepdim=True)
+            invstd = torch.rsqrt((x - mean).square().mean(dims, keepdim=True) + ctx.eps)
         else:
-            mean, invstd = save_mean.to(input.dtype).view(shape), save_invstd.to(input.dtype).view(shape)
-        xhat = (input - mean) * invstd
+            mean, invstd = save_mean.to(acc).view(shape), save_invstd.to(acc).view(shape)
+        xhat = (x - mean) * invstd
         t = None
         if input_t is not None:
             if ctx.training:
@@ -533,16 +538,16 @@ class BatchNormFunction(torch.autograd.Function):
                 t = invstd * (d - xhat * (xhat * input_t).mean(dims, keepdim=True))
             else:
                 t = invstd * input_t
-            if weight is not None:
-                t = t * weight.view(shape)
+            if w is not None:
+                t = t * w.view(shape)
         if weight_t is not None:
             t = _add(t, xhat * weight_t.view(shape))
         if bias_t is not None:
-            t = _add(t, bias_t.view(shape).expand_as(input))
+            t = _add(t, bias_t.view(shape).expand_as(x))
         t = _add(t, residual_t)
         if t is not None and ctx.relu:
             t = t * (out > 0).to(t.dtype)  # the gate is piecewise constant
-        return t, None, None, None
+        return (t.to(input.dtype) if t is not None else None), None, None, None
 
 
 class SyncBatchNormFunction(torch.autograd.Function):

@@ -10,7 +10,7 @@ from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
 
 import dlkernels
 import dlkernels.functional as DF
-from conftest import assert_close
+from conftest import assert_close, assert_lowp_close
 
 CASES = {
     "max_pool2d": (lambda m: lambda a: m.max_pool2d(a, 3, 2, 1, ceil_mode=True), (4, 2, 3, 9, 8)),
@@ -213,3 +213,17 @@ def test_opacus_per_sample_gradients(functorch_mode):
     for k in samples[0]:
         assert samples[1][k].shape[0] == 6
         assert_close(samples[1][k], samples[0][k], torch.float64, k)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_forward_mode_of_batch_norm_in_low_precision(dtype):
+    """Values past 256 square past float16's range: the tangent's statistics are accumulated in float32
+    (on the CUDA kernels the op receives float16 as it is), judged against torch at the same precision."""
+    x = (torch.randn(4, 3, 5, 5) * 300).to(dtype)
+    t = torch.randn_like(x)
+    args = dict(running_mean=None, running_var=None, training=True)
+    ours = jvp(lambda a: DF.batch_norm(a, **args), (x,), (t,))[1]
+    theirs = jvp(lambda a: F.batch_norm(a, **args), (x,), (t,))[1]
+    ref = jvp(lambda a: F.batch_norm(a, **args), (x.double(),), (t.double(),))[1]
+    assert ours.dtype == dtype
+    assert_lowp_close(ours, theirs, ref, "tangent")
