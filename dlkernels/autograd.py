@@ -90,6 +90,18 @@ def twice_differentiable(reference):
     return wrap
 
 
+def _substituting(fn, inputs, idx):
+    """fn as a function of inputs[k] for k in idx only (the others fixed): what torch.func.vjp and jvp
+    differentiate."""
+    def partial(*wrt):
+        args = list(inputs)
+        for k, t in zip(idx, wrt):
+            args[k] = t
+        return fn(*args)
+
+    return partial
+
+
 def _grads(fn, inputs, grad, needed):
     """The gradients of fn(*inputs) (torch's differentiable ops) with respect to the needed inputs (None for
     the others), themselves differentiable (the next order): torch.autograd.grad with create_graph, or
@@ -100,13 +112,7 @@ def _grads(fn, inputs, grad, needed):
     if not idx:
         return out
     if _in_functorch():
-        def partial(*wrt):
-            args = list(inputs)
-            for k, t in zip(idx, wrt):
-                args[k] = t
-            return fn(*args)
-
-        _, pullback = torch.func.vjp(partial, *[inputs[k] for k in idx])
+        _, pullback = torch.func.vjp(_substituting(fn, inputs, idx), *[inputs[k] for k in idx])
         got = pullback(grad)
     else:
         args = [_leaf_or_self(t, k in idx) for k, t in enumerate(inputs)]
@@ -133,13 +139,8 @@ def _tangent(fn, primals, tangents):
     if not idx:
         return None
     if _in_functorch():
-        def partial(*wrt):
-            args = list(primals)
-            for k, t in zip(idx, wrt):
-                args[k] = t
-            return fn(*args)
-
-        return torch.func.jvp(partial, tuple(primals[k] for k in idx), tuple(tangents[k] for k in idx))[1]
+        return torch.func.jvp(_substituting(fn, primals, idx), tuple(primals[k] for k in idx),
+                              tuple(tangents[k] for k in idx))[1]
     # torch.autograd.forward_ad (which does not nest, and inside a Function's jvp computes no tangents):
     # J t as the derivative of the vector-Jacobian product u -> (J^T u) . t with respect to u, its graph
     # kept where a primal or a tangent has a history (reverse mode over the tangent)
@@ -497,7 +498,7 @@ class BatchNormFunction(torch.autograd.Function):
         ctx.save_for_backward(input, weight, bias, out if ctx.relu and not has_bits else None, save_mean,
                               save_invstd, relu_mask if has_bits else None)
         ctx.has_weight, ctx.has_bias, ctx.has_residual = weight is not None, bias is not None, residual is not None
-        ctx.save_for_forward(input, weight, bias, out, save_mean, save_invstd)
+        ctx.save_for_forward(input, weight, out, save_mean, save_invstd)
         ctx.mark_non_differentiable(save_mean, save_invstd, relu_mask)
 
     @staticmethod
@@ -517,7 +518,7 @@ class BatchNormFunction(torch.autograd.Function):
         # The closed form, in torch's differentiable ops (exact at every order): with x^ = (x - mean) invstd,
         # training: d(x^) = invstd ((dx - mean(dx)) - x^ mean(x^ dx)) (per channel, over batch and space);
         # evaluation (the running statistics, constants): d(x^) = invstd dx. Then y = x^ w + b.
-        input, weight, bias, out, save_mean, save_invstd = ctx.saved_tensors
+        input, weight, out, save_mean, save_invstd = ctx.saved_tensors
         # float16/bfloat16 (the CUDA kernels take them as they are): at least float32 here, as the kernels
         # accumulate (squares of values past 256 overflow float16), rounded once at the end
         acc = torch.promote_types(input.dtype, torch.float32)

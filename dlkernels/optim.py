@@ -46,10 +46,14 @@ def _capturable(group):
     return bool(group.get("capturable", False) or group.get("fused", False))
 
 
+def _capturing():
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def _check_capture(opt):
     """A step captured in a CUDA graph replays with the values it was captured with: host step counters
     would freeze there, so capture needs capturable=True (Adagrad: fused=True), as torch's does."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    if _capturing():
         flag = "fused" if isinstance(opt, torch.optim.Adagrad) else "capturable"
         if not all(_capturable(g) for g in opt.param_groups):
             raise RuntimeError(f"dlkernels.optim.{type(opt).__name__}: CUDA graph capture of step() needs "
@@ -178,7 +182,7 @@ class SGD(torch.optim.SGD):
                             buf = torch.empty_like(p, memory_format=torch.preserve_format)
                             state["momentum_buffer"] = buf
                         bufs.append(buf)
-                if any(first) and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                if any(first) and _capturing():
                     raise RuntimeError("dlkernels.optim.SGD: CUDA graph capture of a first momentum step (no "
                                        "momentum buffer yet) would replay it as a first step every time; run "
                                        "one step before capturing")

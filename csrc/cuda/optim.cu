@@ -63,6 +63,9 @@ __device__ __forceinline__ double load_scalar(const void* p, bool is_double) {
 struct TensorScalars {
   double a, b, lr, t;
   bool lr_on_device, step_on_device;
+  // the factor the per-tensor scalars still lack: lr where it is on the device, or where the kernel
+  // computed them from t; 1 where the host computed them with its lr
+  __device__ double missing_lr(double host_lr) const { return lr_on_device ? lr : (step_on_device ? host_lr : 1.0); }
 };
 
 template <class T, int NLists, class Functor>
@@ -166,12 +169,8 @@ template <class T> struct AdamFunctor {
       step_size = d.step_size;
       bc2_sqrt = d.bias_correction2_sqrt;
     }
-    if (s.lr_on_device) {
-      step_size *= s.lr;
-      decay = M(1.0 - s.lr * weight_decay_d);
-    } else if (s.step_on_device) {
-      step_size *= lr;
-    }
+    step_size *= s.missing_lr(lr);
+    if (s.lr_on_device) decay = M(1.0 - s.lr * weight_decay_d);
   }
   // x: param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq (updated in place)
   __device__ void update(M* x) const {
@@ -223,12 +222,7 @@ template <class T> struct AdagradFunctor {
   double lr, lr_decay;
   double clr = 0;  // per tensor (bind)
   __device__ void bind(const TensorScalars& s) {
-    clr = s.step_on_device ? adagrad_clr(1.0, lr_decay, s.t) : s.a;
-    if (s.lr_on_device) {
-      clr *= s.lr;
-    } else if (s.step_on_device) {
-      clr *= lr;
-    }
+    clr = (s.step_on_device ? adagrad_clr(1.0, lr_decay, s.t) : s.a) * s.missing_lr(lr);
   }
   // x: param, grad, state_sum
   __device__ void update(M* x) const {

@@ -145,16 +145,22 @@ DeviceTables device_tables(const Staged& s) {
 
 // The step counters (one floating-point scalar per parameter), advanced, and where the kernels find them.
 struct Steps {
-  std::vector<double> host;        // the new values, read on the host: torch keeps counters on the CPU unless
-                                   // capturable or fused
-  DeviceScalars device;            // lr and, when the counters stay on the device, their addresses
-  std::vector<const void*> device_steps;
+  std::vector<double> host;            // the new values, read on the host: torch keeps counters on the CPU
+                                       // unless capturable or fused
+  std::vector<const void*> device;     // or the counters' addresses, where they stay on the device
+  bool device_double = false;
+  // the kernels' view of the counters; ds must not outlive this
+  void attach(DeviceScalars& ds) const {
+    ds.steps = device.empty() ? nullptr : device.data();
+    ds.steps_double = device_double;
+  }
 };
 
 // lr as the host computes with it: the float, or a one-element tensor's value. A tensor on the
-// parameters' device, for the CUDA kernels, is read by the kernels (into s.device; the host then
-// computes its per-tensor scalars with lr = 1, and the kernels multiply lr in).
-double resolve_lr(const char* op, TensorList params, double lr, const c10::optional<Tensor>& lr_tensor, Steps& s) {
+// parameters' device, for the CUDA kernels, is read by the kernels (into ds; the host then computes its
+// per-tensor scalars with lr = 1, and the kernels multiply lr in).
+double resolve_lr(const char* op, TensorList params, double lr, const c10::optional<Tensor>& lr_tensor,
+                  DeviceScalars& ds) {
   if (!lr_tensor.has_value() || !lr_tensor->defined()) return lr;
   const Tensor& t = *lr_tensor;
   TORCH_CHECK_VALUE(t.numel() == 1 && at::isFloatingType(t.scalar_type()), "dlkernels.", op,
@@ -162,8 +168,8 @@ double resolve_lr(const char* op, TensorList params, double lr, const c10::optio
                     t.sizes());
   const auto dt = t.scalar_type();
   if (cuda_kernels(params[0]) && t.device() == params[0].device() && (dt == at::kFloat || dt == at::kDouble)) {
-    s.device.lr = t.data_ptr();
-    s.device.lr_double = dt == at::kDouble;
+    ds.lr = t.data_ptr();
+    ds.lr_double = dt == at::kDouble;
     return 1.0;
   }
   return t.item<double>();  // a CPU tensor here (or a tensor on another device: a read, as torch's)
@@ -172,8 +178,7 @@ double resolve_lr(const char* op, TensorList params, double lr, const c10::optio
 // Advances state_steps by one. On the CUDA kernels, counters on the parameters' device (capturable
 // optimizers; with `capturable` always, which the emulation build's tests use) stay there: one
 // _foreach_add_ launch, and the kernels read them. Otherwise they are read on the host.
-Steps advance_steps(const char* op, TensorList params, TensorList steps, bool capturable, double lr,
-                    const c10::optional<Tensor>& lr_tensor, double& host_lr) {
+Steps advance_steps(const char* op, TensorList params, TensorList steps, bool capturable) {
   TORCH_CHECK_VALUE(steps.size() == params.size(), "dlkernels.", op, ": state_steps must have one tensor per parameter (",
                     params.size(), "), got ", steps.size());
   for (size_t i = 0; i < steps.size(); ++i)  // all checked before any is changed
@@ -181,7 +186,6 @@ Steps advance_steps(const char* op, TensorList params, TensorList steps, bool ca
                       ": state_steps[", i, "] must be a one-element floating-point tensor, got ",
                       steps[i].scalar_type(), " of shape ", steps[i].sizes());
   Steps out;
-  host_lr = resolve_lr(op, params, lr, lr_tensor, out);
   if (cuda_kernels(params[0]) && !steps.empty() && (capturable || !steps[0].is_cpu())) {
     const auto dt = steps[0].scalar_type();
     for (size_t i = 0; i < steps.size(); ++i) {
@@ -193,9 +197,8 @@ Steps advance_steps(const char* op, TensorList params, TensorList steps, bool ca
                        " for state_steps[", i, "] and ", dt, " for state_steps[0]");
     }
     at::_foreach_add_(steps, 1);
-    for (const Tensor& t : steps) out.device_steps.push_back(t.data_ptr());
-    out.device.steps = out.device_steps.data();
-    out.device.steps_double = dt == at::kDouble;
+    for (const Tensor& t : steps) out.device.push_back(t.data_ptr());
+    out.device_double = dt == at::kDouble;
     return out;
   }
   for (const Tensor& s : steps) {
@@ -235,8 +238,10 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
   check_list(op, "exp_avgs", params, exp_avgs);
   check_list(op, "exp_avg_sqs", params, exp_avg_sqs);
   if (amsgrad) check_list(op, "max_exp_avg_sqs", params, max_exp_avg_sqs);
-  double host_lr = lr;
-  const Steps steps = advance_steps(op, params, state_steps, capturable, lr, lr_tensor, host_lr);
+  DeviceScalars ds;
+  const double host_lr = resolve_lr(op, params, lr, lr_tensor, ds);  // checked before the counters move
+  const Steps steps = advance_steps(op, params, state_steps, capturable);
+  steps.attach(ds);
   std::vector<AdamStepScalars> scalars;
   for (double t : steps.host) scalars.push_back(adam_step_scalars(host_lr, beta1, beta2, t));
   scalars.resize(params.size());  // counters on the device: the kernels compute them
@@ -258,7 +263,7 @@ void adam_(TensorList params, TensorList grads, TensorList exp_avgs, TensorList 
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_adam(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()), t.list(0),
                                             t.list(1), t.list(2), t.list(3), t.list(4), t.numel.data(), scalars.data(),
-                                            steps.device, scope.stream());
+                                            ds, scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.", op, ": CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.", op, ": this build has no CUDA support");
@@ -272,8 +277,8 @@ void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10:
           const c10::optional<Tensor>& lr_tensor) {
   const char* op = "sgd";
   if (params.empty()) return;
-  Steps device;  // only its lr
-  lr = resolve_lr(op, params, lr, lr_tensor, device);
+  DeviceScalars ds;
+  lr = resolve_lr(op, params, lr, lr_tensor, ds);
   check_params(op, params);
   check_list(op, "grads", params, grads);
   if (momentum != 0) {
@@ -298,7 +303,7 @@ void sgd_(TensorList params, TensorList grads, TensorList momentum_buffers, c10:
     CudaScope scope(params[0]);
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_sgd(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()), t.list(0),
-                                           t.list(1), t.list(2), t.numel.data(), first.data(), device.device,
+                                           t.list(1), t.list(2), t.numel.data(), first.data(), ds,
                                            scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.sgd: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
@@ -316,8 +321,10 @@ void adagrad_(TensorList params, TensorList grads, TensorList state_sums, Tensor
   check_params(op, params);
   check_list(op, "grads", params, grads);
   check_list(op, "state_sums", params, state_sums);
-  double host_lr = lr;
-  const Steps steps = advance_steps(op, params, state_steps, capturable, lr, lr_tensor, host_lr);
+  DeviceScalars ds;
+  const double host_lr = resolve_lr(op, params, lr, lr_tensor, ds);  // checked before the counters move
+  const Steps steps = advance_steps(op, params, state_steps, capturable);
+  steps.attach(ds);
   std::vector<double> clr;
   for (double t : steps.host) clr.push_back(adagrad_clr(host_lr, lr_decay, t));
   clr.resize(params.size());  // counters on the device: the kernels compute them
@@ -342,7 +349,7 @@ void adagrad_(TensorList params, TensorList grads, TensorList state_sums, Tensor
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_adagrad(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
                                                t.list(0), t.list(1), t.list(2), t.numel.data(), clr.data(),
-                                               steps.device, scope.stream());
+                                               ds, scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.adagrad: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.adagrad: this build has no CUDA support");
@@ -362,8 +369,10 @@ void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, Tenso
   check_list(op, "square_avgs", params, square_avgs);
   if (centered) check_list(op, "grad_avgs", params, grad_avgs);
   if (momentum > 0) check_list(op, "momentum_buffers", params, momentum_buffers);
-  double host_lr = lr;
-  const Steps steps = advance_steps(op, params, state_steps, capturable, lr, lr_tensor, host_lr);
+  DeviceScalars ds;
+  const double host_lr = resolve_lr(op, params, lr, lr_tensor, ds);  // checked before the counters move
+  const Steps steps = advance_steps(op, params, state_steps, capturable);
+  steps.attach(ds);
   const RmspropOptions o{host_lr, alpha, eps, weight_decay, momentum, centered, maximize};
   Staged s = stage({params, grads, square_avgs, centered ? grad_avgs : TensorList(),
                     momentum > 0 ? momentum_buffers : TensorList()},
@@ -384,7 +393,7 @@ void rmsprop_(TensorList params, TensorList grads, TensorList square_avgs, Tenso
     const DeviceTables t = device_tables(s);
     const int err = cuda::multi_tensor_rmsprop(cuda_dtype(params[0].scalar_type()), o, int64_t(params.size()),
                                                t.list(0), t.list(1), t.list(2), t.list(3), t.list(4), t.numel.data(),
-                                               steps.device, scope.stream());
+                                               ds, scope.stream());
     TORCH_CHECK(err == 0, "dlkernels.rmsprop: CUDA kernel launch failed: ", cuda::error_string(err));
 #else
     TORCH_CHECK(false, "dlkernels.rmsprop: this build has no CUDA support");
