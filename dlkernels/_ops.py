@@ -129,15 +129,28 @@ def _padding4(padding):
 def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups):
     p = _padding4(padding)
     kh, kw = weight.shape[2], weight.shape[3]
-    return input.new_empty((input.shape[0], weight.shape[0],
-                            conv_output_size(input.shape[2], kh, stride[0], p[0], p[2], dilation[0]),
-                            conv_output_size(input.shape[3], kw, stride[1], p[1], p[3], dilation[1])))
+    out = input.new_empty((input.shape[0], weight.shape[0],
+                           conv_output_size(input.shape[2], kh, stride[0], p[0], p[2], dilation[0]),
+                           conv_output_size(input.shape[3], kw, stride[1], p[1], p[3], dilation[1])))
+    return _like_format(out, input)
+
+
+def _conv_channels_last(t):
+    """Whether the conv ops take t as channels_last (mirrors channels_last in csrc/ops/conv.cpp)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _like_format(t, like):
+    """t in channels_last where `like` is (the conv ops' results follow their counterparts' format)."""
+    return t.contiguous(memory_format=torch.channels_last) if _conv_channels_last(like) else t
 
 
 @torch.library.register_fake("dlkernels::conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
     def grad(mask, like):
-        return torch.empty_like(like, memory_format=torch.contiguous_format) if mask else input.new_empty((0,))
+        if not mask:
+            return input.new_empty((0,))
+        return _like_format(torch.empty_like(like, memory_format=torch.contiguous_format), like)
     return (grad(output_mask[0], input), grad(output_mask[1], weight),
             input.new_empty((weight.shape[0],)) if output_mask[2] else input.new_empty((0,)))
 

@@ -383,6 +383,104 @@ def test_opcheck(device):
     torch.library.opcheck(ops.col2im.default, (cols.clone().requires_grad_(True), [9, 7], [3, 2], [1, 2], [1, 0], [2, 1]))
 
 
+# channels_last input: one-group CPU layers run in that layout (ops/conv.cpp, nhwc: the column matrix
+# has a row per output position, a 1x1 stride-1 layer multiplies the input's rows); the others compute
+# contiguous and hand back channels_last. Every one-group random config, 1x1 and 1x1 strided, 4-value
+# padding, a weight in either format, chunks of one and of two images (a smaller last one) and whole
+# batches: output and every gradient subset against torch in float64 at 1e-12, and the results' memory
+# formats those torch gives (output and grad_input channels_last; grad_weight in the weight's format).
+CL_CONFIGS = [c for c in CONV_CONFIGS if c[5] == 1 and c[0][1] > 1] + [
+    ((3, 5, 6, 7), (4, 5, 2, 3), (1, 1), (0, 1, 1, 2), (1, 1), 1, True),     # 4-value padding (top, left, bottom, right)
+    ((2, 9, 6, 6), (33, 9, 1, 1), (1, 1), (0, 0), (1, 1), 1, False),          # 1x1 direct, filters past 32
+    ((2, 12, 8, 8), (10, 6, 3, 3), (1, 1), (1, 1), (1, 1), 2, True)]          # grouped: contiguous compute
+
+
+def _cl(t):
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _in_format_of(t, like):
+    """t is stored as torch stores a result for `like`: channels_last if like is, else contiguous."""
+    return t.is_contiguous(memory_format=torch.channels_last if _cl(like) else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("limit", [None, 1, "two"], ids=["chunked", "one-image", "two-images"])
+@pytest.mark.parametrize("weight_cl", [False, True], ids=["w", "w_cl"])
+@pytest.mark.parametrize("x_shape,w_shape,s,p,d,groups,bias", CL_CONFIGS, ids=[str(i) for i in range(len(CL_CONFIGS))])
+def test_channels_last_input(device, x_shape, w_shape, s, p, d, groups, bias, weight_cl, limit):
+    gen = torch.Generator().manual_seed(sum(x_shape) + 7 * sum(w_shape))
+    x = torch.randn(x_shape, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(w_shape, generator=gen, dtype=torch.float64).to(device)
+    b = torch.randn(w_shape[0], generator=gen, dtype=torch.float64).to(device) if bias else None
+    xc = x.contiguous(memory_format=torch.channels_last)
+    wc = w.contiguous(memory_format=torch.channels_last) if weight_cl else w
+    ops = torch.ops.dlkernels
+    pad = list(p)
+    ref_pad = [p[1], p[3], p[0], p[2]] if len(p) == 4 else None  # F.pad order: left, right, top, bottom
+    xr = F.pad(x, ref_pad) if ref_pad else x
+    ref = F.conv2d(xr, w, b, s, (0, 0) if ref_pad else p, d, groups)
+    gy = torch.randn(ref.shape, generator=gen, dtype=torch.float64).to(device).contiguous(
+        memory_format=torch.channels_last)
+    before = dlkernels.workspace_limit()
+    try:
+        if limit == "two":
+            dlkernels.set_workspace_limit(2 * w[0].numel() * ref.shape[2] * ref.shape[3] * 8 + 8)
+        elif limit is not None:
+            dlkernels.set_workspace_limit(limit)
+        y = ops.conv2d_forward(xc, wc, b, list(s), pad, list(d), groups)
+        grads = {}
+        for mask in ([True, True, bias], [True, False, False], [False, True, False], [False, False, bias]):
+            grads[tuple(mask)] = ops.conv2d_backward(gy, xc, wc, list(s), pad, list(d), groups, mask)
+    finally:
+        dlkernels.set_workspace_limit(before)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    assert _in_format_of(y, xc), y.stride()
+    xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    bb = b.clone().requires_grad_(True) if bias else None
+    out = F.conv2d(F.pad(xx, ref_pad) if ref_pad else xx, ww, bb, s, (0, 0) if ref_pad else p, d, groups)
+    want = torch.autograd.grad(out, [xx, ww] + ([bb] if bias else []), gy)
+    for mask, got in grads.items():
+        for i, on in enumerate(mask):
+            if not on:
+                assert got[i].numel() == 0
+                continue
+            torch.testing.assert_close(got[i], want[i], rtol=1e-12, atol=1e-12, msg=f"gradient {i}, mask {mask}")
+        if mask[0]:
+            assert _in_format_of(got[0], xc), got[0].stride()
+        if mask[1]:
+            assert _in_format_of(got[1], wc), got[1].stride()
+
+
+def test_channels_last_through_autograd_and_fake_tensors(device):
+    """The layer in a channels_last model: results and .grad in torch's formats, and the fake kernels
+    (torch.compile, opcheck) agree with the real ones on them."""
+    x = torch.randn(3, 6, 9, 8, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(5, 6, 3, 3, device=device).contiguous(memory_format=torch.channels_last) / 6
+    b = torch.randn(5, device=device)
+    ops = torch.ops.dlkernels
+    for weight in (w, w.contiguous()):
+        torch.library.opcheck(ops.conv2d_forward.default, (x.requires_grad_(True), weight.requires_grad_(True), b,
+                                                           [2, 1], [1, 1], [1, 1], 1))
+        y = ops.conv2d_forward(x.detach(), weight.detach(), b, [2, 1], [1, 1], [1, 1], 1)
+        for mask in ([True, True, True], [True, False, False], [False, True, False]):
+            torch.library.opcheck(ops.conv2d_backward.default,
+                                  (torch.randn_like(y), x.detach(), weight.detach(), [2, 1], [1, 1], [1, 1], 1, mask))
+    xx, ww = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    xt, wt = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    y = DF.conv2d(xx, ww, b, padding=1)
+    r = F.conv2d(xt, wt, b, padding=1)
+    g = torch.randn_like(r)
+    y.backward(g)
+    r.backward(g)
+    for ours, theirs in ((y, r), (xx.grad, xt.grad), (ww.grad, wt.grad)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        assert ours.stride() == theirs.stride()
+    compiled = torch.compile(lambda a, c: DF.conv2d(a, c, b, padding=1), fullgraph=True)
+    yc = compiled(x.detach(), w.detach())
+    assert yc.stride() == r.stride()
+    torch.testing.assert_close(yc, r.detach(), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape,w_shape,kw", [((7, 3, 10, 9), (5, 3, 3, 3), dict(padding=1)),
                                               ((5, 4, 8, 8), (6, 2, 3, 3), dict(stride=2, groups=2)),
                                               ((6, 8, 6, 6), (4, 8, 1, 1), {})])

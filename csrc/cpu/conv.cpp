@@ -17,6 +17,8 @@ DLK_CONV_DEFINE(scalar, scalar, double)
 
 DLK_ISA_DISPATCH(im2col, (const Im2colGeom& g, const T* in, T* col), (g, in, col))
 DLK_ISA_DISPATCH(col2im, (const Im2colGeom& g, const T* col, T* out), (g, col, out))
+DLK_ISA_DISPATCH(im2col_nhwc, (const Im2colGeom& g, const T* in, T* col), (g, in, col))
+DLK_ISA_DISPATCH(col2im_nhwc, (const Im2colGeom& g, const T* col, T* out), (g, col, out))
 DLK_ISA_DISPATCH(conv_rows_to_images, (int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out),
                   (B, OC, L, rows, bias, out))
 DLK_ISA_DISPATCH(conv_images_to_rows, (int64_t B, int64_t OC, int64_t L, const T* images, T* rows),
@@ -80,6 +82,8 @@ bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64
 #define DLK_CONV_INSTANTIATE(T)                                                                  \
   template void im2col<T>(const Im2colGeom&, const T*, T*);                                      \
   template void col2im<T>(const Im2colGeom&, const T*, T*);                                      \
+  template void im2col_nhwc<T>(const Im2colGeom&, const T*, T*);                                 \
+  template void col2im_nhwc<T>(const Im2colGeom&, const T*, T*);                                 \
   template void conv_rows_to_images<T>(int64_t, int64_t, int64_t, const T*, const T*, T*);       \
   template void conv_images_to_rows<T>(int64_t, int64_t, int64_t, const T*, T*);                 \
   template void channel_sum<T>(int64_t, int64_t, int64_t, const T*, T*);                        \

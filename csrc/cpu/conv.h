@@ -16,6 +16,12 @@ void im2col_bits16(const Im2colGeom& g, const uint16_t* in, uint16_t* col);
 // The adjoint of im2col: out (images, C, H, W) is fully written; each input pixel is the sum of the
 // column entries that copied it. Each input row is owned by one thread: deterministic, no atomics.
 template <class T> void col2im(const Im2colGeom& g, const T* col, T* out);
+// channels_last: the column matrix of g.images images stored (H, W, C), one row per output position,
+// (b * OH + oh) * OW + ow, of R = KH * KW * C values in (kh, kw, c) order (zeros in the padding), so that
+// a GEMM with the (OC, KH, KW, C) filters writes the (N, OH, OW, OC) output; and its adjoint, which
+// writes every pixel of the images (the sum of the entries copied from it). g's strides are unused.
+template <class T> void im2col_nhwc(const Im2colGeom& g, const T* in, T* col);
+template <class T> void col2im_nhwc(const Im2colGeom& g, const T* col, T* out);
 // out[b, oc, l] = rows[oc, b * L + l] + bias[oc] (bias may be nullptr): the chunk GEMM's (OC, B*L)
 // result back into (B, OC, L) images.
 template <class T> void conv_rows_to_images(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out);
@@ -92,6 +98,8 @@ template <class T> void conv_depthwise_weight_grad(const DepthwiseGeom& d, const
 #define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
   void im2col_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
   void col2im_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
+  void im2col_nhwc_##SUFFIX(const Im2colGeom&, const T*, T*);                                    \
+  void col2im_nhwc_##SUFFIX(const Im2colGeom&, const T*, T*);                                    \
   void conv_rows_to_images_##SUFFIX(int64_t, int64_t, int64_t, const T*, const T*, T*);          \
   void conv_images_to_rows_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);                    \
   void channel_sum_##SUFFIX(int64_t, int64_t, int64_t, const T*, T*);                           \

@@ -98,6 +98,84 @@ template <class V> struct ConvKernels {
     }
   }
 
+  // channels_last (NHWC) column matrix: row (b * OH + oh) * OW + ow holds the output position's KH * KW
+  // input pixels, each its C channels, (kh, kw, c) order: R = KH * KW * C values. A pixel is one
+  // contiguous run of C values in the input, and at dilation 1 a kernel row's KW pixels are one run of
+  // KW * C (unless the row crosses the padding). One task per output row (b, oh).
+  static void im2col_nhwc(const Im2colGeom& g, const T* in, T* col) {
+    const int64_t C = g.C, R = g.rows(), tasks = g.images * g.OH;
+#pragma omp parallel for schedule(static) if (tasks * g.OW * R > kConvParallelGrain)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t b = t / g.OH, oh = t % g.OH;
+      const T* x = in + b * g.H * g.W * C;
+      T* dst = col + t * g.OW * R;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const int64_t w0 = ow * g.SW - g.PW;
+        for (int64_t kh = 0; kh < g.KH; ++kh, dst += g.KW * C) {
+          const int64_t h = oh * g.SH - g.PH + kh * g.DH;
+          if (h < 0 || h >= g.H) {
+            fill_run(dst, g.KW * C, T(0));
+            continue;
+          }
+          const T* xr = x + h * g.W * C;
+          if (g.DW == 1 && w0 >= 0 && w0 + g.KW <= g.W) {
+            copy_run(dst, xr + w0 * C, g.KW * C);
+            continue;
+          }
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t w = w0 + kw * g.DW;
+            if (w < 0 || w >= g.W) {
+              fill_run(dst + kw * C, C, T(0));
+            } else {
+              copy_run(dst + kw * C, xr + w * C, C);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // The adjoint of im2col_nhwc: out (images, H, W, C) fully written, each pixel the sum of the column
+  // entries copied from it, added in (kh, kw) order. One task per input row (b, h): deterministic.
+  static void col2im_nhwc(const Im2colGeom& g, const T* col, T* out) {
+    const int64_t C = g.C, R = g.rows(), tasks = g.images * g.H;
+#pragma omp parallel for schedule(static) if (tasks * g.W * R > kConvParallelGrain)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t b = t / g.H, h = t % g.H;
+      T* dx = out + t * g.W * C;
+      fill_run(dx, g.W * C, T(0));
+      for (int64_t kh = 0; kh < g.KH; ++kh) {
+        const int64_t hh = h + g.PH - kh * g.DH;
+        if (hh < 0 || hh % g.SH != 0 || hh / g.SH >= g.OH) continue;
+        const T* src_row = col + (b * g.OH + hh / g.SH) * g.OW * R;
+        for (int64_t kw = 0; kw < g.KW; ++kw) {
+          const int64_t off = kw * g.DW - g.PW;
+          int64_t lo, hi;
+          conv_tap_range(off, g.SW, g.W, g.OW, lo, hi);
+          const T* src = src_row + (kh * g.KW + kw) * C;
+          for (int64_t ow = lo; ow <= hi; ++ow) add_run(dx + (ow * g.SW + off) * C, src + ow * R, C);
+        }
+      }
+    }
+  }
+
+  static void fill_run(T* d, int64_t n, T v) {
+    int64_t i = 0;
+    for (; i + V::W <= n; i += V::W) V::store(d + i, V::set1(v));
+    for (; i < n; ++i) d[i] = v;
+  }
+  static void copy_run(T* d, const T* s, int64_t n) {
+    int64_t i = 0;
+    for (; i + V::W <= n; i += V::W) V::store(d + i, V::load(s + i));
+    if (i < n) V::store_tail(d + i, V::load_tail(s + i, n - i, T(0)), n - i);
+  }
+  // d[i] += s[i] for i < n
+  static void add_run(T* d, const T* s, int64_t n) {
+    int64_t i = 0;
+    for (; i + V::W <= n; i += V::W) V::store(d + i, V::add(V::load(d + i), V::load(s + i)));
+    if (i < n) V::store_tail(d + i, V::add(V::load_tail(d + i, n - i, T(0)), V::load_tail(s + i, n - i, T(0))), n - i);
+  }
+
   static void col2im(const Im2colGeom& g, const T* col, T* out) {
     const int64_t KK = g.KH * g.KW;
     const int64_t tasks = g.images * g.C * g.H;  // one input row each
@@ -714,6 +792,12 @@ template <class T> struct DepthwiseKernels {
 #define DLK_CONV_DEFINE(SUFFIX, NS, T)                                                                      \
   void im2col_##SUFFIX(const Im2colGeom& g, const T* in, T* col) { ConvKernels<NS::Vec<T>>::im2col(g, in, col); } \
   void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<NS::Vec<T>>::col2im(g, col, out); } \
+  void im2col_nhwc_##SUFFIX(const Im2colGeom& g, const T* in, T* col) {                                  \
+    ConvKernels<NS::Vec<T>>::im2col_nhwc(g, in, col);                                                     \
+  }                                                                                                       \
+  void col2im_nhwc_##SUFFIX(const Im2colGeom& g, const T* col, T* out) {                                 \
+    ConvKernels<NS::Vec<T>>::col2im_nhwc(g, col, out);                                                    \
+  }                                                                                                       \
   void conv_direct_forward_##SUFFIX(const DirectGeom& d, const T* in, const T* w, const T* bias, T* out) {   \
     ConvKernels<NS::Vec<T>>::direct_forward(d, in, w, bias, out);                                         \
   }                                                                                                       \

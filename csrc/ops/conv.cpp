@@ -25,6 +25,7 @@
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -411,6 +412,122 @@ Im2colGeom chunk_geom(const ConvGeom& c, int64_t B) {
   return g;
 }
 
+// channels_last. torch answers a channels_last input with a channels_last output, and so does every path
+// here; a channels_last weight gets a channels_last gradient. A tensor that is both (C == 1, or 1x1
+// images) counts as contiguous.
+bool channels_last(const Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(c10::MemoryFormat::ChannelsLast);
+}
+
+// On the CPU, a one-group layer with a channels_last input runs in that layout (float32/float64): the
+// column matrix has a row per output position (cpu::im2col_nhwc), so that one GEMM per chunk of images
+// with the filters as (OC, KH * KW * C) writes the chunk's (B * OH * OW, OC) rows of the output in place,
+// with the bias in the GEMM; a 1x1 stride-1 layer multiplies the input's own (B * H * W, C) rows. The
+// backward reads grad_output's rows the same way: grad_weight += gy^T @ col, grad_input by col2im_nhwc
+// of gy @ W (1x1: gy @ W itself). No layout copies, no rows-to-images moves.
+bool nhwc(const ConvGeom& c, const Tensor& x) { return cpu_float_kernels(x) && c.G == 1 && channels_last(x); }
+
+// An (N, C, H, W) tensor stored (N, H, W, C), and the (N * H * W, C) rows of one.
+Tensor empty_nhwc(int64_t N, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
+  return empty_output({N, H, W, C}, options).permute({0, 3, 1, 2});
+}
+Tensor nhwc_rows(const Tensor& t) { return t.permute({0, 2, 3, 1}).view({-1, t.size(1)}); }
+
+// Images per chunk: the column matrix near the last-level cache, as chunk_images; a 1x1 layer's input
+// and output rows within half of it (16 images of 64 -> 256 channels at 56x56: rows of 3136 positions
+// ran at 138 GFLOP/s in at::mm, rows of 12544 at 85, 50176 at 49, on the CI host).
+int64_t nhwc_chunk_images(const ConvGeom& c, const Tensor& x) {
+  const int64_t per_row = c.direct ? c.g.C + c.OC : c.g.rows();
+  const int64_t budget = c.direct ? kColumnCacheTarget / 2 : kColumnCacheTarget;
+  const int64_t per_image = per_row * c.g.positions() * int64_t(x.element_size());
+  return std::max<int64_t>(1, std::min<int64_t>(c.N, budget / std::max<int64_t>(per_image, 1)));
+}
+
+void nhwc_im2col(const Im2colGeom& g, const Tensor& x, int64_t n0, const Tensor& col) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
+    cpu::im2col_nhwc<scalar_t>(g, x.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C, col.data_ptr<scalar_t>());
+  });
+}
+
+// x channels_last, out (N, OC, OH, OW) channels_last, b undefined or contiguous.
+void nhwc_forward(const ConvGeom& c, const Tensor& x, const Tensor& weight, const Tensor& b, const Tensor& out) {
+  const int64_t L = c.g.positions(), R = c.g.rows();
+  const Tensor wT = weight.permute({0, 2, 3, 1}).contiguous().view({c.OC, R}).t();  // (R, OC)
+  const Tensor x_rows = nhwc_rows(x), out_rows = nhwc_rows(out);
+  const int64_t B_max = nhwc_chunk_images(c, x);
+  Tensor col_buf = c.direct ? Tensor() : empty_output({B_max * L * R}, x.options());
+  for (int64_t n0 = 0; n0 < c.N; n0 += B_max) {
+    const int64_t B = std::min(B_max, c.N - n0);
+    Tensor col;
+    if (c.direct) {
+      col = x_rows.narrow(0, n0 * L, B * L);
+    } else {
+      Im2colGeom g = c.g;
+      g.images = B;
+      col = col_buf.narrow(0, 0, B * L * R).view({B * L, R});
+      nhwc_im2col(g, x, n0, col);
+    }
+    Tensor o = out_rows.narrow(0, n0 * L, B * L);
+    if (b.defined()) {
+      at::addmm_out(o, b, col, wT);
+    } else {
+      at::mm_out(o, col, wT);
+    }
+  }
+}
+
+// The channels_last backward: grad_input channels_last, grad_weight in the weight's format.
+void nhwc_backward(const ConvGeom& c, const Tensor& grad_output, const Tensor& x, const Tensor& weight,
+                   std::array<bool, 3> mask, Tensor& grad_input, Tensor& grad_weight, Tensor& grad_bias) {
+  const int64_t L = c.g.positions(), R = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
+  const Tensor go = grad_output.contiguous(c10::MemoryFormat::ChannelsLast);
+  const Tensor gy_rows = nhwc_rows(go);  // (N * L, OC)
+  if (mask[2]) grad_bias = at::sum(gy_rows, {0}, false, at::kDouble).to(x.scalar_type());
+  if (!mask[0] && !mask[1]) return;
+  const Tensor w_rows = weight.permute({0, 2, 3, 1}).contiguous().view({c.OC, R});  // (OC, R)
+  const Tensor x_rows = nhwc_rows(x);
+  // grad_weight as (OC, R) += gy^T @ col: (OC, KH, KW, C) stored, a channels_last weight's own layout.
+  // (Accumulated transposed, (R, OC), the GEMMs ran up to 7% faster, but the transposed copy back cost
+  // 5.5 ms for a 512 x 4608 gradient, more than it saved: resnet18 profile, CI host.)
+  Tensor gw_rows = mask[1] ? at::empty({c.OC, R}, x.options()) : Tensor();
+  if (mask[0]) grad_input = empty_nhwc(c.N, c.g.C, c.g.H, c.g.W, x.options());
+  const Tensor gi_rows = mask[0] ? nhwc_rows(grad_input) : Tensor();
+  if (c.direct && mask[1]) at::mm_out(gw_rows, gy_rows.t(), x_rows);  // one GEMM over the batch
+  const int64_t B_max = nhwc_chunk_images(c, x);
+  Tensor col_buf = c.direct ? Tensor() : empty_output({B_max * L * R}, x.options());
+  for (int64_t n0 = 0; n0 < c.N && (mask[0] || !c.direct); n0 += B_max) {
+    const int64_t B = std::min(B_max, c.N - n0);
+    const Tensor gy = gy_rows.narrow(0, n0 * L, B * L);
+    if (c.direct) {  // mask[0]
+      Tensor gi = gi_rows.narrow(0, n0 * L, B * L);
+      at::mm_out(gi, gy, w_rows);
+      continue;
+    }
+    Im2colGeom g = c.g;
+    g.images = B;
+    Tensor col = col_buf.narrow(0, 0, B * L * R).view({B * L, R});
+    if (mask[1]) {
+      nhwc_im2col(g, x, n0, col);
+      if (n0 == 0) {
+        at::mm_out(gw_rows, gy.t(), col);
+      } else {
+        gw_rows.addmm_(gy.t(), col);
+      }
+    }
+    if (mask[0]) {
+      at::mm_out(col, gy, w_rows);  // the column buffer is free again once grad_weight has used it
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
+        cpu::col2im_nhwc<scalar_t>(g, col.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>() + n0 * image);
+      });
+    }
+  }
+  if (mask[1]) {
+    const Tensor gw = gw_rows.view({c.OC, c.g.KH, c.g.KW, c.g.C}).permute({0, 3, 1, 2});  // channels_last
+    // (a contiguous weight's gradient with torch's strides, size-1 dimensions included)
+    grad_weight = channels_last(weight) ? gw : at::empty(weight.sizes(), x.options()).copy_(gw);
+  }
+}
+
 }  // namespace
 
 int64_t workspace_limit() { return g_workspace_limit.load(); }
@@ -449,7 +566,10 @@ void lowp_cpu_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const
 
 }  // namespace
 
-Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias, IntArrayRef stride,
+namespace {
+
+Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
+                           IntArrayRef stride,
                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "conv2d";
   ConvGeom c = conv_geom(op, input, weight, stride, padding, dilation, groups);
@@ -459,6 +579,11 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == c.OC, "dlkernels.conv2d: bias must have shape (", c.OC,
                       "), got ", bias->sizes());
     b = bias->contiguous();
+  }
+  if (nhwc(c, input)) {
+    Tensor out = empty_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
+    if (c.N > 0) nhwc_forward(c, input, weight, b, out);
+    return out;
   }
   const Tensor x = input.contiguous(), w = weight.contiguous();
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
@@ -535,9 +660,10 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::opti
   return out;
 }
 
-std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
-                                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
-                                                   int64_t groups, std::array<bool, 3> output_mask) {
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_output, const Tensor& input,
+                                                        const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
+                                                        IntArrayRef dilation, int64_t groups,
+                                                        std::array<bool, 3> output_mask) {
   const char* op = "conv2d_backward";
   ConvGeom c = conv_geom(op, input, weight, stride, padding, dilation, groups);
   check_same(op, "grad_output", grad_output, input);
@@ -597,6 +723,11 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       if (output_mask[2]) gb = std::get<2>(r).to(t);
     }
     return {gi, gw.defined() ? gw : at::empty({0}, input.options()), gb};
+  }
+  if (nhwc(c, input)) {
+    Tensor gi = at::empty({0}, input.options()), gw = at::empty({0}, input.options()), gb = at::empty({0}, input.options());
+    nhwc_backward(c, grad_output, input, weight, output_mask, gi, gw, gb);
+    return {gi, gw, gb};
   }
   const Tensor x = input.contiguous(), w = weight.contiguous(), go = grad_output.contiguous();
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
@@ -686,6 +817,28 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   }
   if (gwT.defined()) gw3.select(0, 0).copy_(gwT.t());
   return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+// The public ops: each result in the memory format its counterpart has (the paths above that compute in
+// the contiguous layout hand a channels_last input's results back converted).
+Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias, IntArrayRef stride,
+                      IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  Tensor out = conv2d_forward_impl(input, weight, bias, stride, padding, dilation, groups);
+  return channels_last(input) ? out.contiguous(c10::MemoryFormat::ChannelsLast) : out;
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                                                   IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
+                                                   int64_t groups, std::array<bool, 3> output_mask) {
+  auto r = conv2d_backward_impl(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
+  if (output_mask[0] && channels_last(input)) std::get<0>(r) = std::get<0>(r).contiguous(c10::MemoryFormat::ChannelsLast);
+  if (output_mask[1]) {
+    const auto f = channels_last(weight) ? c10::MemoryFormat::ChannelsLast : c10::MemoryFormat::Contiguous;
+    std::get<1>(r) = std::get<1>(r).contiguous(f);
+  }
+  return r;
 }
 
 Tensor im2col(const Tensor& input, IntArrayRef kernel_size, IntArrayRef dilation, IntArrayRef padding,
