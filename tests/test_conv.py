@@ -229,6 +229,41 @@ def test_depthwise(device, dtype, x_shape, w_shape, kw, bias):
     torch.testing.assert_close(DF.conv2d(xc, w, b, **kw), F.conv2d(x, w, b, **kw), **tol)
 
 
+@pytest.mark.parametrize("x_shape,w_shape,kw", DEPTHWISE_CONFIGS, ids=[str(i) for i in range(len(DEPTHWISE_CONFIGS))])
+def test_depthwise_channels_last(device, x_shape, w_shape, kw):
+    """channels_last input: one filter per channel runs the channels_last kernels (ops/conv.cpp,
+    depthwise_nhwc), more filters compute contiguous. Output and every gradient against torch in float64
+    at 1e-12, each gradient alone too, in torch's memory formats."""
+    gen = torch.Generator().manual_seed(sum(x_shape) + sum(w_shape))
+    x = torch.randn(x_shape, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(w_shape, generator=gen, dtype=torch.float64).to(device)
+    b = torch.randn(w_shape[0], generator=gen, dtype=torch.float64).to(device)
+    kw = dict(kw, groups=x_shape[1])
+    xc = x.contiguous(memory_format=torch.channels_last)
+    for bias in (b, None):
+        xs, ws, bs = (t.clone().requires_grad_(True) for t in (xc, w, b))
+        ys = DF.conv2d(xs, ws, bs if bias is not None else None, **kw)
+        xr, wr, br = (t.clone().requires_grad_(True) for t in (xc, w, b))
+        yr = F.conv2d(xr, wr, br if bias is not None else None, **kw)
+        torch.testing.assert_close(ys, yr, rtol=1e-12, atol=1e-12)
+        assert _in_format_of(ys, xc), ys.stride()
+        g = torch.randn(yr.shape, generator=gen, dtype=torch.float64).to(device).contiguous(
+            memory_format=torch.channels_last)
+        wrt_s, wrt_r = [xs, ws], [xr, wr]
+        if bias is not None:
+            wrt_s.append(bs)
+            wrt_r.append(br)
+        for i in range(len(wrt_s)):  # each gradient alone, then all
+            got, = torch.autograd.grad(ys, wrt_s[i], g, retain_graph=True)
+            want, = torch.autograd.grad(yr, wrt_r[i], g, retain_graph=True)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        got = torch.autograd.grad(ys, wrt_s, g)
+        want = torch.autograd.grad(yr, wrt_r, g)
+        for a, e in zip(got, want):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+        assert _in_format_of(got[0], xc), got[0].stride()
+
+
 # One-group CPU layers beyond the small-filter bound accumulate grad_weight transposed (ops/conv.cpp):
 # many filters, the direct 1x1 path, strided and dilated, whole-batch chunks, one image per chunk
 # (workspace limit 1) and two (a smaller last chunk), with and without bias.

@@ -40,6 +40,13 @@ DLK_ISA_DISPATCH(conv_depthwise_input_grad, (const DepthwiseGeom& d, const T* gr
                  (d, grad_out, w, grad_in))
 DLK_ISA_DISPATCH(conv_depthwise_weight_grad, (const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_w),
                  (d, in, grad_out, grad_w))
+DLK_ISA_DISPATCH(conv_depthwise_nhwc_forward, (const DepthwiseGeom& d, const T* in, const T* wt, const T* bias, T* out),
+                 (d, in, wt, bias, out))
+DLK_ISA_DISPATCH(conv_depthwise_nhwc_input_grad, (const DepthwiseGeom& d, const T* grad_out, const T* wt, T* grad_in),
+                 (d, grad_out, wt, grad_in))
+DLK_ISA_DISPATCH(conv_depthwise_nhwc_weight_grad,
+                 (const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_wt, double* work),
+                 (d, in, grad_out, grad_wt, work))
 
 void im2col_bits16(const Im2colGeom& g, const uint16_t* in, uint16_t* col) {
   const int64_t rows = g.rows(), KK = g.KH * g.KW, plane = g.H * g.W;
@@ -93,7 +100,10 @@ bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64
   template void conv_direct_forward<T>(const DirectGeom&, const T*, const T*, const T*, T*);             \
   template void conv_depthwise_forward<T>(const DepthwiseGeom&, const T*, const T*, const T*, T*);       \
   template void conv_depthwise_input_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);              \
-  template void conv_depthwise_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);
+  template void conv_depthwise_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);              \
+  template void conv_depthwise_nhwc_forward<T>(const DepthwiseGeom&, const T*, const T*, const T*, T*);  \
+  template void conv_depthwise_nhwc_input_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);         \
+  template void conv_depthwise_nhwc_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*, double*);
 DLK_CONV_INSTANTIATE(float)
 DLK_CONV_INSTANTIATE(double)
 #undef DLK_CONV_INSTANTIATE

@@ -94,6 +94,14 @@ template <class T>
 void conv_depthwise_forward(const DepthwiseGeom& d, const T* in, const T* w, const T* bias, T* out);
 template <class T> void conv_depthwise_input_grad(const DepthwiseGeom& d, const T* grad_out, const T* w, T* grad_in);
 template <class T> void conv_depthwise_weight_grad(const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_w);
+// The same for channels_last tensors with one filter per channel (M == 1): in (N, H, W, C), out and
+// grad_out (N, OH, OW, C), the filters as wt (KH * KW, C), tap-major (their gradient likewise); loops
+// along C. The weight gradient's work holds N * KH * KW * C doubles.
+template <class T>
+void conv_depthwise_nhwc_forward(const DepthwiseGeom& d, const T* in, const T* wt, const T* bias, T* out);
+template <class T> void conv_depthwise_nhwc_input_grad(const DepthwiseGeom& d, const T* grad_out, const T* wt, T* grad_in);
+template <class T>
+void conv_depthwise_nhwc_weight_grad(const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_wt, double* work);
 
 #define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
   void im2col_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
@@ -109,7 +117,10 @@ template <class T> void conv_depthwise_weight_grad(const DepthwiseGeom& d, const
   void conv_direct_forward_##SUFFIX(const DirectGeom&, const T*, const T*, const T*, T*);                 \
   void conv_depthwise_forward_##SUFFIX(const DepthwiseGeom&, const T*, const T*, const T*, T*);           \
   void conv_depthwise_input_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);                  \
-  void conv_depthwise_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);
+  void conv_depthwise_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);                 \
+  void conv_depthwise_nhwc_forward_##SUFFIX(const DepthwiseGeom&, const T*, const T*, const T*, T*);      \
+  void conv_depthwise_nhwc_input_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);             \
+  void conv_depthwise_nhwc_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*, double*);
 DLK_CONV_DECLARE(scalar, float)
 DLK_CONV_DECLARE(scalar, double)
 DLK_CONV_DECLARE(avx2, float)

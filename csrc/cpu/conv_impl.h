@@ -550,6 +550,104 @@ template <class V, int MR = (V::kRegisters >= 32 ? 8 : 4), int NV = 3> struct Ti
 
 // Depthwise convolution (conv.h, DepthwiseGeom): plain loops over runs of valid output columns,
 // compiler-vectorized per ISA (contiguous at column stride 1).
+// Depthwise convolution of channels_last tensors, one filter per channel (M == 1): in (N, H, W, C),
+// wt (KH * KW, C) (tap-major), out (N, OH, OW, C). Every loop runs along C, contiguous in all three, so
+// the compiler vectorizes it whatever the plane size. The sums are those of the planar kernels: bias,
+// then the taps in (kh, kw) order; the input gradient gathers, per input pixel, the taps that read it in
+// (kh, kw) order; the weight gradient sums each output row in T, the rows of an image in double, then
+// the images in double in order (deterministic for any thread count).
+template <class T> struct DepthwiseNhwc {
+  static bool parallel(int64_t tasks, const DepthwiseGeom& d) {
+    return tasks > 1 && tasks * d.OW * d.C * d.KH * d.KW > kConvParallelGrain;
+  }
+
+  static void forward(const DepthwiseGeom& d, const T* in, const T* wt, const T* bias, T* out) {
+    const int64_t C = d.C, tasks = d.N * d.OH;
+#pragma omp parallel for schedule(static) if (parallel(tasks, d))
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / d.OH, oh = t % d.OH;
+      const T* x = in + n * d.H * d.W * C;
+      for (int64_t ow = 0; ow < d.OW; ++ow) {
+        T* o = out + (t * d.OW + ow) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] = bias ? bias[c] : T(0);
+        for (int64_t kh = 0; kh < d.KH; ++kh) {
+          const int64_t h = oh * d.SH - d.PH + kh * d.DH;
+          if (h < 0 || h >= d.H) continue;
+          for (int64_t kw = 0; kw < d.KW; ++kw) {
+            const int64_t w = ow * d.SW - d.PW + kw * d.DW;
+            if (w < 0 || w >= d.W) continue;
+            const T* xv = x + (h * d.W + w) * C;
+            const T* wv = wt + (kh * d.KW + kw) * C;
+            for (int64_t c = 0; c < C; ++c) o[c] += xv[c] * wv[c];
+          }
+        }
+      }
+    }
+  }
+
+  static void input_grad(const DepthwiseGeom& d, const T* go, const T* wt, T* gi) {
+    const int64_t C = d.C, tasks = d.N * d.H;
+#pragma omp parallel for schedule(static) if (parallel(tasks, d))
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / d.H, h = t % d.H;
+      const T* g = go + n * d.OH * d.OW * C;
+      for (int64_t w = 0; w < d.W; ++w) {
+        T* o = gi + (t * d.W + w) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] = T(0);
+        for (int64_t kh = 0; kh < d.KH; ++kh) {
+          const int64_t hh = h + d.PH - kh * d.DH;
+          if (hh < 0 || hh % d.SH != 0 || hh / d.SH >= d.OH) continue;
+          for (int64_t kw = 0; kw < d.KW; ++kw) {
+            const int64_t ww = w + d.PW - kw * d.DW;
+            if (ww < 0 || ww % d.SW != 0 || ww / d.SW >= d.OW) continue;
+            const T* gv = g + ((hh / d.SH) * d.OW + ww / d.SW) * C;
+            const T* wv = wt + (kh * d.KW + kw) * C;
+            for (int64_t c = 0; c < C; ++c) o[c] += gv[c] * wv[c];
+          }
+        }
+      }
+    }
+  }
+
+  // work: N * KH * KW * C doubles (one partial sum per image); gwt (KH * KW, C).
+  static void weight_grad(const DepthwiseGeom& d, const T* in, const T* go, T* gwt, double* work) {
+    const int64_t C = d.C, KK = d.KH * d.KW;
+#pragma omp parallel if (parallel(d.N * d.OH, d))
+    {
+      std::vector<T> row(size_t(KK * C));
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < d.N; ++n) {
+        double* acc = work + n * KK * C;
+        for (int64_t i = 0; i < KK * C; ++i) acc[i] = 0.0;
+        const T* x = in + n * d.H * d.W * C;
+        for (int64_t oh = 0; oh < d.OH; ++oh) {
+          for (int64_t i = 0; i < KK * C; ++i) row[i] = T(0);
+          for (int64_t ow = 0; ow < d.OW; ++ow) {
+            const T* gv = go + ((n * d.OH + oh) * d.OW + ow) * C;
+            for (int64_t kh = 0; kh < d.KH; ++kh) {
+              const int64_t h = oh * d.SH - d.PH + kh * d.DH;
+              if (h < 0 || h >= d.H) continue;
+              for (int64_t kw = 0; kw < d.KW; ++kw) {
+                const int64_t w = ow * d.SW - d.PW + kw * d.DW;
+                if (w < 0 || w >= d.W) continue;
+                const T* xv = x + (h * d.W + w) * C;
+                T* r = row.data() + (kh * d.KW + kw) * C;
+                for (int64_t c = 0; c < C; ++c) r[c] += gv[c] * xv[c];
+              }
+            }
+          }
+          for (int64_t i = 0; i < KK * C; ++i) acc[i] += double(row[i]);
+        }
+      }
+    }
+    for (int64_t i = 0; i < KK * C; ++i) {
+      double s = 0.0;
+      for (int64_t n = 0; n < d.N; ++n) s += work[n * KK * C + i];
+      gwt[i] = T(s);
+    }
+  }
+};
+
 template <class T> struct DepthwiseKernels {
   struct Tap {
     int64_t lo, hi, off;  // valid output columns [lo, hi]; input column = ow * SW + off
@@ -809,6 +907,17 @@ template <class T> struct DepthwiseKernels {
   }                                                                                                       \
   void conv_depthwise_weight_grad_##SUFFIX(const DepthwiseGeom& d, const T* in, const T* go, T* gw) {     \
     DepthwiseKernels<T>::weight_grad(d, in, go, gw);                                                      \
+  }                                                                                                       \
+  void conv_depthwise_nhwc_forward_##SUFFIX(const DepthwiseGeom& d, const T* in, const T* wt, const T* bias, \
+                                             T* out) {                                                    \
+    DepthwiseNhwc<T>::forward(d, in, wt, bias, out);                                                      \
+  }                                                                                                       \
+  void conv_depthwise_nhwc_input_grad_##SUFFIX(const DepthwiseGeom& d, const T* go, const T* wt, T* gi) { \
+    DepthwiseNhwc<T>::input_grad(d, go, wt, gi);                                                          \
+  }                                                                                                       \
+  void conv_depthwise_nhwc_weight_grad_##SUFFIX(const DepthwiseGeom& d, const T* in, const T* go, T* gwt, \
+                                                double* work) {                                           \
+    DepthwiseNhwc<T>::weight_grad(d, in, go, gwt, work);                                                  \
   }                                                                                                       \
   void conv_rows_to_images_##SUFFIX(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out) { \
     ConvKernels<NS::Vec<T>>::rows_to_images(B, OC, L, rows, bias, out);                                            \

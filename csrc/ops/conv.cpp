@@ -427,6 +427,13 @@ bool channels_last(const Tensor& t) {
 // of gy @ W (1x1: gy @ W itself). No layout copies, no rows-to-images moves.
 bool nhwc(const ConvGeom& c, const Tensor& x) { return cpu_float_kernels(x) && c.G == 1 && channels_last(x); }
 
+// Depthwise layers with one filter per channel take channels_last input as it is too: the kernels of
+// cpu::conv_depthwise_nhwc_*, whose loops run along the channels (at 7x7 and 4x4 the planar kernels'
+// rows are a few values long).
+bool depthwise_nhwc(const ConvGeom& c, const Tensor& x) {
+  return cpu_float_kernels(x) && c.G == c.g.C && c.G > 1 && c.OC == c.g.C && channels_last(x);
+}
+
 // An (N, C, H, W) tensor stored (N, H, W, C), and the (N * H * W, C) rows of one.
 Tensor empty_nhwc(int64_t N, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
   return empty_output({N, H, W, C}, options).permute({0, 3, 1, 2});
@@ -601,6 +608,18 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
     if (c.N > 0) nhwc_forward(c, input, weight, b, out);
     return out;
   }
+  if (depthwise_nhwc(c, input)) {
+    Tensor out = empty_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
+    const Tensor wt = weight.reshape({c.OC, c.g.KH * c.g.KW}).t().contiguous();  // (KH * KW, C)
+    if (c.N > 0) {
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv2d", [&] {
+        cpu::conv_depthwise_nhwc_forward<scalar_t>(depthwise_geom(c), input.data_ptr<scalar_t>(),
+                                                   wt.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+                                                   out.data_ptr<scalar_t>());
+      });
+    }
+    return out;
+  }
   const Tensor x = input.contiguous(), w = weight.contiguous();
   const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
   Tensor out = empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
@@ -743,6 +762,27 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
   if (nhwc(c, input)) {
     Tensor gi = at::empty({0}, input.options()), gw = at::empty({0}, input.options()), gb = at::empty({0}, input.options());
     nhwc_backward(c, grad_output, input, weight, output_mask, gi, gw, gb);
+    return {gi, gw, gb};
+  }
+  if (depthwise_nhwc(c, input)) {
+    Tensor gi = at::empty({0}, input.options()), gw = at::empty({0}, input.options()), gb = at::empty({0}, input.options());
+    const Tensor go = grad_output.contiguous(c10::MemoryFormat::ChannelsLast);
+    if (output_mask[2]) gb = at::sum(nhwc_rows(go), {0}, false, at::kDouble).to(input.scalar_type());
+    const int64_t KK = c.g.KH * c.g.KW;
+    const cpu::DepthwiseGeom d = depthwise_geom(c);
+    if (output_mask[0]) gi = empty_nhwc(c.N, c.g.C, c.g.H, c.g.W, input.options());
+    Tensor gwt = output_mask[1] ? at::empty({KK, c.OC}, input.options()) : Tensor();
+    const Tensor wt = weight.reshape({c.OC, KK}).t().contiguous();  // (KH * KW, C)
+    Tensor work = output_mask[1] ? at::empty({c.N * KK * c.OC}, input.options().dtype(at::kDouble)) : Tensor();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv2d_backward", [&] {
+      if (output_mask[0] && c.N > 0)
+        cpu::conv_depthwise_nhwc_input_grad<scalar_t>(d, go.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+                                                      gi.data_ptr<scalar_t>());
+      if (output_mask[1])
+        cpu::conv_depthwise_nhwc_weight_grad<scalar_t>(d, input.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(),
+                                                       gwt.data_ptr<scalar_t>(), work.data_ptr<double>());
+    });
+    if (output_mask[1]) gw = at::empty(weight.sizes(), input.options()).copy_(gwt.t().reshape(weight.sizes()));
     return {gi, gw, gb};
   }
   const Tensor x = input.contiguous(), w = weight.contiguous(), go = grad_output.contiguous();
