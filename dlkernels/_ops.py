@@ -85,12 +85,13 @@ def _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode):
 @torch.library.register_fake("dlkernels::max_pool2d_forward")
 def _max_pool2d_forward_fake(input, kernel_size, stride, padding, dilation, ceil_mode, tap_index=False):
     shape = _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.uint8 if tap_index else torch.int64)
+    return (_like_format(input.new_empty(shape), input),
+            _like_format(input.new_empty(shape, dtype=torch.uint8 if tap_index else torch.int64), input))
 
 
 @torch.library.register_fake("dlkernels::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
-    return torch.empty_like(input, memory_format=torch.contiguous_format)
+    return _like_format(torch.empty_like(input, memory_format=torch.contiguous_format), input)
 
 
 @torch.library.register_fake("dlkernels::avg_pool2d_forward")
@@ -135,14 +136,14 @@ def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups)
     return _like_format(out, input)
 
 
-def _conv_channels_last(t):
-    """Whether the conv ops take t as channels_last (mirrors channels_last in csrc/ops/conv.cpp)."""
+def _channels_last(t):
+    """Whether the conv and max-pooling ops take t as channels_last (mirrors channels_last in csrc/ops/alloc.h)."""
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _like_format(t, like):
-    """t in channels_last where `like` is (the conv ops' results follow their counterparts' format)."""
-    return t.contiguous(memory_format=torch.channels_last) if _conv_channels_last(like) else t
+    """t in channels_last where `like` is (the conv and max-pooling ops' results follow their counterparts' format)."""
+    return t.contiguous(memory_format=torch.channels_last) if _channels_last(like) else t
 
 
 @torch.library.register_fake("dlkernels::conv2d_backward")

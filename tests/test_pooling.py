@@ -110,6 +110,53 @@ def test_max_pool2d_tap_bytes_out_of_the_window_are_skipped():
                 assert torch.equal(got, want), (isa, dtype)
 
 
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", MAX_CONFIGS, ids=[str(i) for i in range(len(MAX_CONFIGS))])
+def test_max_pool2d_channels_last(device, dtype, shape, k, s, p, d, ceil):
+    """channels_last input (on the CPU pooled in that layout, ops/pooling.cpp): output, torch's indices,
+    the tap bytes of the planar kernels, the gradient through either argmax form (equal to torch's, and
+    to each other bit for bit), all in torch's memory formats; ties, NaN and windows of -inf; a tap
+    byte past the window adds nothing."""
+    x = torch.randn(shape, dtype=dtype)
+    x.view(-1)[::3] = x.view(-1)[::3].round()  # ties
+    if x.numel() > 4:
+        x.view(-1)[1] = float("-inf")
+        x.view(-1)[-2] = float("nan")
+    if x.shape[0] > 1:
+        x[1, 0] = float("-inf")  # windows of -inf only
+    x = x.to(device)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if not xc.is_contiguous() else torch.contiguous_format
+    args = (list(k), list(s), list(p), list(d), ceil)
+    ops = torch.ops.dlkernels
+    ref, ref_idx = F.max_pool2d(xc, *args, return_indices=True)
+    out, idx = ops.max_pool2d_forward(xc, *args)
+    torch.testing.assert_close(out, ref, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(idx, ref_idx)
+    assert out.is_contiguous(memory_format=fmt) and idx.is_contiguous(memory_format=fmt)
+    g = torch.randn(ref.shape, dtype=dtype).to(device).contiguous(memory_format=torch.channels_last)
+    xr = xc.clone().requires_grad_(True)
+    want, = torch.autograd.grad(F.max_pool2d(xr, *args), xr, g)
+    gi = ops.max_pool2d_backward(g, xc, idx, *args)
+    torch.testing.assert_close(gi, want, rtol=0, atol=0)
+    assert gi.is_contiguous(memory_format=fmt)
+    if device == "cpu" and not cuda_semantics(device):  # the uint8 tap form is CPU-only
+        out_t, taps = ops.max_pool2d_forward(xc, *args, tap_index=True)
+        _, planar_taps = ops.max_pool2d_forward(x, *args, tap_index=True)
+        assert torch.equal(taps, planar_taps) and taps.is_contiguous(memory_format=fmt)
+        assert torch.equal(out_t.nan_to_num(), out.nan_to_num()) and torch.equal(out_t.isnan(), out.isnan())
+        assert torch.equal(ops.max_pool2d_backward(g, xc, taps, *args), gi)
+        bad = taps.clone()
+        bad[..., ::2] = 255
+        masked = g.masked_fill(bad == 255, 0)
+        assert torch.equal(ops.max_pool2d_backward(g, xc, bad, *args), ops.max_pool2d_backward(masked, xc, taps, *args))
+    # and through the functional API, module included
+    xs = xc.clone().requires_grad_(True)
+    y = DF.max_pool2d(xs, *args[:4], ceil_mode=ceil)
+    y.backward(g)
+    assert y.is_contiguous(memory_format=fmt) and xs.grad.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(xs.grad, want, rtol=0, atol=0)
+
+
 def test_max_pool2d_ties_nan_and_minus_inf(device):
     x = torch.zeros(1, 2, 6, 6, device=device)
     x[0, 0].random_(0, 3)                    # many ties: the first maximum must win

@@ -79,6 +79,16 @@ void im2col_bits16(const Im2colGeom& g, const uint16_t* in, uint16_t* col) {
   }
 }
 
+void conv_flip_taps_nhwc(int64_t OC, int64_t KK, int64_t C, int64_t elem_bytes, const void* w, void* out) {
+  const size_t run = size_t(C * elem_bytes);
+  const char* src = static_cast<const char*>(w);
+  char* dst = static_cast<char*>(out);
+#pragma omp parallel for schedule(static) if (OC * KK * C > (int64_t(1) << 16))
+  for (int64_t oc = 0; oc < OC; ++oc)
+    for (int64_t kk = 0; kk < KK; ++kk)
+      std::memcpy(dst + ((KK - 1 - kk) * OC + oc) * run, src + (oc * KK + kk) * run, run);
+}
+
 int64_t conv_gemm_dots_work(int64_t M, int64_t K, int64_t N) {
   constexpr int64_t kDot = ConvKernels<scalar::Vec<float>>::kDot;
   return M * K * ((N + kDot - 1) / kDot);

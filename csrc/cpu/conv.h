@@ -22,6 +22,9 @@ template <class T> void col2im(const Im2colGeom& g, const T* col, T* out);
 // writes every pixel of the images (the sum of the entries copied from it). g's strides are unused.
 template <class T> void im2col_nhwc(const Im2colGeom& g, const T* in, T* col);
 template <class T> void col2im_nhwc(const Im2colGeom& g, const T* col, T* out);
+// The filters of a channels_last weight, stored (OC, KH * KW, C), as the input gradient's (KH * KW * OC, C)
+// matrix: out[(KK - 1 - kk) * OC + oc] = w[oc, kk], runs of C values of elem_bytes each (any dtype).
+void conv_flip_taps_nhwc(int64_t OC, int64_t KK, int64_t C, int64_t elem_bytes, const void* w, void* out);
 // out[b, oc, l] = rows[oc, b * L + l] + bias[oc] (bias may be nullptr): the chunk GEMM's (OC, B*L)
 // result back into (B, OC, L) images.
 template <class T> void conv_rows_to_images(int64_t B, int64_t OC, int64_t L, const T* rows, const T* bias, T* out);

@@ -655,6 +655,85 @@ template <class T, class L> struct PoolKernels {
   }
 };
 
+// Max pooling of channels_last tensors: in (N, H, W, C), out and argmax (N, OH, OW, C), one task per
+// output row (n, oh), every loop along C. The semantics and argmax forms are the planar kernels': the
+// taps in (kh, kw) order, the first maximum wins, NaN always wins, a window of -inf names its first
+// tap inside the input. The backward adds each output's gradient at its argmax in output order, one
+// image per task (deterministic).
+template <class T> struct PoolNhwc {
+  static int64_t first_tap(int64_t start, int64_t d) {
+    while (start < 0) start += d;
+    return start;
+  }
+
+  template <class A> static void max_forward(const Pool2dGeom& g, const T* in, T* out, A* argmax) {
+    constexpr bool kTaps = std::is_same_v<A, uint8_t>;
+    const int64_t C = g.C, tasks = g.N * g.OH;
+#pragma omp parallel for schedule(static) if (tasks * g.OW * C * g.KH * g.KW > kPoolParallelGrain)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / g.OH, oh = t % g.OH;
+      const T* x = in + n * g.H * g.W * C;
+      const int64_t h_lo = oh * g.SH - g.PH, h0 = first_tap(h_lo, g.DH);
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        T* y = out + (t * g.OW + ow) * C;
+        A* am = argmax + (t * g.OW + ow) * C;
+        const int64_t w_lo = ow * g.SW - g.PW, w0 = first_tap(w_lo, g.DW);
+        const A init = A(kTaps ? (h0 - h_lo) / g.DH * g.KW + (w0 - w_lo) / g.DW : h0 * g.W + w0);
+        for (int64_t c = 0; c < C; ++c) {
+          y[c] = -std::numeric_limits<T>::infinity();
+          am[c] = init;
+        }
+        for (int64_t kh = 0; kh < g.KH; ++kh) {
+          const int64_t h = h_lo + kh * g.DH;
+          if (h < 0 || h >= g.H) continue;
+          for (int64_t kw = 0; kw < g.KW; ++kw) {
+            const int64_t w = w_lo + kw * g.DW;
+            if (w < 0 || w >= g.W) continue;
+            const T* xv = x + (h * g.W + w) * C;
+            const A id = A(kTaps ? kh * g.KW + kw : h * g.W + w);
+            for (int64_t c = 0; c < C; ++c) {
+              const T v = xv[c], best = y[c];
+              const bool take = (v > best) | (v != v);
+              y[c] = take ? v : best;
+              am[c] = take ? id : am[c];
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // A position outside the plane, or a tap byte past the window (neither comes from the forward), is skipped.
+  template <class A> static void max_backward(const Pool2dGeom& g, const T* grad_out, const A* argmax, T* grad_in) {
+    constexpr bool kTaps = std::is_same_v<A, uint8_t>;
+    const int64_t C = g.C, image_in = g.H * g.W * C, image_out = g.OH * g.OW * C;
+#pragma omp parallel for schedule(static) if (g.N > 1 && g.N * (image_in + image_out) > kPoolParallelGrain)
+    for (int64_t n = 0; n < g.N; ++n) {
+      T* gi = grad_in + n * image_in;
+      std::memset(gi, 0, size_t(image_in) * sizeof(T));
+      const T* go = grad_out + n * image_out;
+      const A* am = argmax + n * image_out;
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const int64_t o = (oh * g.OW + ow) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const int64_t a = int64_t(am[o + c]);
+            int64_t pos;
+            if constexpr (kTaps) {
+              const int64_t h = oh * g.SH - g.PH + a / g.KW * g.DH, w = ow * g.SW - g.PW + a % g.KW * g.DW;
+              if (a >= g.KH * g.KW || h < 0 || h >= g.H || w < 0 || w >= g.W) continue;
+              pos = h * g.W + w;
+            } else {
+              if (a < 0 || a >= g.H * g.W) continue;
+              pos = a;
+            }
+            gi[pos * C + c] += go[o + c];
+          }
+        }
+    }
+  }
+};
+
 }  // namespace
 }  // namespace dlk::cpu
 
@@ -670,6 +749,18 @@ template <class T, class L> struct PoolKernels {
   }                                                                                                                    \
   void max_pool2d_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const uint8_t* taps, T* gi) {                    \
     PoolKernels<T, LANES>::max_backward(g, go, taps, gi);                                                              \
+  }                                                                                                                    \
+  void max_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, int64_t* idx) {                      \
+    PoolNhwc<T>::max_forward(g, in, out, idx);                                                                         \
+  }                                                                                                                    \
+  void max_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, uint8_t* taps) {                     \
+    PoolNhwc<T>::max_forward(g, in, out, taps);                                                                        \
+  }                                                                                                                    \
+  void max_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi) {                \
+    PoolNhwc<T>::max_backward(g, go, idx, gi);                                                                         \
+  }                                                                                                                    \
+  void max_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const uint8_t* taps, T* gi) {               \
+    PoolNhwc<T>::max_backward(g, go, taps, gi);                                                                        \
   }                                                                                                                    \
   void avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {                \
     PoolKernels<T, LANES>::avg_forward(g, o, in, out);                                                                 \

@@ -25,6 +25,16 @@ namespace dlk::ops {
 
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// channels_last. torch answers a channels_last input with a channels_last result; a tensor that is both
+// (C == 1, or 1x1 planes) counts as contiguous.
+inline bool channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(c10::MemoryFormat::ChannelsLast);
+}
+// An (N, C, H, W) output stored (N, H, W, C), from the same cache as empty_output.
+inline at::Tensor empty_output_nhwc(int64_t N, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
+  return empty_output({N, H, W, C}, options).permute({0, 3, 1, 2});
+}
+
 struct CpuCacheStats {
   size_t held_bytes;     // blocks mapped by the cache: in use + idle
   size_t in_use_bytes;   // blocks backing live tensors

@@ -412,13 +412,6 @@ Im2colGeom chunk_geom(const ConvGeom& c, int64_t B) {
   return g;
 }
 
-// channels_last. torch answers a channels_last input with a channels_last output, and so does every path
-// here; a channels_last weight gets a channels_last gradient. A tensor that is both (C == 1, or 1x1
-// images) counts as contiguous.
-bool channels_last(const Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(c10::MemoryFormat::ChannelsLast);
-}
-
 // On the CPU, a one-group layer with a channels_last input runs in that layout (float32/float64): the
 // column matrix has a row per output position (cpu::im2col_nhwc), so that one GEMM per chunk of images
 // with the filters as (OC, KH * KW * C) writes the chunk's (B * OH * OW, OC) rows of the output in place,
@@ -434,10 +427,7 @@ bool depthwise_nhwc(const ConvGeom& c, const Tensor& x) {
   return cpu_float_kernels(x) && c.G == c.g.C && c.G > 1 && c.OC == c.g.C && channels_last(x);
 }
 
-// An (N, C, H, W) tensor stored (N, H, W, C), and the (N * H * W, C) rows of one.
-Tensor empty_nhwc(int64_t N, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
-  return empty_output({N, H, W, C}, options).permute({0, 3, 1, 2});
-}
+// The (N * H * W, C) rows of a channels_last tensor.
 Tensor nhwc_rows(const Tensor& t) { return t.permute({0, 2, 3, 1}).view({-1, t.size(1)}); }
 
 // Images per chunk: the column matrix near the last-level cache, as chunk_images; a 1x1 layer's input
@@ -456,10 +446,17 @@ void nhwc_im2col(const Im2colGeom& g, const Tensor& x, int64_t n0, const Tensor&
   });
 }
 
-// x channels_last, out (N, OC, OH, OW) channels_last, b undefined or contiguous.
-void nhwc_forward(const ConvGeom& c, const Tensor& x, const Tensor& weight, const Tensor& b, const Tensor& out) {
+// The filters (OC, C, KH, KW) as the (KH * KW * C, OC) matrix of the channels_last column matrix: a view
+// of a channels_last weight, a copy of a contiguous one.
+Tensor nhwc_filters(const Tensor& weight, int64_t OC) {
+  return weight.permute({0, 2, 3, 1}).contiguous().view({OC, -1}).t();
+}
+
+// x channels_last, out (N, OC, OH, OW) channels_last, b undefined or contiguous; w_cols is the filters as
+// the (KH * KW * C, OC) matrix the column matrix multiplies.
+void nhwc_forward(const ConvGeom& c, const Tensor& x, const Tensor& w_cols, const Tensor& b, const Tensor& out) {
   const int64_t L = c.g.positions(), R = c.g.rows();
-  const Tensor wT = weight.permute({0, 2, 3, 1}).contiguous().view({c.OC, R}).t();  // (R, OC)
+  const Tensor& wT = w_cols;
   const Tensor x_rows = nhwc_rows(x), out_rows = nhwc_rows(out);
   const int64_t B_max = nhwc_chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({B_max * L * R}, x.options());
@@ -491,13 +488,13 @@ void nhwc_backward(const ConvGeom& c, const Tensor& grad_output, const Tensor& x
   const Tensor gy_rows = nhwc_rows(go);  // (N * L, OC)
   if (mask[2]) grad_bias = at::sum(gy_rows, {0}, false, at::kDouble).to(x.scalar_type());
   if (!mask[0] && !mask[1]) return;
-  const Tensor w_rows = weight.permute({0, 2, 3, 1}).contiguous().view({c.OC, R});  // (OC, R)
+  const Tensor w_rows = nhwc_filters(weight, c.OC).t();  // (OC, R)
   const Tensor x_rows = nhwc_rows(x);
   // grad_weight as (OC, R) += gy^T @ col: (OC, KH, KW, C) stored, a channels_last weight's own layout.
   // (Accumulated transposed, (R, OC), the GEMMs ran up to 7% faster, but the transposed copy back cost
   // 5.5 ms for a 512 x 4608 gradient, more than it saved: resnet18 profile, CI host.)
   Tensor gw_rows = mask[1] ? at::empty({c.OC, R}, x.options()) : Tensor();
-  if (mask[0]) grad_input = empty_nhwc(c.N, c.g.C, c.g.H, c.g.W, x.options());
+  if (mask[0]) grad_input = empty_output_nhwc(c.N, c.g.C, c.g.H, c.g.W, x.options());
   const Tensor gi_rows = mask[0] ? nhwc_rows(grad_input) : Tensor();
   // A stride-1 layer's input gradient is the channels_last convolution of grad_output, padded by K - 1 - P
   // on each side, with the filters flipped and their channel dimensions swapped: a GEMM over KH * KW * OC
@@ -508,11 +505,18 @@ void nhwc_backward(const ConvGeom& c, const Tensor& grad_output, const Tensor& x
   const bool gi_as_conv = mask[0] && !c.direct && ig.SH == 1 && ig.SW == 1 && ig.DH == 1 && ig.DW == 1 &&
                           ig.PH <= ig.KH - 1 && ig.PW <= ig.KW - 1 && pad_bottom <= ig.KH - 1 && pad_right <= ig.KW - 1;
   if (gi_as_conv) {
-    const Tensor wt = weight.flip({2, 3}).transpose(0, 1);  // (C, OC, KH, KW)
+    const Tensor wt = weight.transpose(0, 1);  // (C, OC, KH, KW), flipped below (conv_geom reads its sizes)
     const int64_t pad[4] = {ig.KH - 1 - ig.PH, ig.KW - 1 - ig.PW, ig.KH - 1 - pad_bottom, ig.KW - 1 - pad_right};
     const int64_t one[2] = {1, 1};
     const ConvGeom t = conv_geom("conv2d_backward", go, wt, one, pad, one, 1);
-    nhwc_forward(t, go, wt, Tensor(), grad_input);
+    // its (KH * KW * OC, C) matrix: rows (kh, kw, oc) of the flipped taps, each a run of the C values a
+    // channels_last weight stores together (cpu::conv_flip_taps_nhwc: 512 x 512 x 3 x 3 in ~0.4 ms, as
+    // a plain copy; torch's permuted copy took 4.2 and flip 2.8 more)
+    const Tensor w_nhwc = weight.contiguous(c10::MemoryFormat::ChannelsLast);  // (OC, KH, KW, C) stored
+    Tensor taps = at::empty({t.g.rows(), t.OC}, weight.options());
+    cpu::conv_flip_taps_nhwc(c.OC, ig.KH * ig.KW, ig.C, int64_t(weight.element_size()), w_nhwc.data_ptr(),
+                             taps.data_ptr());
+    nhwc_forward(t, go, taps, Tensor(), grad_input);
     if (!mask[1]) return;
   }
   if (c.direct && mask[1]) at::mm_out(gw_rows, gy_rows.t(), x_rows);  // one GEMM over the batch
@@ -604,12 +608,12 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
     b = bias->contiguous();
   }
   if (nhwc(c, input)) {
-    Tensor out = empty_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
-    if (c.N > 0) nhwc_forward(c, input, weight, b, out);
+    Tensor out = empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
+    if (c.N > 0) nhwc_forward(c, input, nhwc_filters(weight, c.OC), b, out);
     return out;
   }
   if (depthwise_nhwc(c, input)) {
-    Tensor out = empty_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
+    Tensor out = empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
     const Tensor wt = weight.reshape({c.OC, c.g.KH * c.g.KW}).t().contiguous();  // (KH * KW, C)
     if (c.N > 0) {
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv2d", [&] {
@@ -770,7 +774,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
     if (output_mask[2]) gb = at::sum(nhwc_rows(go), {0}, false, at::kDouble).to(input.scalar_type());
     const int64_t KK = c.g.KH * c.g.KW;
     const cpu::DepthwiseGeom d = depthwise_geom(c);
-    if (output_mask[0]) gi = empty_nhwc(c.N, c.g.C, c.g.H, c.g.W, input.options());
+    if (output_mask[0]) gi = empty_output_nhwc(c.N, c.g.C, c.g.H, c.g.W, input.options());
     Tensor gwt = output_mask[1] ? at::empty({KK, c.OC}, input.options()) : Tensor();
     const Tensor wt = weight.reshape({c.OC, KK}).t().contiguous();  // (KH * KW, C)
     Tensor work = output_mask[1] ? at::empty({c.N * KK * c.OC}, input.options().dtype(at::kDouble)) : Tensor();
@@ -878,7 +882,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
 }  // namespace
 
 // The public ops: each result in the memory format its counterpart has (the paths above that compute in
-// the contiguous layout hand a channels_last input's results back converted).
+// the contiguous layout hand a channels_last input's results back converted); a channels_last weight
+// gets a channels_last gradient.
 Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias, IntArrayRef stride,
                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   Tensor out = conv2d_forward_impl(input, weight, bias, stride, padding, dilation, groups);

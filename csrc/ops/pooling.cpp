@@ -1,5 +1,7 @@
 // Pooling, tensor level: torch's argument and shape checks, contiguity, allocation, CPU/CUDA choice.
-// Inputs arrive as (N, C, H, W) (dlkernels/functional.py adds the batch dimension to (C, H, W)).
+// Inputs arrive as (N, C, H, W) (dlkernels/functional.py adds the batch dimension to (C, H, W)). Max
+// pooling answers channels_last input in channels_last (on the CPU computed in that layout); the average
+// poolings compute and answer contiguous (dlkernels/functional.py converts).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -84,6 +86,20 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
     TORCH_CHECK_VALUE(g.KH * g.KW <= 256, "dlkernels.max_pool2d: tap_index needs kernel_size[0] * kernel_size[1] <= 256, "
                       "got kernel_size ", kernel_size);
   }
+  if (channels_last(input) && cpu_kernels(input)) {  // in that layout, without copies
+    Tensor out = empty_output_nhwc(g.N, g.C, g.OH, g.OW, input.options());
+    Tensor indices = empty_output_nhwc(g.N, g.C, g.OH, g.OW, input.options().dtype(tap_index ? at::kByte : at::kLong));
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d", [&] {
+      if (tap_index) {
+        cpu::max_pool2d_nhwc_forward<scalar_t>(g, input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                               indices.data_ptr<uint8_t>());
+      } else {
+        cpu::max_pool2d_nhwc_forward<scalar_t>(g, input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                               indices.data_ptr<int64_t>());
+      }
+    });
+    return {out, indices};
+  }
   const Tensor x = input.contiguous();
   Tensor out = empty_output({g.N, g.C, g.OH, g.OW}, x.options());
   Tensor indices = empty_output({g.N, g.C, g.OH, g.OW}, x.options().dtype(tap_index ? at::kByte : at::kLong));
@@ -97,6 +113,9 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(max_pool2d_forward(dt, g, x.data_ptr(), out.data_ptr(), indices.data_ptr<int64_t>(), stream));
   });
+  if (channels_last(input)) {  // torch's format for the results
+    return {out.contiguous(c10::MemoryFormat::ChannelsLast), indices.contiguous(c10::MemoryFormat::ChannelsLast)};
+  }
   return {out, indices};
 }
 
@@ -116,6 +135,21 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
                 "input and kernel_size[0] * kernel_size[1] <= 256, got input on ", input.device(), " and kernel_size ",
                 kernel_size);
   }
+  if (channels_last(input) && cpu_kernels(input)) {
+    const Tensor go = grad_output.contiguous(c10::MemoryFormat::ChannelsLast);
+    const Tensor idx = indices.contiguous(c10::MemoryFormat::ChannelsLast);
+    Tensor grad_input = empty_output_nhwc(g.N, g.C, g.H, g.W, input.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_backward", [&] {
+      if (taps) {
+        cpu::max_pool2d_nhwc_backward<scalar_t>(g, go.data_ptr<scalar_t>(), idx.data_ptr<uint8_t>(),
+                                                grad_input.data_ptr<scalar_t>());
+      } else {
+        cpu::max_pool2d_nhwc_backward<scalar_t>(g, go.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
+                                                grad_input.data_ptr<scalar_t>());
+      }
+    });
+    return grad_input;
+  }
   const Tensor go = grad_output.contiguous(), idx = indices.contiguous();
   Tensor grad_input = empty_output(input.sizes(), input.options());
   run_on_device("max_pool2d_backward", input, [&](auto tag) {
@@ -130,7 +164,7 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(max_pool2d_backward(dt, g, go.data_ptr(), idx.data_ptr<int64_t>(), grad_input.data_ptr(), stream));
   });
-  return grad_input;
+  return channels_last(input) ? grad_input.contiguous(c10::MemoryFormat::ChannelsLast) : grad_input;
 }
 
 Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
