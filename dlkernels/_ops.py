@@ -96,23 +96,23 @@ def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, 
 
 @torch.library.register_fake("dlkernels::avg_pool2d_forward")
 def _avg_pool2d_forward_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    return input.new_empty(_pool_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode))
+    return _like_format(input.new_empty(_pool_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode)), input)
 
 
 @torch.library.register_fake("dlkernels::avg_pool2d_backward")
 def _avg_pool2d_backward_fake(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                               divisor_override):
-    return torch.empty_like(input, memory_format=torch.contiguous_format)
+    return _like_format(torch.empty_like(input, memory_format=torch.contiguous_format), input)
 
 
 @torch.library.register_fake("dlkernels::adaptive_avg_pool2d_forward")
 def _adaptive_avg_pool2d_forward_fake(input, output_size):
-    return input.new_empty((input.shape[0], input.shape[1], output_size[0], output_size[1]))
+    return _like_format(input.new_empty((input.shape[0], input.shape[1], output_size[0], output_size[1])), input)
 
 
 @torch.library.register_fake("dlkernels::adaptive_avg_pool2d_backward")
 def _adaptive_avg_pool2d_backward_fake(grad_output, input):
-    return torch.empty_like(input, memory_format=torch.contiguous_format)
+    return _like_format(torch.empty_like(input, memory_format=torch.contiguous_format), input)
 
 
 def conv_output_size(size, kernel, stride, pad_begin, pad_end, dilation):
@@ -137,12 +137,12 @@ def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups)
 
 
 def _channels_last(t):
-    """Whether the conv and max-pooling ops take t as channels_last (mirrors channels_last in csrc/ops/alloc.h)."""
+    """Whether the conv and pooling ops take t as channels_last (mirrors channels_last in csrc/ops/alloc.h)."""
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _like_format(t, like):
-    """t in channels_last where `like` is (the conv and max-pooling ops' results follow their counterparts' format)."""
+    """t in channels_last where `like` is (the conv and pooling ops' results follow their counterparts' format)."""
     return t.contiguous(memory_format=torch.channels_last) if _channels_last(like) else t
 
 

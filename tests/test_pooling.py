@@ -203,6 +203,46 @@ def test_adaptive_avg_pool2d_matches_torch(device, dtype, shape, out):
     check_fwd_bwd(lambda a: DF.adaptive_avg_pool2d(a, out), lambda a: F.adaptive_avg_pool2d(a, out), [x], dtype=dtype)
 
 
+ADAPTIVE_CL = [((2, 3, 7, 7), (1, 1)), ((2, 3, 10, 9), (4, 3)), ((1, 2, 5, 13), (5, 6)), ((3, 4, 4, 4), (8, 8)),
+               ((16, 8, 7, 7), (1, 1)), ((2, 3, 2, 4), (3, 3))]
+
+
+def _channels_last_pool_case(device, dtype, shape, op, ref_op):
+    """ours and torch's on a channels_last input in float64: output and gradient at 1e-12, both in
+    torch's memory format, through the functional API and the ops directly."""
+    x = torch.randn(shape, dtype=dtype).to(device).contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if not x.is_contiguous() else torch.contiguous_format
+    xs, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y, r = op(xs), ref_op(xr)
+    g = torch.randn(r.shape, dtype=dtype).to(device).contiguous(memory_format=torch.channels_last)
+    y.backward(g)
+    r.backward(g)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y, r, **tol)
+    torch.testing.assert_close(xs.grad, xr.grad, **tol)
+    assert y.is_contiguous(memory_format=fmt) and xs.grad.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("shape,k,s,p,ceil,include_pad,divisor", AVG_CONFIGS, ids=[str(i) for i in range(len(AVG_CONFIGS))])
+def test_avg_pool2d_channels_last(device, dtype, shape, k, s, p, ceil, include_pad, divisor):
+    """channels_last input (on the CPU pooled in that layout: ops/pooling.cpp), every option."""
+    kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=include_pad,
+              divisor_override=divisor)
+    _channels_last_pool_case(device, dtype, shape, lambda a: DF.avg_pool2d(a, **kw), lambda a: F.avg_pool2d(a, **kw))
+    x = torch.randn(shape, dtype=dtype).to(device).contiguous(memory_format=torch.channels_last)
+    args = (list(k), list(s), list(p), ceil, include_pad, divisor)
+    out = torch.ops.dlkernels.avg_pool2d_forward(x, *args)
+    g = torch.randn(out.shape, dtype=dtype).to(device)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.ops.dlkernels.avg_pool2d_backward(g, x, *args).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape,out", ADAPTIVE_CL, ids=[str(i) for i in range(len(ADAPTIVE_CL))])
+def test_adaptive_avg_pool2d_channels_last(device, dtype, shape, out):
+    _channels_last_pool_case(device, dtype, shape, lambda a: DF.adaptive_avg_pool2d(a, out),
+                             lambda a: F.adaptive_avg_pool2d(a, out))
+
+
 def test_unbatched_non_contiguous_channels_last(device):
     x = torch.randn(2, 5, 12, 10, device=device)
     for inp in (x[0], x[..., ::2], x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3)):
@@ -350,8 +390,13 @@ def test_gradcheck(device):
     assert torch.autograd.gradcheck(lambda a: DF.adaptive_avg_pool2d(a, (4, 5)), (x,))
 
 
-def test_opcheck(device):
-    x = torch.randn(2, 3, 9, 7, device=device, requires_grad=True)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(device, layout):
+    """The fake kernels agree with the real ones, memory formats included (channels_last in, out)."""
+    x = torch.randn(2, 3, 9, 7, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     ops = torch.ops.dlkernels
     torch.library.opcheck(ops.max_pool2d_forward.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
     out, idx = ops.max_pool2d_forward(x.detach(), [3, 3], [2, 2], [1, 1], [1, 1], True)

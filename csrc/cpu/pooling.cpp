@@ -27,6 +27,12 @@ DLK_ISA_DISPATCH(max_pool2d_nhwc_backward, (const Pool2dGeom& g, const T* go, co
                  (g, go, idx, gi))
 DLK_ISA_DISPATCH(max_pool2d_nhwc_backward, (const Pool2dGeom& g, const T* go, const uint8_t* taps, T* gi),
                  (g, go, taps, gi))
+DLK_ISA_DISPATCH(avg_pool2d_nhwc_forward, (const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out),
+                 (g, o, in, out))
+DLK_ISA_DISPATCH(avg_pool2d_nhwc_backward, (const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi),
+                 (g, o, go, gi))
+DLK_ISA_DISPATCH(adaptive_avg_pool2d_nhwc_forward, (const Pool2dGeom& g, const T* in, T* out), (g, in, out))
+DLK_ISA_DISPATCH(adaptive_avg_pool2d_nhwc_backward, (const Pool2dGeom& g, const T* go, T* gi), (g, go, gi))
 DLK_ISA_DISPATCH(avg_pool2d_forward, (const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out),
                   (g, o, in, out))
 DLK_ISA_DISPATCH(avg_pool2d_backward, (const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi),
@@ -43,6 +49,10 @@ DLK_ISA_DISPATCH(adaptive_avg_pool2d_backward, (const Pool2dGeom& g, const T* go
   template void max_pool2d_nhwc_forward<T>(const Pool2dGeom&, const T*, T*, uint8_t*);                  \
   template void max_pool2d_nhwc_backward<T>(const Pool2dGeom&, const T*, const int64_t*, T*);           \
   template void max_pool2d_nhwc_backward<T>(const Pool2dGeom&, const T*, const uint8_t*, T*);           \
+  template void avg_pool2d_nhwc_forward<T>(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);     \
+  template void avg_pool2d_nhwc_backward<T>(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);    \
+  template void adaptive_avg_pool2d_nhwc_forward<T>(const Pool2dGeom&, const T*, T*);                   \
+  template void adaptive_avg_pool2d_nhwc_backward<T>(const Pool2dGeom&, const T*, T*);                  \
   template void avg_pool2d_forward<T>(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);          \
   template void avg_pool2d_backward<T>(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);         \
   template void adaptive_avg_pool2d_forward<T>(const Pool2dGeom&, const T*, T*);                        \

@@ -14,13 +14,19 @@ template <class T> void max_pool2d_forward(const Pool2dGeom& g, const T* in, T* 
 template <class T> void max_pool2d_forward(const Pool2dGeom& g, const T* in, T* out, uint8_t* taps);
 template <class T> void max_pool2d_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in);
 template <class T> void max_pool2d_backward(const Pool2dGeom& g, const T* grad_out, const uint8_t* taps, T* grad_in);
-// The same for channels_last tensors: in (N, H, W, C), out and the argmax (N, OH, OW, C) (flat positions
-// in the H*W plane or tap bytes, as above), grad_in (N, H, W, C).
+// The same for channels_last tensors: in and grad_in (N, H, W, C), out, grad_out and the argmax
+// (N, OH, OW, C) (flat positions in the H*W plane or tap bytes, as above).
 template <class T> void max_pool2d_nhwc_forward(const Pool2dGeom& g, const T* in, T* out, int64_t* indices);
 template <class T> void max_pool2d_nhwc_forward(const Pool2dGeom& g, const T* in, T* out, uint8_t* taps);
 template <class T>
 void max_pool2d_nhwc_backward(const Pool2dGeom& g, const T* grad_out, const int64_t* indices, T* grad_in);
 template <class T> void max_pool2d_nhwc_backward(const Pool2dGeom& g, const T* grad_out, const uint8_t* taps, T* grad_in);
+template <class T>
+void avg_pool2d_nhwc_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out);
+template <class T>
+void avg_pool2d_nhwc_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in);
+template <class T> void adaptive_avg_pool2d_nhwc_forward(const Pool2dGeom& g, const T* in, T* out);
+template <class T> void adaptive_avg_pool2d_nhwc_backward(const Pool2dGeom& g, const T* grad_out, T* grad_in);
 template <class T> void avg_pool2d_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out);
 template <class T>
 void avg_pool2d_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in);
@@ -36,6 +42,10 @@ template <class T> void adaptive_avg_pool2d_backward(const Pool2dGeom& g, const 
   void max_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom&, const T*, T*, uint8_t*);                             \
   void max_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom&, const T*, const int64_t*, T*);                      \
   void max_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom&, const T*, const uint8_t*, T*);                      \
+  void avg_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);                \
+  void avg_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);               \
+  void adaptive_avg_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom&, const T*, T*);                              \
+  void adaptive_avg_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom&, const T*, T*);                             \
   void avg_pool2d_forward_##SUFFIX(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);                     \
   void avg_pool2d_backward_##SUFFIX(const Pool2dGeom&, const AvgPoolOptions&, const T*, T*);                    \
   void adaptive_avg_pool2d_forward_##SUFFIX(const Pool2dGeom&, const T*, T*);                                   \

@@ -660,7 +660,7 @@ template <class T, class L> struct PoolKernels {
 // taps in (kh, kw) order, the first maximum wins, NaN always wins, a window of -inf names its first
 // tap inside the input. The backward adds each output's gradient at its argmax in output order, one
 // image per task (deterministic).
-template <class T> struct PoolNhwc {
+template <class T, class L> struct PoolNhwc {
   static int64_t first_tap(int64_t start, int64_t d) {
     while (start < 0) start += d;
     return start;
@@ -732,6 +732,74 @@ template <class T> struct PoolNhwc {
         }
     }
   }
+
+  // Average pooling: each window summed in (h, w) order, then one division per output (0 for a window
+  // that covers no input), the planar kernels' divisors (PoolKernels::avg_window). adaptive: the windows
+  // of adaptive_avg_pool2d, divided by their size.
+  template <bool adaptive>
+  static void avg_forward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {
+    const int64_t C = g.C, tasks = g.N * g.OH;
+    const int64_t taps = adaptive ? (g.H / g.OH + 2) * (g.W / g.OW + 2) : g.KH * g.KW;
+#pragma omp parallel for schedule(static) if (tasks * g.OW * C * taps > kPoolParallelGrain)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / g.OH, oh = t % g.OH;
+      const T* x = in + n * g.H * g.W * C;
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        T* y = out + (t * g.OW + ow) * C;
+        int64_t h0, h1, w0, w1;
+        const T div = window<adaptive>(g, o, oh, ow, h0, h1, w0, w1);
+        for (int64_t c = 0; c < C; ++c) y[c] = T(0);
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w) {
+            const T* xv = x + (h * g.W + w) * C;
+            for (int64_t c = 0; c < C; ++c) y[c] += xv[c];
+          }
+        const bool empty = h0 >= h1 || w0 >= w1;
+        for (int64_t c = 0; c < C; ++c) y[c] = empty ? T(0) : y[c] / div;
+      }
+    }
+  }
+
+  // Each output's share (gradient / divisor) added over its window, in output order, one image a task.
+  template <bool adaptive>
+  static void avg_backward(const Pool2dGeom& g, const AvgPoolOptions& o, const T* grad_out, T* grad_in) {
+    const int64_t C = g.C, image_in = g.H * g.W * C, image_out = g.OH * g.OW * C;
+#pragma omp parallel if (g.N > 1 && g.N * (image_in + image_out) > kPoolParallelGrain)
+    {
+      std::vector<T> share(static_cast<size_t>(C));
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < g.N; ++n) {
+        T* gi = grad_in + n * image_in;
+        std::memset(gi, 0, size_t(image_in) * sizeof(T));
+        for (int64_t oh = 0; oh < g.OH; ++oh)
+          for (int64_t ow = 0; ow < g.OW; ++ow) {
+            int64_t h0, h1, w0, w1;
+            const T div = window<adaptive>(g, o, oh, ow, h0, h1, w0, w1);
+            const T* go = grad_out + n * image_out + (oh * g.OW + ow) * C;
+            for (int64_t c = 0; c < C; ++c) share[c] = go[c] / div;
+            for (int64_t h = h0; h < h1; ++h)
+              for (int64_t w = w0; w < w1; ++w) {
+                T* gv = gi + (h * g.W + w) * C;
+                for (int64_t c = 0; c < C; ++c) gv[c] += share[c];
+              }
+          }
+      }
+    }
+  }
+
+  template <bool adaptive>
+  static T window(const Pool2dGeom& g, const AvgPoolOptions& o, int64_t oh, int64_t ow, int64_t& h0, int64_t& h1,
+                  int64_t& w0, int64_t& w1) {
+    if constexpr (adaptive) {
+      h0 = adaptive_start(oh, g.H, g.OH);
+      h1 = adaptive_end(oh, g.H, g.OH);
+      w0 = adaptive_start(ow, g.W, g.OW);
+      w1 = adaptive_end(ow, g.W, g.OW);
+      return T((h1 - h0) * (w1 - w0));
+    } else {
+      return PoolKernels<T, L>::avg_window(g, o, oh, ow, h0, h1, w0, w1);
+    }
+  }
 };
 
 }  // namespace
@@ -751,16 +819,28 @@ template <class T> struct PoolNhwc {
     PoolKernels<T, LANES>::max_backward(g, go, taps, gi);                                                              \
   }                                                                                                                    \
   void max_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, int64_t* idx) {                      \
-    PoolNhwc<T>::max_forward(g, in, out, idx);                                                                         \
+    PoolNhwc<T, LANES>::max_forward(g, in, out, idx);                                                                         \
   }                                                                                                                    \
   void max_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out, uint8_t* taps) {                     \
-    PoolNhwc<T>::max_forward(g, in, out, taps);                                                                        \
+    PoolNhwc<T, LANES>::max_forward(g, in, out, taps);                                                                        \
   }                                                                                                                    \
   void max_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const int64_t* idx, T* gi) {                \
-    PoolNhwc<T>::max_backward(g, go, idx, gi);                                                                         \
+    PoolNhwc<T, LANES>::max_backward(g, go, idx, gi);                                                                         \
   }                                                                                                                    \
   void max_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom& g, const T* go, const uint8_t* taps, T* gi) {               \
-    PoolNhwc<T>::max_backward(g, go, taps, gi);                                                                        \
+    PoolNhwc<T, LANES>::max_backward(g, go, taps, gi);                                                                        \
+  }                                                                                                                    \
+  void avg_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {           \
+    PoolNhwc<T, LANES>::template avg_forward<false>(g, o, in, out);                                                    \
+  }                                                                                                                    \
+  void avg_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* go, T* gi) {           \
+    PoolNhwc<T, LANES>::template avg_backward<false>(g, o, go, gi);                                                    \
+  }                                                                                                                    \
+  void adaptive_avg_pool2d_nhwc_forward_##SUFFIX(const Pool2dGeom& g, const T* in, T* out) {                           \
+    PoolNhwc<T, LANES>::template avg_forward<true>(g, AvgPoolOptions{false, 0}, in, out);                              \
+  }                                                                                                                    \
+  void adaptive_avg_pool2d_nhwc_backward_##SUFFIX(const Pool2dGeom& g, const T* go, T* gi) {                           \
+    PoolNhwc<T, LANES>::template avg_backward<true>(g, AvgPoolOptions{false, 0}, go, gi);                              \
   }                                                                                                                    \
   void avg_pool2d_forward_##SUFFIX(const Pool2dGeom& g, const AvgPoolOptions& o, const T* in, T* out) {                \
     PoolKernels<T, LANES>::avg_forward(g, o, in, out);                                                                 \

@@ -1,7 +1,7 @@
 // Pooling, tensor level: torch's argument and shape checks, contiguity, allocation, CPU/CUDA choice.
-// Inputs arrive as (N, C, H, W) (dlkernels/functional.py adds the batch dimension to (C, H, W)). Max
-// pooling answers channels_last input in channels_last (on the CPU computed in that layout); the average
-// poolings compute and answer contiguous (dlkernels/functional.py converts).
+// Inputs arrive as (N, C, H, W) (dlkernels/functional.py adds the batch dimension to (C, H, W)). Every
+// op answers channels_last input with channels_last results, as torch's; on the CPU (float32/float64)
+// they are computed in that layout (cpu::*_nhwc_*), elsewhere computed contiguous and converted.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -67,6 +67,12 @@ void check_grad(const char* op, const Tensor& grad, const Tensor& input, const P
                     "), got ", grad.sizes());
 }
 
+// A result computed contiguous, in the memory format torch gives for `input` (channels_last for
+// channels_last input).
+Tensor as_input_format(const Tensor& t, const Tensor& input) {
+  return channels_last(input) ? t.contiguous(c10::MemoryFormat::ChannelsLast) : t;
+}
+
 AvgPoolOptions avg_options(const char* op, bool count_include_pad, c10::optional<int64_t> divisor_override) {
   if (divisor_override.has_value()) {
     TORCH_CHECK_VALUE(*divisor_override != 0, "dlkernels.", op, ": divisor_override must be non-zero");
@@ -113,10 +119,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(max_pool2d_forward(dt, g, x.data_ptr(), out.data_ptr(), indices.data_ptr<int64_t>(), stream));
   });
-  if (channels_last(input)) {  // torch's format for the results
-    return {out.contiguous(c10::MemoryFormat::ChannelsLast), indices.contiguous(c10::MemoryFormat::ChannelsLast)};
-  }
-  return {out, indices};
+  return {as_input_format(out, input), as_input_format(indices, input)};
 }
 
 Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const Tensor& indices,
@@ -164,13 +167,20 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(max_pool2d_backward(dt, g, go.data_ptr(), idx.data_ptr<int64_t>(), grad_input.data_ptr(), stream));
   });
-  return channels_last(input) ? grad_input.contiguous(c10::MemoryFormat::ChannelsLast) : grad_input;
+  return as_input_format(grad_input, input);
 }
 
 Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                           bool ceil_mode, bool count_include_pad, c10::optional<int64_t> divisor_override) {
   const Pool2dGeom g = make_geom("avg_pool2d", input, kernel_size, stride, padding, {1, 1}, ceil_mode);
   const AvgPoolOptions o = avg_options("avg_pool2d", count_include_pad, divisor_override);
+  if (channels_last(input) && cpu_kernels(input)) {
+    Tensor out = empty_output_nhwc(g.N, g.C, g.OH, g.OW, input.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d", [&] {
+      cpu::avg_pool2d_nhwc_forward<scalar_t>(g, o, input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+    });
+    return out;
+  }
   const Tensor x = input.contiguous();
   Tensor out = empty_output({g.N, g.C, g.OH, g.OW}, x.options());
   run_on_device("avg_pool2d", x, [&](auto tag) {
@@ -179,7 +189,7 @@ Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArray
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(avg_pool2d_forward(dt, g, o, x.data_ptr(), out.data_ptr(), stream));
   });
-  return out;
+  return as_input_format(out, input);
 }
 
 Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
@@ -188,6 +198,14 @@ Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntAr
   const Pool2dGeom g = make_geom("avg_pool2d_backward", input, kernel_size, stride, padding, {1, 1}, ceil_mode);
   const AvgPoolOptions o = avg_options("avg_pool2d_backward", count_include_pad, divisor_override);
   check_grad("avg_pool2d_backward", grad_output, input, g);
+  if (channels_last(input) && cpu_kernels(input)) {
+    const Tensor go = grad_output.contiguous(c10::MemoryFormat::ChannelsLast);
+    Tensor grad_input = empty_output_nhwc(g.N, g.C, g.H, g.W, input.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_backward", [&] {
+      cpu::avg_pool2d_nhwc_backward<scalar_t>(g, o, go.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>());
+    });
+    return grad_input;
+  }
   const Tensor go = grad_output.contiguous();
   Tensor grad_input = empty_output(input.sizes(), input.options());
   run_on_device("avg_pool2d_backward", input, [&](auto tag) {
@@ -196,7 +214,7 @@ Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntAr
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(avg_pool2d_backward(dt, g, o, go.data_ptr(), grad_input.data_ptr(), stream));
   });
-  return grad_input;
+  return as_input_format(grad_input, input);
 }
 
 namespace {
@@ -211,6 +229,13 @@ Pool2dGeom adaptive_geom(const char* op, const Tensor& input, IntArrayRef output
 
 Tensor adaptive_avg_pool2d_forward(const Tensor& input, IntArrayRef output_size) {
   const Pool2dGeom g = adaptive_geom("adaptive_avg_pool2d", input, output_size);
+  if (channels_last(input) && cpu_kernels(input)) {
+    Tensor out = empty_output_nhwc(g.N, g.C, g.OH, g.OW, input.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_avg_pool2d", [&] {
+      cpu::adaptive_avg_pool2d_nhwc_forward<scalar_t>(g, input.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
+    });
+    return out;
+  }
   const Tensor x = input.contiguous();
   Tensor out = empty_output({g.N, g.C, g.OH, g.OW}, x.options());
   run_on_device("adaptive_avg_pool2d", x, [&](auto tag) {
@@ -219,7 +244,7 @@ Tensor adaptive_avg_pool2d_forward(const Tensor& input, IntArrayRef output_size)
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(adaptive_avg_pool2d_forward(dt, g, x.data_ptr(), out.data_ptr(), stream));
   });
-  return out;
+  return as_input_format(out, input);
 }
 
 Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& input) {
@@ -227,6 +252,14 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& inp
                     grad_output.sizes());
   const Pool2dGeom g = adaptive_geom("adaptive_avg_pool2d_backward", input, {grad_output.size(2), grad_output.size(3)});
   check_grad("adaptive_avg_pool2d_backward", grad_output, input, g);
+  if (channels_last(input) && cpu_kernels(input)) {
+    const Tensor go = grad_output.contiguous(c10::MemoryFormat::ChannelsLast);
+    Tensor grad_input = empty_output_nhwc(g.N, g.C, g.H, g.W, input.options());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_avg_pool2d_backward", [&] {
+      cpu::adaptive_avg_pool2d_nhwc_backward<scalar_t>(g, go.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>());
+    });
+    return grad_input;
+  }
   const Tensor go = grad_output.contiguous();
   Tensor grad_input = empty_output(input.sizes(), input.options());
   run_on_device("adaptive_avg_pool2d_backward", input, [&](auto tag) {
@@ -235,7 +268,7 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& inp
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(adaptive_avg_pool2d_backward(dt, g, go.data_ptr(), grad_input.data_ptr(), stream));
   });
-  return grad_input;
+  return as_input_format(grad_input, input);
 }
 
 }  // namespace dlk::ops
