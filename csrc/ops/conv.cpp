@@ -430,12 +430,13 @@ bool depthwise_nhwc(const ConvGeom& c, const Tensor& x) {
 // The (N * H * W, C) rows of a channels_last tensor.
 Tensor nhwc_rows(const Tensor& t) { return t.permute({0, 2, 3, 1}).view({-1, t.size(1)}); }
 
-// Images per chunk: the column matrix near the last-level cache, as chunk_images; a 1x1 layer's input
-// and output rows within half of it (16 images of 64 -> 256 channels at 56x56: rows of 3136 positions
-// ran at 138 GFLOP/s in at::mm, rows of 12544 at 85, 50176 at 49, on the CI host).
+// Images per chunk: the column matrix within the workspace limit and near the last-level cache, as
+// chunk_images; a 1x1 layer's input and output rows within half of the cache target (16 images of 64 ->
+// 256 channels at 56x56: rows of 3136 positions ran at 138 GFLOP/s in at::mm, rows of 12544 at 85, 50176
+// at 49, on the CI host).
 int64_t nhwc_chunk_images(const ConvGeom& c, const Tensor& x) {
   const int64_t per_row = c.direct ? c.g.C + c.OC : c.g.rows();
-  const int64_t budget = c.direct ? kColumnCacheTarget / 2 : kColumnCacheTarget;
+  const int64_t budget = std::min(g_workspace_limit.load(), c.direct ? kColumnCacheTarget / 2 : kColumnCacheTarget);
   const int64_t per_image = per_row * c.g.positions() * int64_t(x.element_size());
   return std::max<int64_t>(1, std::min<int64_t>(c.N, budget / std::max<int64_t>(per_image, 1)));
 }
