@@ -416,8 +416,9 @@ Im2colGeom chunk_geom(const ConvGeom& c, int64_t B) {
 // column matrix has a row per output position (cpu::im2col_nhwc), so that one GEMM per chunk of images
 // with the filters as (OC, KH * KW * C) writes the chunk's (B * OH * OW, OC) rows of the output in place,
 // with the bias in the GEMM; a 1x1 stride-1 layer multiplies the input's own (B * H * W, C) rows. The
-// backward reads grad_output's rows the same way: grad_weight += gy^T @ col, grad_input by col2im_nhwc
-// of gy @ W (1x1: gy @ W itself). No layout copies, no rows-to-images moves.
+// backward reads grad_output's rows the same way: grad_weight += gy^T @ col; grad_input of a stride-1
+// layer as the channels_last convolution of grad_output (nhwc_backward), of other layers by col2im_nhwc
+// of gy @ W (1x1 stride 1: gy @ W itself). No layout copies, no rows-to-images moves.
 bool nhwc(const ConvGeom& c, const Tensor& x) { return cpu_float_kernels(x) && c.G == 1 && channels_last(x); }
 
 // Depthwise layers with one filter per channel take channels_last input as it is too: the kernels of
@@ -597,8 +598,7 @@ void lowp_cpu_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const
 namespace {
 
 Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias,
-                           IntArrayRef stride,
-                      IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+                           IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "conv2d";
   ConvGeom c = conv_geom(op, input, weight, stride, padding, dilation, groups);
   Tensor b;
