@@ -172,6 +172,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("empty_cache", &dlk::ops::cpu_cache_release);
   m.def("workspace_limit", &dlk::ops::workspace_limit);
   m.def("set_workspace_limit", &dlk::ops::set_workspace_limit);
+  m.def("winograd_mode", &dlk::ops::winograd_mode);
+  m.def("set_winograd_mode", &dlk::ops::set_winograd_mode);
   m.def("cuda_sync_checks", &dlk::ops::cuda_sync_checks);
   m.def("set_cuda_sync_checks", &dlk::ops::set_cuda_sync_checks);
   m.def("isa_env_error", [] { return dlk::cpu::isa_env_error(); });

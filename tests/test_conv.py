@@ -13,7 +13,7 @@ import dlkernels.functional as DF
 import dlkernels.nn as dnn
 from dlkernels.textbook import Convolution
 
-from conftest import KDEV, assert_lowp_close, check_fwd_bwd, needs_cuda_kernels
+from conftest import KDEV, assert_lowp_close, check_fwd_bwd, cpu_kernels_only, needs_cuda_kernels
 
 
 def random_conv_configs(n, seed):
@@ -549,6 +549,143 @@ def test_chunking_with_a_tiny_workspace_gives_the_same_results(shape, w_shape, k
         torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
     ref = F.conv2d(x, w, b, **kw)
     torch.testing.assert_close(whole[0], ref, rtol=1e-12, atol=1e-12)
+
+
+# Winograd F(2x2, 3x3) (ops/conv.cpp, winograd_fits): one-group 3x3 layers of stride 1 and dilation 1,
+# padded by at most 2 on each side, forward and input gradient. Forced on ("always") for every geometry:
+# 1x1 to odd-sized images (output rows and columns past the last whole tile), every padding it takes,
+# 4-value padding, channel counts off the vector width and off the register tile's rows, batches whose
+# tiles cross the 48-tile blocks and images within one block.
+WINOGRAD_CONFIGS = [((2, 3, 7, 9), 5, 1), ((3, 17, 8, 8), 9, 0), ((1, 4, 1, 1), 4, 1), ((2, 8, 5, 6), 13, 2),
+                    ((1, 20, 13, 11), 33, (1, 2)), ((4, 33, 3, 2), 17, 1), ((5, 16, 2, 3), 8, (2, 1)),
+                    ((7, 9, 10, 14), 16, 1), ((2, 6, 33, 35), 7, (0, 2)), ((2, 5, 6, 7), 3, "same")]
+
+
+@pytest.fixture
+def winograd_always():
+    before = dlkernels.set_winograd("always")
+    yield
+    dlkernels.set_winograd(before)
+
+
+@pytest.mark.parametrize("x_shape,oc,p", WINOGRAD_CONFIGS, ids=[str(i) for i in range(len(WINOGRAD_CONFIGS))])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_winograd_matches_torch(device, dtype, winograd_always, x_shape, oc, p, bias):
+    x = torch.randn(x_shape, dtype=dtype, device=device)
+    w = torch.randn(oc, x_shape[1], 3, 3, dtype=dtype, device=device) / (3 * x_shape[1] ** 0.5)
+    b = torch.randn(oc, dtype=dtype, device=device) if bias else None
+    inputs, grads = ([x, w, b], (0, 1, 2)) if bias else ([x, w], (0, 1))
+    check_fwd_bwd(lambda *a: DF.conv2d(*a, padding=p), lambda *a: F.conv2d(*a, padding=p), inputs, grad_inputs=grads,
+                  dtype=dtype, error_vs_torch=True)
+
+
+def test_winograd_padding_past_two_and_asymmetric_4_value_padding(device, winograd_always):
+    """Padding of 3 (beyond Winograd's bound) takes the other paths; 4-value padding (top, left, bottom,
+    right) with the bottom/right side 0, 1 or 2 takes Winograd; both equal torch in float64."""
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64, device=device)
+    w = torch.randn(5, 6, 3, 3, dtype=torch.float64, device=device)
+    ops = torch.ops.dlkernels
+    for pad in [(3, 1, 3, 1), (1, 2, 0, 1), (0, 0, 2, 2), (2, 1, 1, 0)]:
+        y = ops.conv2d_forward(x, w, None, [1, 1], list(pad), [1, 1], 1)
+        xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        ref = F.conv2d(F.pad(xr, (pad[1], pad[3], pad[0], pad[2])), wr)
+        torch.testing.assert_close(y, ref.detach(), rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(y)
+        gx, gw, _ = ops.conv2d_backward(g, x, w, [1, 1], list(pad), [1, 1], 1, [True, True, False])
+        want = torch.autograd.grad(ref, (xr, wr), g)
+        torch.testing.assert_close(gx, want[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gw, want[1], rtol=1e-12, atol=1e-12)
+
+
+@cpu_kernels_only
+def test_winograd_rule_and_modes():
+    """"auto" takes Winograd for layers of at least 8 input and 8 output channels (bitwise the "always"
+    result, which rounds differently from "never"), not below; set_winograd returns the old mode and
+    rejects unknown ones."""
+    x = torch.randn(3, 8, 12, 10)
+    w = torch.randn(8, 8, 3, 3)
+    small = torch.randn(8, 7, 3, 3)
+    go = torch.randn(3, 8, 12, 10)
+    assert dlkernels.winograd() == "auto"
+
+    def run(mode, weight):
+        before = dlkernels.set_winograd(mode)
+        try:
+            xx = x[:, : weight.shape[1]].clone().requires_grad_(True)
+            y = DF.conv2d(xx, weight, None, 1, 1)
+            y.backward(go)
+            return y.detach(), xx.grad
+        finally:
+            assert dlkernels.set_winograd(before) == mode
+    auto, always, never = run("auto", w), run("always", w), run("never", w)
+    for a, b, c in zip(auto, always, never):
+        assert torch.equal(a, b)
+        assert not torch.equal(a, c)
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    for a, c in zip(run("auto", small), run("never", small)):
+        assert torch.equal(a, c)
+    with pytest.raises(ValueError, match="set_winograd: mode must be one of"):
+        dlkernels.set_winograd("fast")
+    assert dlkernels.winograd() == "auto"
+
+
+@cpu_kernels_only
+@pytest.mark.parametrize("where", ["input", "weight"])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_winograd_non_finite_values_take_the_other_paths(where, value):
+    """An infinite or NaN input or weight sends the call to the other paths ("never"'s result, NaN and inf
+    where it has them): the transforms' differences would make NaN (inf - inf) of outputs that the other
+    paths' sums make infinite. (The input gradient reads grad_output and the weight only.)"""
+    x = torch.randn(2, 9, 7, 6)
+    w = torch.randn(10, 9, 3, 3).abs()
+    (x if where == "input" else w).view(-1)[5] = value
+    go = torch.randn(2, 10, 7, 6)
+
+    def run(mode):
+        before = dlkernels.set_winograd(mode)
+        try:
+            xx = x.clone().requires_grad_(True)
+            y = DF.conv2d(xx, w, None, 1, 1)
+            y.backward(go)
+            return y.detach(), xx.grad
+        finally:
+            dlkernels.set_winograd(before)
+    got, want = run("always"), run("never")
+    assert got[0].isinf().any() or got[0].isnan().any()
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0, equal_nan=True)
+    if where == "weight":
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=0, equal_nan=True)
+    else:  # the input gradient does not read the input: it takes Winograd, finite, rounded its own way
+        assert bool(got[1].isfinite().all())
+        torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-5)
+
+
+@cpu_kernels_only
+def test_winograd_chunks_and_thread_counts_give_bitwise_the_same(winograd_always):
+    """Each tile's sums do not depend on the block it falls in: chunks of images under a small workspace
+    limit, and 1 or 2 threads, give bitwise the same outputs and input gradients."""
+    x = torch.randn(5, 12, 11, 13)
+    w = torch.randn(10, 12, 3, 3)
+    go = torch.randn(5, 10, 11, 13)
+
+    def run():
+        xx = x.clone().requires_grad_(True)
+        y = DF.conv2d(xx, w, None, 1, 1)
+        y.backward(go)
+        return y.detach(), xx.grad
+    before, threads = dlkernels.workspace_limit(), torch.get_num_threads()
+    try:
+        whole = run()
+        dlkernels.set_workspace_limit(1)  # one image per chunk
+        one = run()
+        dlkernels.set_workspace_limit(before)
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        dlkernels.set_workspace_limit(before)
+        torch.set_num_threads(threads)
+    for a, b, c in zip(whole, one, single):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 # A 1x1 layer beyond the tile GEMM's filter bound (64) runs the forward and the input gradient on the

@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include <omp.h>
 
 #include "cpu/simd_scalar.h"
 #include "cpu/conv_impl.h"
@@ -30,6 +33,17 @@ DLK_ISA_DISPATCH(conv_gemm_wide,
                  (M, K, N, A, sam, sak, B, C, batch, bstride, cstride))
 DLK_ISA_DISPATCH(conv_gemm_dots, (int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* work),
                  (M, K, N, A, B, C, work))
+
+template <class T>
+bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, int64_t so, int64_t sc, bool flip, const T* bias,
+                   T* out, T* work, int64_t threads) {
+  switch (current_isa()) {
+    case Isa::Avx512: return conv_winograd_avx512(g, in, w, so, sc, flip, bias, out, work, threads);
+    case Isa::Avx2: return conv_winograd_avx2(g, in, w, so, sc, flip, bias, out, work, threads);
+    case Isa::Scalar: break;
+  }
+  return conv_winograd_scalar(g, in, w, so, sc, flip, bias, out, work, threads);
+}
 
 DLK_ISA_DISPATCH(conv_direct_forward, (const DirectGeom& d, const T* in, const T* w, const T* bias, T* out),
                  (d, in, w, bias, out))
@@ -113,7 +127,9 @@ bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64
   template void conv_depthwise_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);              \
   template void conv_depthwise_nhwc_forward<T>(const DepthwiseGeom&, const T*, const T*, const T*, T*);  \
   template void conv_depthwise_nhwc_input_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);         \
-  template void conv_depthwise_nhwc_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*, double*);
+  template void conv_depthwise_nhwc_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*, double*); \
+  template bool conv_winograd<T>(const WinogradGeom&, const T*, const T*, int64_t, int64_t, bool, const T*, T*, T*, \
+                                 int64_t);
 DLK_CONV_INSTANTIATE(float)
 DLK_CONV_INSTANTIATE(double)
 #undef DLK_CONV_INSTANTIATE

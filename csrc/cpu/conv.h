@@ -106,6 +106,39 @@ template <class T> void conv_depthwise_nhwc_input_grad(const DepthwiseGeom& d, c
 template <class T>
 void conv_depthwise_nhwc_weight_grad(const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_wt, double* work);
 
+// Winograd F(2x2, 3x3) convolution (winograd_impl.h): 3x3 filters, stride 1, dilation 1, one group;
+// in (N, C, H, W), out (N, OC, OH, OW), input row oh + kh - PT and column ow + kw - PL (zero outside the
+// image) for output (oh, ow) and tap (kh, kw). Each 2x2 output tile is A^T [(G g G^T) . (B^T d B)] A of
+// its 4x4 input patch d: the 16 products of the transformed domain are 16 GEMMs (OC x C) @ (C x tiles),
+// 2.25x fewer multiplies than the direct sum (36 per tile and input channel against 16), with the
+// transforms' additions around them. Tap (kh, kw) of filter (o, c) is w[o * w_so + c * w_sc + kk],
+// kk = kh * 3 + kw, or 8 - kk with flip (the input gradient's flipped, transposed filters read from the
+// forward's weight). work holds conv_winograd_work(g, threads) values; threads (>= 1) is the thread
+// count the kernel runs on. Returns false, the output unwritten, when an input value or tap is not
+// finite (see winograd_impl.h; the caller takes another path). Each output is one sum in c order per transformed product, whatever the
+// thread count (bitwise the same for any threads).
+struct WinogradGeom {
+  int64_t N, C, H, W, OC, OH, OW, PT, PL;
+  int64_t tiles_h() const { return (OH + 1) / 2; }
+  int64_t tiles_w() const { return (OW + 1) / 2; }
+  int64_t tiles() const { return N * tiles_h() * tiles_w(); }
+};
+// Tiles per block: the transformed input and products of one block stay in L2 (and at most this many
+// columns per GEMM; a multiple of every ISA's vector width).
+constexpr int64_t kWinogradBlock = 48;
+// Filter rows are padded to a multiple of this (every ISA's register-tile rows divide it).
+constexpr int64_t kWinogradRowAlign = 8;
+inline int64_t conv_winograd_work(const WinogradGeom& g, int64_t threads) {
+  const int64_t ocp = (g.OC + kWinogradRowAlign - 1) / kWinogradRowAlign * kWinogradRowAlign;
+  const int64_t filters = 16 * ocp * g.C;
+  const int64_t padded = g.N * g.C * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
+  const int64_t per_thread = 16 * (g.C + ocp) * (kWinogradBlock + 16);
+  return filters + padded + threads * per_thread;
+}
+template <class T>
+bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, int64_t w_so, int64_t w_sc, bool flip,
+                   const T* bias, T* out, T* work, int64_t threads);
+
 #define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
   void im2col_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
   void col2im_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
@@ -123,7 +156,9 @@ void conv_depthwise_nhwc_weight_grad(const DepthwiseGeom& d, const T* in, const 
   void conv_depthwise_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);                 \
   void conv_depthwise_nhwc_forward_##SUFFIX(const DepthwiseGeom&, const T*, const T*, const T*, T*);      \
   void conv_depthwise_nhwc_input_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);             \
-  void conv_depthwise_nhwc_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*, double*);
+  void conv_depthwise_nhwc_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*, double*);     \
+  bool conv_winograd_##SUFFIX(const WinogradGeom&, const T*, const T*, int64_t, int64_t, bool, const T*, T*, T*, \
+                              int64_t);
 DLK_CONV_DECLARE(scalar, float)
 DLK_CONV_DECLARE(scalar, double)
 DLK_CONV_DECLARE(avx2, float)

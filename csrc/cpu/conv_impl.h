@@ -11,7 +11,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#include <omp.h>
 
 #include "cpu/conv.h"
 
@@ -887,7 +890,13 @@ template <class T> struct DepthwiseKernels {
 }  // namespace
 }  // namespace dlk::cpu
 
+#include "cpu/winograd_impl.h"
+
 #define DLK_CONV_DEFINE(SUFFIX, NS, T)                                                                      \
+  bool conv_winograd_##SUFFIX(const WinogradGeom& g, const T* in, const T* w, int64_t so, int64_t sc, bool flip, \
+                              const T* bias, T* out, T* work, int64_t threads) {                          \
+    return Winograd<NS::Vec<T>>::run(g, in, w, so, sc, flip, bias, out, work, threads);                   \
+  }                                                                                                       \
   void im2col_##SUFFIX(const Im2colGeom& g, const T* in, T* col) { ConvKernels<NS::Vec<T>>::im2col(g, in, col); } \
   void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<NS::Vec<T>>::col2im(g, col, out); } \
   void im2col_nhwc_##SUFFIX(const Im2colGeom& g, const T* in, T* col) {                                  \

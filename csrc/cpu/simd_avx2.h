@@ -19,6 +19,22 @@ template <> struct Vec<float> {
   }
   static R set1(T v) { return _mm256_set1_ps(v); }
   static R load(const T* p) { return _mm256_loadu_ps(p); }
+  // Lane l = p[idx[l]].
+  static R gather_idx(const T* p, const int32_t* idx) {
+    return _mm256_i32gather_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+  }
+  // Lane l = p[l * stride] (stride * 7 within int32).
+  static R gather(const T* p, int64_t stride) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_set1_epi32(int(stride)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_i32gather_ps(p, idx, 4);
+  }
+  // a0 b0 a1 b1 ... to p, its first n values (the pairs of two vectors interleaved; masked past n).
+  static void store_zip(T* p, R a, R b, int64_t n) {
+    const R ul = _mm256_unpacklo_ps(a, b), uh = _mm256_unpackhi_ps(a, b);  // a0 b0 a1 b1 a4 b4 a5 b5 | a2 ..
+    const R lo = _mm256_permute2f128_ps(ul, uh, 0x20), hi = _mm256_permute2f128_ps(ul, uh, 0x31);
+    n >= W ? store(p, lo) : store_tail(p, lo, n);
+    if (n > W) n >= 2 * W ? store(p + W, hi) : store_tail(p + W, hi, n - W);
+  }
   static void store(T* p, R v) { _mm256_storeu_ps(p, v); }
   // vmaskmov never touches masked-off lanes' memory, so reading a tail cannot fault.
   static R load_tail(const T* p, int64_t n, T fill) {
@@ -114,6 +130,22 @@ template <> struct Vec<double> {
   }
   static R set1(T v) { return _mm256_set1_pd(v); }
   static R load(const T* p) { return _mm256_loadu_pd(p); }
+  // Lane l = p[idx[l]].
+  static R gather_idx(const T* p, const int32_t* idx) {
+    return _mm256_i32gather_pd(p, _mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)), 8);
+  }
+  // Lane l = p[l * stride] (stride * 3 within int32).
+  static R gather(const T* p, int64_t stride) {
+    const __m128i idx = _mm_mullo_epi32(_mm_set1_epi32(int(stride)), _mm_setr_epi32(0, 1, 2, 3));
+    return _mm256_i32gather_pd(p, idx, 8);
+  }
+  // a0 b0 a1 b1 ... to p, its first n values.
+  static void store_zip(T* p, R a, R b, int64_t n) {
+    const R ul = _mm256_unpacklo_pd(a, b), uh = _mm256_unpackhi_pd(a, b);  // a0 b0 a2 b2 | a1 b1 a3 b3
+    const R lo = _mm256_permute2f128_pd(ul, uh, 0x20), hi = _mm256_permute2f128_pd(ul, uh, 0x31);
+    n >= W ? store(p, lo) : store_tail(p, lo, n);
+    if (n > W) n >= 2 * W ? store(p + W, hi) : store_tail(p + W, hi, n - W);
+  }
   static void store(T* p, R v) { _mm256_storeu_pd(p, v); }
   static R load_tail(const T* p, int64_t n, T fill) {
     __m256i m = mask(n);

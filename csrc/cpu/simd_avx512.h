@@ -21,6 +21,24 @@ template <> struct Vec<float> {
   }
   static R set1(T v) { return _mm512_set1_ps(v); }
   static R load(const T* p) { return _mm512_loadu_ps(p); }
+  // a0 b0 a1 b1 ... to p, its first n values (the pairs of two vectors interleaved; masked past n).
+  static void store_zip(T* p, R a, R b, int64_t n) {
+    const R lo = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
+    const R hi =
+        _mm512_permutex2var_ps(a, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), b);
+    n >= W ? store(p, lo) : store_tail(p, lo, n);
+    if (n > W) n >= 2 * W ? store(p + W, hi) : store_tail(p + W, hi, n - W);
+  }
+  // Lane l = p[idx[l]].
+  static R gather_idx(const T* p, const int32_t* idx) {
+    return _mm512_i32gather_ps(_mm512_loadu_si512(reinterpret_cast<const void*>(idx)), p, 4);
+  }
+  // Lane l = p[l * stride] (stride * 15 within int32).
+  static R gather(const T* p, int64_t stride) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_set1_epi32(int(stride)),
+                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    return _mm512_i32gather_ps(idx, p, 4);
+  }
   static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
   // Lanes n.. are `fill`; nothing past p + n is read (masked loads never fault on masked lanes).
   static R load_tail(const T* p, int64_t n, T fill) { return _mm512_mask_loadu_ps(set1(fill), mask(n), p); }
@@ -103,6 +121,22 @@ template <> struct Vec<double> {
   static __mmask8 mask(int64_t n) { return n >= W ? __mmask8(0xFF) : n <= 0 ? __mmask8(0) : __mmask8((1u << n) - 1u); }
   static R set1(T v) { return _mm512_set1_pd(v); }
   static R load(const T* p) { return _mm512_loadu_pd(p); }
+  // Lane l = p[idx[l]].
+  static R gather_idx(const T* p, const int32_t* idx) {
+    return _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), p, 8);
+  }
+  // Lane l = p[l * stride] (stride * 7 within int32).
+  static R gather(const T* p, int64_t stride) {
+    const __m256i idx = _mm256_mullo_epi32(_mm256_set1_epi32(int(stride)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm512_i32gather_pd(idx, p, 8);
+  }
+  // a0 b0 a1 b1 ... to p, its first n values.
+  static void store_zip(T* p, R a, R b, int64_t n) {
+    const R lo = _mm512_permutex2var_pd(a, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), b);
+    const R hi = _mm512_permutex2var_pd(a, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), b);
+    n >= W ? store(p, lo) : store_tail(p, lo, n);
+    if (n > W) n >= 2 * W ? store(p + W, hi) : store_tail(p + W, hi, n - W);
+  }
   static void store(T* p, R v) { _mm512_storeu_pd(p, v); }
   static R load_tail(const T* p, int64_t n, T fill) { return _mm512_mask_loadu_pd(set1(fill), mask(n), p); }
   static void store_tail(T* p, R v, int64_t n) { _mm512_mask_storeu_pd(p, mask(n), v); }

@@ -15,6 +15,12 @@ template <class T_> struct Vec {
   static constexpr int kRegisters = 16;  // as AVX2: register tiles keep their AVX2 shape
   static R set1(T v) { return v; }
   static R load(const T* p) { return *p; }
+  static R gather(const T* p, int64_t) { return *p; }
+  static R gather_idx(const T* p, const int32_t* idx) { return p[idx[0]]; }
+  static void store_zip(T* p, R a, R b, int64_t n) {
+    if (n > 0) p[0] = a;
+    if (n > 1) p[1] = b;
+  }
   static void store(T* p, R v) { *p = v; }
   static R load_tail(const T* p, int64_t n, T fill) { return n > 0 ? *p : fill; }
   static void store_tail(T* p, R v, int64_t n) {

@@ -19,6 +19,7 @@
 // default: TF32 on Ampere and later). A converted model's convolutions are thus full float32 unless the
 // user allows TF32 matmuls; tests/test_conv.py::test_cuda_precision_follows_the_matmul_tf32_flag.
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/baddbmm.h>
@@ -48,6 +49,9 @@ using at::IntArrayRef;
 using at::Tensor;
 
 std::atomic<int64_t> g_workspace_limit{int64_t(256) << 20};
+// Which layers take Winograd F(2x2, 3x3) (winograd_fits): 0 none, 1 those of the measured rule, 2 every
+// layer whose geometry it takes.
+std::atomic<int> g_winograd{1};
 
 // The chunk's column matrix is also kept near the last-level cache: im2col writes it and the GEMM reads
 // it back while it is still there (64x576x3136 runs at 132 GFLOP/s from cache, a 16-image
@@ -349,6 +353,67 @@ void small_gemm_dots(const Tensor& acc, const Tensor& a, const Tensor& b) {
   });
 }
 
+// On the CPU, one-group 3x3 layers of stride 1 and dilation 1, padded by at most 2 on each side, run
+// their forward and input gradient by Winograd F(2x2, 3x3) (cpu::conv_winograd): 16 multiplies per 2x2
+// output tile and input channel where the direct sum has 36, in 16 GEMMs with the input and output
+// transforms in cache around them. The input gradient of such a layer is the stride-1 convolution of
+// grad_output padded by 2 - P with the flipped, transposed filters, which the kernel reads from the
+// weight as it is. A layer takes it when the measured rule says it pays (see winograd_pays), or always
+// or never by dlkernels.set_winograd. Its workspace (the padded input, about the input's size, the
+// transformed filters, 16/9 of the weight, and per-thread blocks) is outside the workspace limit. An
+// input or weight that is not finite sends the call to the other paths (whose sums keep inf as inf).
+bool winograd_geometry(const ConvGeom& c) {
+  const Im2colGeom& g = c.g;
+  const int64_t bottom = g.OH + 2 - g.H - g.PH, right = g.OW + 2 - g.W - g.PW;
+  return c.G == 1 && g.KH == 3 && g.KW == 3 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 && g.PH >= 0 &&
+         g.PH <= 2 && g.PW >= 0 && g.PW <= 2 && bottom >= 0 && bottom <= 2 && right >= 0 && right <= 2;
+}
+// The measured rule: see the comment of winograd_geometry and docs/performance.md.
+bool winograd_pays(const ConvGeom& c) { return c.g.C >= 8 && c.OC >= 8; }
+bool winograd_fits(const ConvGeom& c, const Tensor& x) {
+  const int mode = g_winograd.load();
+  return mode != 0 && cpu_float_kernels(x) && winograd_geometry(c) && (mode == 2 || winograd_pays(c));
+}
+// out = the convolution of `in` (N, C, H, W) with the 3x3 filters of w (filter (o, c), tap kk at
+// w[o * so + c * sc + (flip ? 8 - kk : kk)]), padded by pt/pl above and left; false when a value was not
+// finite (nothing written).
+bool winograd_run(const cpu::WinogradGeom& wg, const Tensor& in, const Tensor& w, int64_t so, int64_t sc, bool flip,
+                  const Tensor& b, const Tensor& out) {
+  const int64_t threads = std::max(1, at::get_num_threads()), elem = int64_t(in.element_size());
+  // Chunks of images within the workspace limit (the padded input is the part that grows with the
+  // batch; one image is the smallest chunk). Each tile's sums are the same in any chunk.
+  cpu::WinogradGeom chunk = wg;
+  chunk.N = 0;
+  const int64_t fixed = cpu::conv_winograd_work(chunk, threads);  // the filters and the per-thread blocks
+  const int64_t per_image = wg.C * (2 * wg.tiles_h() + 2) * (2 * wg.tiles_w() + 2);
+  const int64_t B_max = std::max<int64_t>(1, std::min(wg.N, (workspace_limit() / elem - fixed) / per_image));
+  chunk.N = B_max;
+  const Tensor work = empty_output({cpu::conv_winograd_work(chunk, threads)}, in.options());
+  const int64_t in_image = wg.C * wg.H * wg.W, out_image = wg.OC * wg.OH * wg.OW;
+  bool done = true;
+  AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "conv2d", [&] {
+    for (int64_t n0 = 0; n0 < wg.N && done; n0 += B_max) {
+      chunk.N = std::min(B_max, wg.N - n0);
+      done = cpu::conv_winograd<scalar_t>(chunk, in.data_ptr<scalar_t>() + n0 * in_image, w.data_ptr<scalar_t>(), so,
+                                          sc, flip, b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+                                          out.data_ptr<scalar_t>() + n0 * out_image, work.data_ptr<scalar_t>(),
+                                          threads);
+    }
+  });
+  return done;
+}
+bool winograd_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& out) {
+  const Im2colGeom& g = c.g;
+  const cpu::WinogradGeom wg{c.N, g.C, g.H, g.W, c.OC, g.OH, g.OW, g.PH, g.PW};
+  return winograd_run(wg, x, w, g.C * 9, 9, false, b, out);
+}
+// grad_input (N, C, H, W): filter (c, o) of the transposed convolution is w[o, c] flipped.
+bool winograd_input_grad(const ConvGeom& c, const Tensor& go, const Tensor& w, const Tensor& grad_input) {
+  const Im2colGeom& g = c.g;
+  const cpu::WinogradGeom wg{c.N, c.OC, g.OH, g.OW, g.C, g.H, g.W, 2 - g.PH, 2 - g.PW};
+  return winograd_run(wg, go, w, 9, g.C * 9, true, Tensor(), grad_input);
+}
+
 // Element `offset` of a contiguous tensor, untyped (the CUDA launchers take void pointers).
 [[maybe_unused]] char* element_ptr(const Tensor& t, int64_t offset) {
   return static_cast<char*>(t.data_ptr()) + offset * int64_t(t.element_size());
@@ -560,6 +625,11 @@ void nhwc_backward(const ConvGeom& c, const Tensor& grad_output, const Tensor& x
 }  // namespace
 
 int64_t workspace_limit() { return g_workspace_limit.load(); }
+int64_t winograd_mode() { return g_winograd.load(); }
+void set_winograd_mode(int64_t mode) {
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "dlkernels.set_winograd: mode must be 0, 1 or 2, got ", mode);
+  g_winograd.store(int(mode));
+}
 void set_workspace_limit(int64_t bytes) {
   TORCH_CHECK_VALUE(bytes > 0, "dlkernels.set_workspace_limit: bytes must be positive, got ", bytes);
   g_workspace_limit.store(bytes);
@@ -639,6 +709,7 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
     return conv2d_forward(input.to(at::kFloat), weight.to(at::kFloat), b.to(at::kFloat), stride, padding, dilation,
                           groups).to(input.scalar_type());
   }
+  if (winograd_fits(c, x) && winograd_forward(c, x, w, b, out)) return out;
   if (small_direct(c, x)) {
     small_direct_forward(c, x, w, b, out);
     return out;
@@ -833,9 +904,10 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
     });
     return {grad_input, grad_weight, grad_bias};
   }
-  const bool direct_gi = output_mask[0] && direct_input_grad(c, x);
+  const bool wino_gi = output_mask[0] && winograd_fits(c, x) && winograd_input_grad(c, go, w, grad_input);
+  const bool direct_gi = wino_gi || (output_mask[0] && direct_input_grad(c, x));
   if (direct_gi) {
-    direct_input_grad_run(c, go, w, grad_input);
+    if (!wino_gi) direct_input_grad_run(c, go, w, grad_input);
     if (!output_mask[1]) return {grad_input, grad_weight, grad_bias};
   }
   Tensor gw3 = output_mask[1] ? grad_weight.view({c.G, OCg, Rg}) : Tensor();

@@ -85,6 +85,9 @@ at::Tensor col2im(const at::Tensor& input, at::IntArrayRef output_size, at::IntA
                   at::IntArrayRef dilation, at::IntArrayRef padding, at::IntArrayRef stride);
 int64_t workspace_limit();
 void set_workspace_limit(int64_t bytes);
+// Which CPU layers take Winograd F(2x2, 3x3): 0 none, 1 those the measured rule picks, 2 all it can take.
+int64_t winograd_mode();
+void set_winograd_mode(int64_t mode);
 
 // Whether CUDA ops may read device values on the host to raise a clear error (today: cross-entropy
 // class indices out of range). Off by default: a training step then never synchronises with the GPU,

@@ -1,0 +1,352 @@
+// Winograd F(2x2, 3x3) convolution (conv.h, conv_winograd), written once over a Vec<T> wrapper;
+// included by conv_impl.h, so each ISA path (scalar reference, AVX2, AVX-512) has its copy.
+//
+// With d a 4x4 input patch, g a 3x3 filter and y the 2x2 outputs they make,
+//   y = A^T [ U . V ] A,   U = G g G^T,   V = B^T d B   (. elementwise over the 16 positions xi)
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1].
+// Summed over the input channels, the products become 16 GEMMs, M[xi] (OC x tiles) = U[xi] (OC x C) @
+// V[xi] (C x tiles). The work goes block by block of at most kWinogradBlock tiles (a run of tiles in
+// (image, tile row, tile column) order), each block on one thread: its input patches transformed into
+// V (16 x C x NB), its 16 GEMMs into M (16 x OC x NB), M transformed back into the output tiles, all
+// within the thread's L2. The filters are transformed once per call into U (16 x OC x C), the input
+// padded and split into even and odd columns once (so that a vector of consecutive tiles reads
+// consecutive values).
+//
+// Lanes: a vector holds consecutive tiles of one tile row (loads of the split rows, stores of interleaved
+// column pairs), or on images less than a vector of tiles wide, consecutive tiles of the block across
+// tile rows and images (gathered loads, scalar stores of each tile's outputs), so that every transform
+// is lane-wise adds over full vectors.
+// An input value that is not finite would meet the transforms' differences (inf - inf) where the
+// direct sum has one infinite product: the kernel checks the input and filters first and, finding
+// one, returns false without writing the output (the caller takes another path).
+#pragma once
+
+namespace dlk::cpu {
+namespace {
+
+template <class V> struct Winograd {
+  using T = typename V::T;
+  using R = typename V::R;
+  static constexpr int kMR = V::kRegisters >= 32 ? 8 : 4;  // GEMM register tile: kMR filters x kNV vectors
+  static constexpr int kNV = 3;
+  static_assert(kWinogradRowAlign % kMR == 0, "filter rows are padded for every register tile");
+  static_assert(kWinogradBlock % V::W == 0, "a block is whole vectors");
+
+  static R load_n(const T* p, int64_t n) { return n >= V::W ? V::load(p) : V::load_tail(p, n, T(0)); }
+  static void store_n(T* p, R v, int64_t n) { n >= V::W ? V::store(p, v) : V::store_tail(p, v, n); }
+
+  // Lanes of acc are NaN once a value added into it (v - v, zero for finite v) was infinite or NaN.
+  static void add_check(R& acc, R v) { acc = V::add(acc, V::sub(v, v)); }
+  static bool all_finite(R acc) {
+    T lanes[V::W];
+    V::store(lanes, acc);
+    bool ok = true;
+    for (int l = 0; l < V::W; ++l) ok = ok && lanes[l] == T(0);
+    return ok;
+  }
+
+  // U[xi][o][c] = (G g G^T)[xi] of filter (o, c) for o < ocp (rows past OC zero). Returns whether every
+  // tap read is finite.
+  static bool filters(const WinogradGeom& g, const T* w, int64_t so, int64_t sc, bool flip, T* U, int64_t ocp) {
+    const int64_t C = g.C;
+    int kk[9];
+    for (int k = 0; k < 9; ++k) kk[k] = flip ? 8 - k : k;
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (g.OC * C * 16 > kConvParallelGrain)
+    for (int64_t o = 0; o < g.OC; ++o) {
+      R check = V::set1(T(0));
+      for (int64_t c0 = 0; c0 < C; c0 += V::W) {
+        const int64_t n = std::min<int64_t>(V::W, C - c0);
+        const T* src = w + o * so + c0 * sc;
+        R r[9];
+        if (n == V::W) {
+          for (int k = 0; k < 9; ++k) r[k] = V::gather(src + kk[k], sc);
+        } else {
+          T taps[9][V::W];
+          for (int l = 0; l < V::W; ++l)
+            for (int k = 0; k < 9; ++k) taps[k][l] = l < n ? src[l * sc + kk[k]] : T(0);
+          for (int k = 0; k < 9; ++k) r[k] = V::load(taps[k]);
+        }
+        for (int k = 0; k < 9; ++k) add_check(check, r[k]);
+        const R half = V::set1(T(0.5));
+        R t[4][3];  // G g: the filter's rows combined
+        for (int j = 0; j < 3; ++j) {
+          t[0][j] = r[j];
+          t[1][j] = V::mul(V::add(V::add(r[j], r[3 + j]), r[6 + j]), half);
+          t[2][j] = V::mul(V::add(V::sub(r[j], r[3 + j]), r[6 + j]), half);
+          t[3][j] = r[6 + j];
+        }
+        for (int i = 0; i < 4; ++i) {  // (G g) G^T: then its columns
+          const R u[4] = {t[i][0], V::mul(V::add(V::add(t[i][0], t[i][1]), t[i][2]), half),
+                          V::mul(V::add(V::sub(t[i][0], t[i][1]), t[i][2]), half), t[i][2]};
+          for (int j = 0; j < 4; ++j) store_n(U + ((i * 4 + j) * ocp + o) * C + c0, u[j], n);
+        }
+      }
+      bad |= int(!all_finite(check));
+    }
+    for (int xi = 0; xi < 16; ++xi)
+      for (int64_t i = g.OC * C; i < ocp * C; ++i) U[xi * ocp * C + i] = T(0);
+    return bad == 0;
+  }
+
+  // The input padded and split: per (image, channel) plane, rows = 2 * TH + 2 padded rows, each stored
+  // as its even columns E[0, TW + 1) then its odd ones O[0, TW + 1); padded row r, column q holds input
+  // (r - PT, q - PL), zero outside the image. Returns whether every input value is finite.
+  static bool pad_split(const WinogradGeom& g, const T* in, T* xd) {
+    const int64_t TH = g.tiles_h(), TW1 = g.tiles_w() + 1, rows = 2 * TH + 2, len = 2 * TW1;
+    const int64_t planes = g.N * g.C;
+    // k in [k_lo, k_hi): both columns 2k - PL and 2k + 1 - PL within the image
+    const int64_t k_lo = std::min((g.PL + 1) / 2, TW1);
+    const int64_t k_hi = std::max(k_lo, std::min((g.W + g.PL) / 2, TW1));
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (planes * rows * len > kConvParallelGrain)
+    for (int64_t p = 0; p < planes; ++p) {
+      const T* x = in + p * g.H * g.W;
+      for (int64_t r = 0; r < rows; ++r) {
+        T* E = xd + (p * rows + r) * len;
+        T* O = E + TW1;
+        const int64_t h = r - g.PT;
+        if (h < 0 || h >= g.H) {
+          for (int64_t k = 0; k < len; ++k) E[k] = T(0);
+          continue;
+        }
+        const T* xr = x + h * g.W;
+        auto at = [&](int64_t q) { return q >= 0 && q < g.W ? xr[q] : T(0); };
+        for (int64_t k = 0; k < k_lo; ++k) E[k] = at(2 * k - g.PL), O[k] = at(2 * k + 1 - g.PL);
+        for (int64_t k = k_lo; k < k_hi; ++k) {
+          const T e = xr[2 * k - g.PL], o = xr[2 * k + 1 - g.PL];
+          E[k] = e;
+          O[k] = o;
+        }
+        for (int64_t k = k_hi; k < TW1; ++k) E[k] = at(2 * k - g.PL), O[k] = at(2 * k + 1 - g.PL);
+        R check = V::set1(T(0));
+        for (int64_t q = 0; q < g.W; q += V::W) add_check(check, load_n(xr + q, g.W - q));
+        bad |= int(!all_finite(check));
+      }
+    }
+    return bad == 0;
+  }
+
+  // v = B^T d B of one 4x4 patch per lane, d[r][q] its row r, column q; v[i * 4 + k].
+  static void input_tile(const R d[4][4], R v[16]) {
+    R a[4][4];
+    for (int r = 0; r < 4; ++r) {  // each row's d B: d0 - d2, d1 + d2, d2 - d1, d1 - d3
+      a[r][0] = V::sub(d[r][0], d[r][2]);
+      a[r][1] = V::add(d[r][1], d[r][2]);
+      a[r][2] = V::sub(d[r][2], d[r][1]);
+      a[r][3] = V::sub(d[r][1], d[r][3]);
+    }
+    for (int k = 0; k < 4; ++k) {  // then B^T over the rows
+      v[0 * 4 + k] = V::sub(a[0][k], a[2][k]);
+      v[1 * 4 + k] = V::add(a[1][k], a[2][k]);
+      v[2 * 4 + k] = V::sub(a[2][k], a[1][k]);
+      v[3 * 4 + k] = V::sub(a[1][k], a[3][k]);
+    }
+  }
+  // y = A^T m A + bias of one tile per lane: y[i][j] the output at row i, column j of the tile.
+  static void output_tile(const R m[16], R bias, R y[2][2]) {
+    R s[2][4];  // A^T m: rows 0 + 1 + 2 and 1 - 2 - 3
+    for (int k = 0; k < 4; ++k) {
+      s[0][k] = V::add(V::add(m[k], m[4 + k]), m[8 + k]);
+      s[1][k] = V::sub(V::sub(m[4 + k], m[8 + k]), m[12 + k]);
+    }
+    for (int i = 0; i < 2; ++i) {  // (A^T m) A: columns 0 + 1 + 2 and 1 - 2 - 3
+      y[i][0] = V::add(V::add(V::add(s[i][0], s[i][1]), s[i][2]), bias);
+      y[i][1] = V::add(V::sub(V::sub(s[i][1], s[i][2]), s[i][3]), bias);
+    }
+  }
+
+  // Whether a block's vectors hold tiles of several tile rows (images at most TW < W tiles wide: their
+  // runs would leave most lanes empty), gathered by per-lane offsets (int32: the padded input is
+  // smaller than 2^31 values), instead of runs of consecutive tiles along a tile row.
+  static bool lanes_across_rows(const WinogradGeom& g) {
+    const int64_t padded = g.N * g.C * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
+    return g.tiles_w() < V::W && padded < (int64_t(1) << 31);
+  }
+
+  // V[xi][c][j] for the block's tiles t0 + j, j < nb (rows NB long; columns nb up to whole vectors zero).
+  static void transform_input(const WinogradGeom& g, const T* xd, int64_t t0, int64_t nb, int64_t NB, T* Vb) {
+    const int64_t TH = g.tiles_h(), TW = g.tiles_w(), TW1 = TW + 1, rows = 2 * TH + 2, len = 2 * TW1;
+    const int64_t C = g.C, plane = C * NB;
+    if (lanes_across_rows(g)) {
+      for (int64_t j = 0; j < nb; j += V::W) {
+        const int64_t cnt = std::min<int64_t>(V::W, nb - j);
+        int32_t idx[V::W];  // lane l: its tile's patch in channel 0 (lanes past cnt repeat the last tile)
+        for (int l = 0; l < V::W; ++l) {
+          const int64_t t = t0 + j + std::min<int64_t>(l, cnt - 1);
+          const int64_t n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
+          idx[l] = int32_t((n * C * rows + 2 * th) * len + tw);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const T* base = xd + c * rows * len;
+          R d[4][4], v[16];
+          for (int r = 0; r < 4; ++r) {
+            const T* E = base + r * len;
+            d[r][0] = V::gather_idx(E, idx);
+            d[r][1] = V::gather_idx(E + TW1, idx);
+            d[r][2] = V::gather_idx(E + 1, idx);
+            d[r][3] = V::gather_idx(E + TW1 + 1, idx);
+          }
+          input_tile(d, v);
+          T* dst = Vb + c * NB + j;
+          for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * plane, v[xi], cnt);
+        }
+      }
+    } else {
+      for (int64_t t = t0, off = 0; off < nb;) {
+        const int64_t n = t / (TH * TW), th = t / TW % TH, tw = t % TW, run = std::min(TW - tw, nb - off);
+        for (int64_t c = 0; c < C; ++c) {
+          const T* row0 = xd + ((n * C + c) * rows + 2 * th) * len + tw;
+          for (int64_t j = 0; j < run; j += V::W) {
+            const int64_t cnt = std::min<int64_t>(V::W, run - j);
+            R d[4][4], v[16];
+            for (int r = 0; r < 4; ++r) {
+              const T* E = row0 + r * len + j;
+              const T* O = E + TW1;
+              d[r][0] = load_n(E, cnt);
+              d[r][1] = load_n(O, cnt);
+              d[r][2] = load_n(E + 1, cnt);
+              d[r][3] = load_n(O + 1, cnt);
+            }
+            input_tile(d, v);
+            T* dst = Vb + c * NB + off + j;
+            for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * plane, v[xi], cnt);
+          }
+        }
+        off += run;
+        t += run;
+      }
+    }
+    const int64_t end = (nb + V::W - 1) / V::W * V::W;
+    if (end > nb)
+      for (int64_t r = 0; r < 16 * C; ++r)
+        for (int64_t j = nb; j < end; ++j) Vb[r * NB + j] = T(0);
+  }
+
+  // M[xi] (ocp x NB) = U[xi] (ocp x C) @ V[xi] (C x NB) over the block's whole vectors of columns.
+  template <int NV>
+  static void strip(const T* A, const T* B, T* Cm, int64_t C, int64_t ocp, int64_t NB, int64_t col0) {
+    for (int64_t m0 = 0; m0 < ocp; m0 += kMR) {
+      R acc[kMR][NV];
+      for (int i = 0; i < kMR; ++i)
+        for (int v = 0; v < NV; ++v) acc[i][v] = V::set1(T(0));
+      const T* a = A + m0 * C;
+      const T* b = B + col0;
+      for (int64_t k = 0; k < C; ++k, b += NB) {
+        R bv[NV];
+        for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::W);
+        for (int i = 0; i < kMR; ++i) {
+          const R ai = V::set1(a[i * C + k]);
+          for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
+        }
+      }
+      for (int i = 0; i < kMR; ++i)
+        for (int v = 0; v < NV; ++v) V::store(Cm + (m0 + i) * NB + col0 + v * V::W, acc[i][v]);
+    }
+  }
+  static void multiply(const T* Vb, const T* U, T* Mb, int64_t C, int64_t ocp, int64_t NB, int64_t nb) {
+    const int64_t vecs = (nb + V::W - 1) / V::W;
+    for (int xi = 0; xi < 16; ++xi) {
+      const T* A = U + xi * ocp * C;
+      const T* B = Vb + xi * C * NB;
+      T* Cm = Mb + xi * ocp * NB;
+      for (int64_t v0 = 0; v0 < vecs; v0 += kNV) {
+        switch (std::min<int64_t>(kNV, vecs - v0)) {
+          case 3: strip<3>(A, B, Cm, C, ocp, NB, v0 * V::W); break;
+          case 2: strip<2>(A, B, Cm, C, ocp, NB, v0 * V::W); break;
+          default: strip<1>(A, B, Cm, C, ocp, NB, v0 * V::W); break;
+        }
+      }
+    }
+  }
+
+  // The block's output tiles: y = A^T M A (+ bias), cropped at OH and OW.
+  static void transform_output(const WinogradGeom& g, const T* Mb, int64_t ocp, int64_t t0, int64_t nb, int64_t NB,
+                               const T* bias, T* out) {
+    const int64_t TH = g.tiles_h(), TW = g.tiles_w(), OHW = g.OH * g.OW;
+    if (lanes_across_rows(g)) {
+      for (int64_t j = 0; j < nb; j += V::W) {
+        const int cnt = int(std::min<int64_t>(V::W, nb - j));
+        int64_t at[V::W];  // lane l: its tile's first output in channel 0
+        bool row2[V::W], col2[V::W];
+        for (int l = 0; l < cnt; ++l) {
+          const int64_t t = t0 + j + l, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
+          at[l] = (n * g.OC * g.OH + 2 * th) * g.OW + 2 * tw;
+          row2[l] = 2 * th + 1 < g.OH;
+          col2[l] = 2 * tw + 1 < g.OW;
+        }
+        for (int64_t o = 0; o < g.OC; ++o) {
+          R m[16], y[2][2];
+          for (int xi = 0; xi < 16; ++xi) m[xi] = V::load(Mb + (xi * ocp + o) * NB + j);
+          output_tile(m, V::set1(bias ? bias[o] : T(0)), y);
+          T ys[2][2][V::W];
+          for (int i = 0; i < 2; ++i)
+            for (int k = 0; k < 2; ++k) V::store(ys[i][k], y[i][k]);
+          T* yo = out + o * OHW;
+          for (int l = 0; l < cnt; ++l) {
+            T* p = yo + at[l];
+            p[0] = ys[0][0][l];
+            if (col2[l]) p[1] = ys[0][1][l];
+            if (row2[l]) {
+              p[g.OW] = ys[1][0][l];
+              if (col2[l]) p[g.OW + 1] = ys[1][1][l];
+            }
+          }
+        }
+      }
+      return;
+    }
+    for (int64_t t = t0, off = 0; off < nb;) {
+      const int64_t n = t / (TH * TW), th = t / TW % TH, tw = t % TW, run = std::min(TW - tw, nb - off);
+      const int rows = 2 * th + 1 < g.OH ? 2 : 1;
+      for (int64_t o = 0; o < g.OC; ++o) {
+        const R bo = V::set1(bias ? bias[o] : T(0));
+        T* yo = out + ((n * g.OC + o) * g.OH + 2 * th) * g.OW;
+        for (int64_t j = 0; j < run; j += V::W) {
+          const int64_t cnt = std::min<int64_t>(V::W, run - j);
+          R m[16], y[2][2];
+          for (int xi = 0; xi < 16; ++xi) m[xi] = load_n(Mb + (xi * ocp + o) * NB + off + j, cnt);
+          output_tile(m, bo, y);
+          const int64_t col = 2 * (tw + j), ncols = std::min(2 * cnt, g.OW - col);
+          for (int i = 0; i < rows; ++i) V::store_zip(yo + i * g.OW + col, y[i][0], y[i][1], ncols);
+        }
+      }
+      off += run;
+      t += run;
+    }
+  }
+
+  static bool run(const WinogradGeom& g, const T* in, const T* w, int64_t so, int64_t sc, bool flip, const T* bias,
+                  T* out, T* work, int64_t threads) {
+    const int64_t ocp = (g.OC + kWinogradRowAlign - 1) / kWinogradRowAlign * kWinogradRowAlign;
+    T* U = work;
+    T* xd = U + 16 * ocp * g.C;
+    T* per_thread = xd + g.N * g.C * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
+    const int64_t thread_stride = 16 * (g.C + ocp) * (kWinogradBlock + 16);
+    if (!filters(g, w, so, sc, flip, U, ocp)) return false;
+    if (!pad_split(g, in, xd)) return false;
+    // Blocks: a multiple of the thread count when there are few, each of whole vectors.
+    const int64_t tiles = g.tiles();
+    int64_t blocks = (tiles + kWinogradBlock - 1) / kWinogradBlock;
+    blocks = (blocks + threads - 1) / threads * threads;
+    const int64_t NB = ((tiles + blocks - 1) / blocks + V::W - 1) / V::W * V::W;
+    blocks = (tiles + NB - 1) / NB;
+#pragma omp parallel num_threads(int(threads)) if (threads > 1 && blocks > 1)
+    {
+      T* Vb = per_thread + int64_t(omp_get_thread_num()) * thread_stride;
+      T* Mb = Vb + 16 * g.C * NB;
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t t0 = b * NB, nb = std::min(NB, tiles - t0);
+        transform_input(g, xd, t0, nb, NB, Vb);
+        multiply(Vb, U, Mb, g.C, ocp, NB, nb);
+        transform_output(g, Mb, ocp, t0, nb, NB, bias, out);
+      }
+    }
+    return true;
+  }
+};
+
+}  // namespace
+}  // namespace dlk::cpu
