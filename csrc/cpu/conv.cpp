@@ -45,6 +45,17 @@ bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, int64_t so, i
   return conv_winograd_scalar(g, in, w, so, sc, flip, bias, out, work, threads);
 }
 
+template <class T>
+bool conv_winograd_weight_grad(const WinogradGeom& g, const T* in, const T* gy, T* gw, T* work, int64_t threads,
+                               int64_t images) {
+  switch (current_isa()) {
+    case Isa::Avx512: return conv_winograd_weight_grad_avx512(g, in, gy, gw, work, threads, images);
+    case Isa::Avx2: return conv_winograd_weight_grad_avx2(g, in, gy, gw, work, threads, images);
+    case Isa::Scalar: break;
+  }
+  return conv_winograd_weight_grad_scalar(g, in, gy, gw, work, threads, images);
+}
+
 DLK_ISA_DISPATCH(conv_direct_forward, (const DirectGeom& d, const T* in, const T* w, const T* bias, T* out),
                  (d, in, w, bias, out))
 
@@ -129,7 +140,8 @@ bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64
   template void conv_depthwise_nhwc_input_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);         \
   template void conv_depthwise_nhwc_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*, double*); \
   template bool conv_winograd<T>(const WinogradGeom&, const T*, const T*, int64_t, int64_t, bool, const T*, T*, T*, \
-                                 int64_t);
+                                 int64_t);                                                       \
+  template bool conv_winograd_weight_grad<T>(const WinogradGeom&, const T*, const T*, T*, T*, int64_t, int64_t);
 DLK_CONV_INSTANTIATE(float)
 DLK_CONV_INSTANTIATE(double)
 #undef DLK_CONV_INSTANTIATE

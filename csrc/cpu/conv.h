@@ -2,6 +2,7 @@
 // filters are not here (the ops layer calls at::mm on the column matrices these kernels build); those of
 // layers with few or a moderate number of filters are (conv_gemm_wide, conv_gemm_dots below).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "common/conv.h"
@@ -135,6 +136,32 @@ inline int64_t conv_winograd_work(const WinogradGeom& g, int64_t threads) {
   const int64_t per_thread = 16 * (g.C + ocp) * (kWinogradBlock + 16);
   return filters + padded + threads * per_thread;
 }
+// The weight gradient of the same layer: gw (OC, C, 3, 3) = the sum over the N images of in (N, C, H, W)
+// and gy (N, OC, OH, OW) by Winograd's transposed form (winograd_impl.h), images at most `images` at a
+// time (the split copies of input and grad_output are what grows with them); work holds
+// winograd_weight_grad_layout(g, images).total values. Each output is the same sum for any thread
+// count. Returns false, gw unwritten, when a value of in or gy is not finite.
+struct WinogradLayout {
+  int64_t cp, ocp, kc;         // columns (C) and rows (OC) padded; tiles per GEMM chunk
+  int64_t x_split, gy_split;   // values of the split input and grad_output of `images` images
+  int64_t total;
+};
+inline WinogradLayout winograd_weight_grad_layout(const WinogradGeom& g, int64_t images) {
+  WinogradLayout L;
+  L.cp = (g.C + 15) / 16 * 16;
+  L.ocp = (g.OC + kWinogradRowAlign - 1) / kWinogradRowAlign * kWinogradRowAlign;
+  const int64_t plane = (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
+  L.x_split = images * g.C * plane;
+  L.gy_split = images * g.OC * plane;
+  // A chunk's Y and VT within about 4 MiB of float32 (last-level cache), at least a vector of tiles
+  const int64_t tiles = images * g.tiles_h() * g.tiles_w();
+  L.kc = std::max<int64_t>(16, std::min((tiles + 15) / 16 * 16, (int64_t(1) << 20) / (16 * (L.cp + L.ocp)) / 16 * 16));
+  L.total = L.x_split + L.gy_split + 16 * L.kc * L.cp + 16 * L.ocp * L.kc + 16 * L.ocp * L.cp;
+  return L;
+}
+template <class T>
+bool conv_winograd_weight_grad(const WinogradGeom& g, const T* in, const T* gy, T* gw, T* work, int64_t threads,
+                               int64_t images);
 template <class T>
 bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, int64_t w_so, int64_t w_sc, bool flip,
                    const T* bias, T* out, T* work, int64_t threads);
@@ -158,7 +185,8 @@ bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, int64_t w_so,
   void conv_depthwise_nhwc_input_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);             \
   void conv_depthwise_nhwc_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*, double*);     \
   bool conv_winograd_##SUFFIX(const WinogradGeom&, const T*, const T*, int64_t, int64_t, bool, const T*, T*, T*, \
-                              int64_t);
+                              int64_t);                                                          \
+  bool conv_winograd_weight_grad_##SUFFIX(const WinogradGeom&, const T*, const T*, T*, T*, int64_t, int64_t);
 DLK_CONV_DECLARE(scalar, float)
 DLK_CONV_DECLARE(scalar, double)
 DLK_CONV_DECLARE(avx2, float)

@@ -21,12 +21,14 @@ template <> struct Vec<float> {
   static R load(const T* p) { return _mm256_loadu_ps(p); }
   // Lane l = p[idx[l]].
   static R gather_idx(const T* p, const int32_t* idx) {
-    return _mm256_i32gather_ps(p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), 4);
+    // (the masked form, from zeros: GCC 12's plain gather starts from an "undefined" register)
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)),
+                                    _mm256_castsi256_ps(_mm256_set1_epi32(-1)), 4);
   }
   // Lane l = p[l * stride] (stride * 7 within int32).
   static R gather(const T* p, int64_t stride) {
     const __m256i idx = _mm256_mullo_epi32(_mm256_set1_epi32(int(stride)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return _mm256_i32gather_ps(p, idx, 4);
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, idx, _mm256_castsi256_ps(_mm256_set1_epi32(-1)), 4);
   }
   // a0 b0 a1 b1 ... to p, its first n values (the pairs of two vectors interleaved; masked past n).
   static void store_zip(T* p, R a, R b, int64_t n) {
@@ -132,12 +134,13 @@ template <> struct Vec<double> {
   static R load(const T* p) { return _mm256_loadu_pd(p); }
   // Lane l = p[idx[l]].
   static R gather_idx(const T* p, const int32_t* idx) {
-    return _mm256_i32gather_pd(p, _mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)), 8);
+    return _mm256_mask_i32gather_pd(_mm256_setzero_pd(), p, _mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)),
+                                    _mm256_castsi256_pd(_mm256_set1_epi64x(-1)), 8);
   }
   // Lane l = p[l * stride] (stride * 3 within int32).
   static R gather(const T* p, int64_t stride) {
     const __m128i idx = _mm_mullo_epi32(_mm_set1_epi32(int(stride)), _mm_setr_epi32(0, 1, 2, 3));
-    return _mm256_i32gather_pd(p, idx, 8);
+    return _mm256_mask_i32gather_pd(_mm256_setzero_pd(), p, idx, _mm256_castsi256_pd(_mm256_set1_epi64x(-1)), 8);
   }
   // a0 b0 a1 b1 ... to p, its first n values.
   static void store_zip(T* p, R a, R b, int64_t n) {

@@ -31,13 +31,15 @@ template <> struct Vec<float> {
   }
   // Lane l = p[idx[l]].
   static R gather_idx(const T* p, const int32_t* idx) {
-    return _mm512_i32gather_ps(_mm512_loadu_si512(reinterpret_cast<const void*>(idx)), p, 4);
+    // (masked forms from zeros: GCC 12's plain gathers start from an "undefined" register)
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), __mmask16(0xFFFF),
+                                    _mm512_loadu_si512(reinterpret_cast<const void*>(idx)), p, 4);
   }
   // Lane l = p[l * stride] (stride * 15 within int32).
   static R gather(const T* p, int64_t stride) {
     const __m512i idx = _mm512_mullo_epi32(_mm512_set1_epi32(int(stride)),
                                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
-    return _mm512_i32gather_ps(idx, p, 4);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), __mmask16(0xFFFF), idx, p, 4);
   }
   static void store(T* p, R v) { _mm512_storeu_ps(p, v); }
   // Lanes n.. are `fill`; nothing past p + n is read (masked loads never fault on masked lanes).
@@ -123,12 +125,13 @@ template <> struct Vec<double> {
   static R load(const T* p) { return _mm512_loadu_pd(p); }
   // Lane l = p[idx[l]].
   static R gather_idx(const T* p, const int32_t* idx) {
-    return _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), p, 8);
+    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), __mmask8(0xFF),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)), p, 8);
   }
   // Lane l = p[l * stride] (stride * 7 within int32).
   static R gather(const T* p, int64_t stride) {
     const __m256i idx = _mm256_mullo_epi32(_mm256_set1_epi32(int(stride)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return _mm512_i32gather_pd(idx, p, 8);
+    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), __mmask8(0xFF), idx, p, 8);
   }
   // a0 b0 a1 b1 ... to p, its first n values.
   static void store_zip(T* p, R a, R b, int64_t n) {

@@ -129,7 +129,7 @@ template <class V> struct Winograd {
   }
 
   // v = B^T d B of one 4x4 patch per lane, d[r][q] its row r, column q; v[i * 4 + k].
-  static void input_tile(const R d[4][4], R v[16]) {
+  static void input_tile(const R (&d)[4][4], R (&v)[16]) {
     R a[4][4];
     for (int r = 0; r < 4; ++r) {  // each row's d B: d0 - d2, d1 + d2, d2 - d1, d1 - d3
       a[r][0] = V::sub(d[r][0], d[r][2]);
@@ -157,18 +157,39 @@ template <class V> struct Winograd {
     }
   }
 
+  // dL/dm = A g A^T of one 2x2 grad_output tile per lane (A = (A^T)^T, 4x2), g[r][q] its row r, column q.
+  static void grad_tile(const R (&g)[2][2], R (&v)[16]) {
+    R z[4][2];  // A g: rows g0, g0 + g1, g0 - g1, -g1
+    for (int q = 0; q < 2; ++q) {
+      z[0][q] = g[0][q];
+      z[1][q] = V::add(g[0][q], g[1][q]);
+      z[2][q] = V::sub(g[0][q], g[1][q]);
+      z[3][q] = V::neg(g[1][q]);
+    }
+    for (int i = 0; i < 4; ++i) {  // then A^T on the right
+      v[i * 4 + 0] = z[i][0];
+      v[i * 4 + 1] = V::add(z[i][0], z[i][1]);
+      v[i * 4 + 2] = V::sub(z[i][0], z[i][1]);
+      v[i * 4 + 3] = V::neg(z[i][1]);
+    }
+  }
+
   // Whether a block's vectors hold tiles of several tile rows (images at most TW < W tiles wide: their
   // runs would leave most lanes empty), gathered by per-lane offsets (int32: the padded input is
   // smaller than 2^31 values), instead of runs of consecutive tiles along a tile row.
   static bool lanes_across_rows(const WinogradGeom& g) {
-    const int64_t padded = g.N * g.C * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
+    const int64_t padded = g.N * std::max(g.C, g.OC) * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
     return g.tiles_w() < V::W && padded < (int64_t(1) << 31);
   }
 
-  // V[xi][c][j] for the block's tiles t0 + j, j < nb (rows NB long; columns nb up to whole vectors zero).
-  static void transform_input(const WinogradGeom& g, const T* xd, int64_t t0, int64_t nb, int64_t NB, T* Vb) {
+  // For the tiles t0 + j, j < nb (a vector of them at a time), of each of `channels` planes of a split
+  // buffer (pad_split's layout, planes of `rows` rows of 2 * TW1 values): the P x P patch of each tile
+  // (P = 4: the input's, P = 2: grad_output's), transformed by tile(d, v), then store(c, j, cnt, v)
+  // with the 16 vectors of lanes j .. j + cnt.
+  template <int P, class Tile, class Store>
+  static void for_tiles(const WinogradGeom& g, const T* src, int64_t channels, int64_t t0, int64_t nb, Tile tile,
+                        Store store) {
     const int64_t TH = g.tiles_h(), TW = g.tiles_w(), TW1 = TW + 1, rows = 2 * TH + 2, len = 2 * TW1;
-    const int64_t C = g.C, plane = C * NB;
     if (lanes_across_rows(g)) {
       for (int64_t j = 0; j < nb; j += V::W) {
         const int64_t cnt = std::min<int64_t>(V::W, nb - j);
@@ -176,89 +197,90 @@ template <class V> struct Winograd {
         for (int l = 0; l < V::W; ++l) {
           const int64_t t = t0 + j + std::min<int64_t>(l, cnt - 1);
           const int64_t n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
-          idx[l] = int32_t((n * C * rows + 2 * th) * len + tw);
+          idx[l] = int32_t((n * channels * rows + 2 * th) * len + tw);
         }
-        for (int64_t c = 0; c < C; ++c) {
-          const T* base = xd + c * rows * len;
-          R d[4][4], v[16];
-          for (int r = 0; r < 4; ++r) {
-            const T* E = base + r * len;
-            d[r][0] = V::gather_idx(E, idx);
-            d[r][1] = V::gather_idx(E + TW1, idx);
-            d[r][2] = V::gather_idx(E + 1, idx);
-            d[r][3] = V::gather_idx(E + TW1 + 1, idx);
-          }
-          input_tile(d, v);
-          T* dst = Vb + c * NB + j;
-          for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * plane, v[xi], cnt);
+        for (int64_t c = 0; c < channels; ++c) {
+          const T* base = src + c * rows * len;
+          R d[P][P], v[16];
+          for (int r = 0; r < P; ++r)
+            for (int q = 0; q < P; ++q) d[r][q] = V::gather_idx(base + r * len + (q & 1) * TW1 + q / 2, idx);
+          tile(d, v);
+          store(c, j, cnt, v);
         }
       }
-    } else {
-      for (int64_t t = t0, off = 0; off < nb;) {
-        const int64_t n = t / (TH * TW), th = t / TW % TH, tw = t % TW, run = std::min(TW - tw, nb - off);
-        for (int64_t c = 0; c < C; ++c) {
-          const T* row0 = xd + ((n * C + c) * rows + 2 * th) * len + tw;
-          for (int64_t j = 0; j < run; j += V::W) {
-            const int64_t cnt = std::min<int64_t>(V::W, run - j);
-            R d[4][4], v[16];
-            for (int r = 0; r < 4; ++r) {
-              const T* E = row0 + r * len + j;
-              const T* O = E + TW1;
-              d[r][0] = load_n(E, cnt);
-              d[r][1] = load_n(O, cnt);
-              d[r][2] = load_n(E + 1, cnt);
-              d[r][3] = load_n(O + 1, cnt);
-            }
-            input_tile(d, v);
-            T* dst = Vb + c * NB + off + j;
-            for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * plane, v[xi], cnt);
-          }
-        }
-        off += run;
-        t += run;
-      }
+      return;
     }
+    for (int64_t t = t0, off = 0; off < nb;) {
+      const int64_t n = t / (TH * TW), th = t / TW % TH, tw = t % TW, run = std::min(TW - tw, nb - off);
+      for (int64_t c = 0; c < channels; ++c) {
+        const T* row0 = src + ((n * channels + c) * rows + 2 * th) * len + tw;
+        for (int64_t j = 0; j < run; j += V::W) {
+          const int64_t cnt = std::min<int64_t>(V::W, run - j);
+          R d[P][P], v[16];
+          for (int r = 0; r < P; ++r)  // columns 0, 1, 2, 3 of the patch: E[tw], O[tw], E[tw + 1], O[tw + 1]
+            for (int q = 0; q < P; ++q) d[r][q] = load_n(row0 + r * len + (q & 1) * TW1 + q / 2 + j, cnt);
+          tile(d, v);
+          store(c, off + j, cnt, v);
+        }
+      }
+      off += run;
+      t += run;
+    }
+  }
+
+  // V[xi][c][j] for the block's tiles t0 + j, j < nb (rows NB long; columns nb up to whole vectors zero).
+  static void transform_input(const WinogradGeom& g, const T* xd, int64_t t0, int64_t nb, int64_t NB, T* Vb) {
+    const int64_t C = g.C, plane = C * NB;
+    for_tiles<4>(g, xd, C, t0, nb, input_tile, [&](int64_t c, int64_t j, int64_t cnt, const R* v) {
+      T* dst = Vb + c * NB + j;
+      for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * plane, v[xi], cnt);
+    });
     const int64_t end = (nb + V::W - 1) / V::W * V::W;
     if (end > nb)
       for (int64_t r = 0; r < 16 * C; ++r)
         for (int64_t j = nb; j < end; ++j) Vb[r * NB + j] = T(0);
   }
 
-  // M[xi] (ocp x NB) = U[xi] (ocp x C) @ V[xi] (C x NB) over the block's whole vectors of columns.
-  template <int NV>
-  static void strip(const T* A, const T* B, T* Cm, int64_t C, int64_t ocp, int64_t NB, int64_t col0) {
-    for (int64_t m0 = 0; m0 < ocp; m0 += kMR) {
-      R acc[kMR][NV];
-      for (int i = 0; i < kMR; ++i)
-        for (int v = 0; v < NV; ++v) acc[i][v] = V::set1(T(0));
-      const T* a = A + m0 * C;
-      const T* b = B + col0;
-      for (int64_t k = 0; k < C; ++k, b += NB) {
-        R bv[NV];
-        for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::W);
-        for (int i = 0; i < kMR; ++i) {
-          const R ai = V::set1(a[i * C + k]);
-          for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
-        }
+  // Cm (kMR rows, row stride ldc; columns col0 .. col0 + NV * W) = (or += with kAccumulate) A (kMR rows
+  // of K, row stride lda) @ B (K rows, row stride ldb). Each output one sum in k order.
+  template <int NV, bool kAccumulate>
+  static void strip(const T* A, int64_t lda, const T* B, int64_t ldb, T* Cm, int64_t ldc, int64_t K, int64_t col0) {
+    R acc[kMR][NV];
+    for (int i = 0; i < kMR; ++i)
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::set1(T(0));
+    const T* b = B + col0;
+    for (int64_t k = 0; k < K; ++k, b += ldb) {
+      R bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::W);
+      for (int i = 0; i < kMR; ++i) {
+        const R ai = V::set1(A[i * lda + k]);
+        for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
       }
-      for (int i = 0; i < kMR; ++i)
-        for (int v = 0; v < NV; ++v) V::store(Cm + (m0 + i) * NB + col0 + v * V::W, acc[i][v]);
+    }
+    for (int i = 0; i < kMR; ++i)
+      for (int v = 0; v < NV; ++v) {
+        T* c = Cm + i * ldc + col0 + v * V::W;
+        V::store(c, kAccumulate ? V::add(V::load(c), acc[i][v]) : acc[i][v]);
+      }
+  }
+  // One panel of kMR rows over the first `vecs` vectors of columns, in strips of up to kNV vectors.
+  template <bool kAccumulate>
+  static void panel(const T* A, int64_t lda, const T* B, int64_t ldb, T* Cm, int64_t ldc, int64_t K, int64_t vecs) {
+    for (int64_t v0 = 0; v0 < vecs; v0 += kNV) {
+      const int64_t col0 = v0 * V::W;
+      switch (std::min<int64_t>(kNV, vecs - v0)) {
+        case 3: strip<3, kAccumulate>(A, lda, B, ldb, Cm, ldc, K, col0); break;
+        case 2: strip<2, kAccumulate>(A, lda, B, ldb, Cm, ldc, K, col0); break;
+        default: strip<1, kAccumulate>(A, lda, B, ldb, Cm, ldc, K, col0); break;
+      }
     }
   }
+  // M[xi] (ocp x NB) = U[xi] (ocp x C) @ V[xi] (C x NB) over the block's whole vectors of columns.
   static void multiply(const T* Vb, const T* U, T* Mb, int64_t C, int64_t ocp, int64_t NB, int64_t nb) {
     const int64_t vecs = (nb + V::W - 1) / V::W;
-    for (int xi = 0; xi < 16; ++xi) {
-      const T* A = U + xi * ocp * C;
-      const T* B = Vb + xi * C * NB;
-      T* Cm = Mb + xi * ocp * NB;
-      for (int64_t v0 = 0; v0 < vecs; v0 += kNV) {
-        switch (std::min<int64_t>(kNV, vecs - v0)) {
-          case 3: strip<3>(A, B, Cm, C, ocp, NB, v0 * V::W); break;
-          case 2: strip<2>(A, B, Cm, C, ocp, NB, v0 * V::W); break;
-          default: strip<1>(A, B, Cm, C, ocp, NB, v0 * V::W); break;
-        }
-      }
-    }
+    for (int xi = 0; xi < 16; ++xi)
+      for (int64_t m0 = 0; m0 < ocp; m0 += kMR)
+        panel<false>(U + (xi * ocp + m0) * C, C, Vb + xi * C * NB, NB, Mb + (xi * ocp + m0) * NB, NB, C, vecs);
   }
 
   // The block's output tiles: y = A^T M A (+ bias), cropped at OH and OW.
@@ -268,8 +290,8 @@ template <class V> struct Winograd {
     if (lanes_across_rows(g)) {
       for (int64_t j = 0; j < nb; j += V::W) {
         const int cnt = int(std::min<int64_t>(V::W, nb - j));
-        int64_t at[V::W];  // lane l: its tile's first output in channel 0
-        bool row2[V::W], col2[V::W];
+        int64_t at[V::W] = {};  // lane l: its tile's first output in channel 0
+        bool row2[V::W] = {}, col2[V::W] = {};
         for (int l = 0; l < cnt; ++l) {
           const int64_t t = t0 + j + l, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
           at[l] = (n * g.OC * g.OH + 2 * th) * g.OW + 2 * tw;
@@ -342,6 +364,105 @@ template <class V> struct Winograd {
         transform_input(g, xd, t0, nb, NB, Vb);
         multiply(Vb, U, Mb, g.C, ocp, NB, nb);
         transform_output(g, Mb, ocp, t0, nb, NB, bias, out);
+      }
+    }
+    return true;
+  }
+
+  // The transformed input patches of tiles t0 .. t0 + nb, a tile per row: dst[xi * xi_stride + j * ldd + c]
+  // for tile t0 + j, channel c; a vector of channels at a time, each patch value gathered across the
+  // channels' planes (the planes are smaller than 2^31 / W values: pad_split's buffer is).
+  static void patches_by_channel(const WinogradGeom& g, const T* xd, int64_t t0, int64_t nb, T* dst,
+                                 int64_t xi_stride, int64_t ldd) {
+    const int64_t TH = g.tiles_h(), TW = g.tiles_w(), TW1 = TW + 1, len = 2 * TW1, plane = (2 * TH + 2) * len;
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t t = t0 + j, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
+      const T* base = xd + n * g.C * plane + 2 * th * len + tw;
+      for (int64_t c0 = 0; c0 < g.C; c0 += V::W) {
+        const int64_t cnt = std::min<int64_t>(V::W, g.C - c0);
+        int32_t idx[V::W];  // lane l: channel c0 + l's plane (lanes past the channels repeat the last)
+        for (int l = 0; l < V::W; ++l) idx[l] = int32_t((c0 + std::min<int64_t>(l, cnt - 1)) * plane);
+        R d[4][4], v[16];
+        for (int r = 0; r < 4; ++r)
+          for (int q = 0; q < 4; ++q) d[r][q] = V::gather_idx(base + r * len + (q & 1) * TW1 + q / 2, idx);
+        input_tile(d, v);
+        for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * xi_stride + j * ldd + c0, v[xi], cnt);
+      }
+    }
+  }
+
+  // The weight gradient (conv.h, conv_winograd_weight_grad): dL/dg = G^T [sum over tiles of (A gy A^T) .
+  // (B^T d B)] G, the sum over tiles being 16 GEMMs S[xi] (OC x C) += Y[xi] (OC x tiles) @ V[xi]^T,
+  // chunk by chunk of kc tiles: Y[xi] (ocp x kc) the transformed grad_output tiles, VT[xi] (kc x cp) the
+  // transformed input patches stored a tile per row (each vector of tiles stored lane by lane), so that
+  // the GEMM broadcasts Y and loads rows of VT as the forward's does.
+  static bool weight_grad(const WinogradGeom& g, const T* in, const T* gy, T* gw, T* work, int64_t threads,
+                          int64_t images) {
+    const WinogradLayout L = winograd_weight_grad_layout(g, images);
+    const int64_t C = g.C, OC = g.OC, cp = L.cp, ocp = L.ocp, kc = L.kc;
+    T* xd = work;
+    T* gyd = xd + L.x_split;
+    T* VT = gyd + L.gy_split;
+    T* Y = VT + 16 * kc * cp;
+    T* S = Y + 16 * ocp * kc;
+    if (cp > C)  // columns C .. cp of VT stay zero (the GEMM reads whole vectors)
+      for (int64_t r = 0; r < 16 * kc; ++r)
+        for (int64_t c = C; c < cp; ++c) VT[r * cp + c] = T(0);
+    for (int xi = 0; xi < 16; ++xi)  // rows OC .. ocp of Y too (the register tile's rows)
+      for (int64_t i = OC * kc; i < ocp * kc; ++i) Y[xi * ocp * kc + i] = T(0);
+    for (int64_t i = 0; i < 16 * ocp * cp; ++i) S[i] = T(0);
+    const int64_t per_image = g.tiles_h() * g.tiles_w();
+    for (int64_t n0 = 0; n0 < g.N; n0 += images) {
+      WinogradGeom gc = g;  // this chunk of images
+      gc.N = std::min(images, g.N - n0);
+      // grad_output's tiles: the same tiles, of a stride-1 "image" OH x OW with no padding
+      WinogradGeom gg{gc.N, OC, g.OH, g.OW, C, g.OH, g.OW, 0, 0};
+      if (!pad_split(gc, in + n0 * C * g.H * g.W, xd)) return false;
+      if (!pad_split(gg, gy + n0 * OC * g.OH * g.OW, gyd)) return false;
+      const int64_t tiles = gc.N * per_image;
+      for (int64_t t0 = 0; t0 < tiles; t0 += kc) {
+        const int64_t nb = std::min(kc, tiles - t0), parts = (nb + V::W - 1) / V::W;
+#pragma omp parallel for schedule(static) num_threads(int(threads)) if (threads > 1 && parts > 1)
+        for (int64_t p = 0; p < parts; ++p) {
+          const int64_t j0 = p * V::W, cnt = std::min<int64_t>(V::W, nb - j0);
+          patches_by_channel(gc, xd, t0 + j0, cnt, VT + j0 * cp, kc * cp, cp);
+          for_tiles<2>(gg, gyd, OC, t0 + j0, cnt, grad_tile, [&](int64_t o, int64_t j, int64_t n, const R* v) {
+            for (int xi = 0; xi < 16; ++xi) store_n(Y + (xi * ocp + o) * kc + j0 + j, v[xi], n);
+          });
+        }
+        const int64_t panels = ocp / kMR, vecs = cp / V::W;
+#pragma omp parallel for schedule(static) num_threads(int(threads)) if (threads > 1)
+        for (int64_t task = 0; task < 16 * panels; ++task) {
+          const int64_t xi = task / panels, m0 = task % panels * kMR;
+          panel<true>(Y + (xi * ocp + m0) * kc, kc, VT + xi * kc * cp, cp, S + (xi * ocp + m0) * cp, cp, nb, vecs);
+        }
+      }
+    }
+    // dL/dg = G^T S G per filter, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
+#pragma omp parallel for schedule(static) num_threads(int(threads)) if (threads > 1 && OC * C > 4096)
+    for (int64_t o = 0; o < OC; ++o) {
+      const R half = V::set1(T(0.5));
+      for (int64_t c0 = 0; c0 < C; c0 += V::W) {
+        const int64_t n = std::min<int64_t>(V::W, C - c0);
+        R m[16];
+        for (int xi = 0; xi < 16; ++xi) m[xi] = V::load(S + (xi * ocp + o) * cp + c0);
+        R t[3][4];  // G^T S: rows
+        for (int k = 0; k < 4; ++k) {
+          const R sum = V::mul(V::add(m[4 + k], m[8 + k]), half);
+          t[0][k] = V::add(m[k], sum);
+          t[1][k] = V::mul(V::sub(m[4 + k], m[8 + k]), half);
+          t[2][k] = V::add(sum, m[12 + k]);
+        }
+        T out[9][V::W];
+        for (int r = 0; r < 3; ++r) {  // (G^T S) G: columns
+          const R sum = V::mul(V::add(t[r][1], t[r][2]), half);
+          V::store(out[r * 3 + 0], V::add(t[r][0], sum));
+          V::store(out[r * 3 + 1], V::mul(V::sub(t[r][1], t[r][2]), half));
+          V::store(out[r * 3 + 2], V::add(sum, t[r][3]));
+        }
+        T* dst = gw + (o * C + c0) * 9;
+        for (int64_t l = 0; l < n; ++l)
+          for (int k = 0; k < 9; ++k) dst[l * 9 + k] = out[k][l];
       }
     }
     return true;

@@ -374,6 +374,11 @@ bool winograd_fits(const ConvGeom& c, const Tensor& x) {
   const int mode = g_winograd.load();
   return mode != 0 && cpu_float_kernels(x) && winograd_geometry(c) && (mode == 2 || winograd_pays(c));
 }
+// The weight gradient's rule: its transposed form gathers each input patch across the channels and
+// pays from 64 channels on (below, the column-matrix GEMM is faster: docs/performance.md).
+bool winograd_weight_grad_fits(const ConvGeom& c, const Tensor& x) {
+  return winograd_fits(c, x) && (g_winograd.load() == 2 || (c.g.C >= 64 && c.OC >= 64));
+}
 // out = the convolution of `in` (N, C, H, W) with the 3x3 filters of w (filter (o, c), tap kk at
 // w[o * so + c * sc + (flip ? 8 - kk : kk)]), padded by pt/pl above and left; false when a value was not
 // finite (nothing written).
@@ -406,6 +411,23 @@ bool winograd_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const
   const Im2colGeom& g = c.g;
   const cpu::WinogradGeom wg{c.N, g.C, g.H, g.W, c.OC, g.OH, g.OW, g.PH, g.PW};
   return winograd_run(wg, x, w, g.C * 9, 9, false, b, out);
+}
+// grad_weight (OC, C, 3, 3), written whole: images in chunks whose split copies fit the workspace limit.
+bool winograd_weight_grad(const ConvGeom& c, const Tensor& x, const Tensor& go, const Tensor& grad_weight) {
+  const Im2colGeom& g = c.g;
+  const cpu::WinogradGeom wg{c.N, g.C, g.H, g.W, c.OC, g.OH, g.OW, g.PH, g.PW};
+  const int64_t threads = std::max(1, at::get_num_threads()), elem = int64_t(x.element_size());
+  int64_t images = c.N;
+  while (images > 1 && cpu::winograd_weight_grad_layout(wg, images).total * elem > workspace_limit())
+    images = (images + 1) / 2;
+  const Tensor work = empty_output({cpu::winograd_weight_grad_layout(wg, images).total}, x.options());
+  bool done = false;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
+    done = cpu::conv_winograd_weight_grad<scalar_t>(wg, x.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(),
+                                                    grad_weight.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(),
+                                                    threads, images);
+  });
+  return done;
 }
 // grad_input (N, C, H, W): filter (c, o) of the transposed convolution is w[o, c] flipped.
 bool winograd_input_grad(const ConvGeom& c, const Tensor& go, const Tensor& w, const Tensor& grad_input) {
@@ -886,7 +908,9 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
   Tensor grad_input = at::empty({0}, x.options()), grad_weight = at::empty({0}, x.options()),
          grad_bias = at::empty({0}, x.options());
   if (output_mask[0]) grad_input = empty_output(x.sizes(), x.options());
-  if (output_mask[1]) grad_weight = at::zeros(w.sizes(), w.options());
+  // Winograd's weight gradient writes it whole; the other paths accumulate into zeros
+  const bool wino = winograd_fits(c, x) && c.N > 0, wino_w = wino && winograd_weight_grad_fits(c, x);
+  if (output_mask[1]) grad_weight = wino_w ? at::empty(w.sizes(), w.options()) : at::zeros(w.sizes(), w.options());
   if (output_mask[2]) {
     grad_bias = at::empty({c.OC}, x.options());
     k.channel_sum(c.N, c.OC, L, go, grad_bias);
@@ -904,7 +928,15 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
     });
     return {grad_input, grad_weight, grad_bias};
   }
-  const bool wino_gi = output_mask[0] && winograd_fits(c, x) && winograd_input_grad(c, go, w, grad_input);
+  if (wino_w && output_mask[1]) {
+    if (winograd_weight_grad(c, x, go, grad_weight)) {
+      output_mask[1] = false;  // done
+    } else {
+      grad_weight.zero_();  // a value not finite: the column-matrix path below
+    }
+  }
+  const bool wino_gi = output_mask[0] && wino && winograd_input_grad(c, go, w, grad_input);
+  if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
   const bool direct_gi = wino_gi || (output_mask[0] && direct_input_grad(c, x));
   if (direct_gi) {
     if (!wino_gi) direct_input_grad_run(c, go, w, grad_input);
