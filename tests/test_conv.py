@@ -572,13 +572,26 @@ def winograd_always():
 
 @pytest.mark.parametrize("x_shape,oc,p", WINOGRAD_CONFIGS, ids=[str(i) for i in range(len(WINOGRAD_CONFIGS))])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_winograd_matches_torch(device, dtype, winograd_always, x_shape, oc, p, bias):
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "nhwc-cl-weight"])
+def test_winograd_matches_torch(device, dtype, winograd_always, x_shape, oc, p, bias, layout):
+    """Forward and all three gradients; channels_last input (the NHWC kernels, lanes over channels) with
+    either weight format, each result in torch's memory format."""
     x = torch.randn(x_shape, dtype=dtype, device=device)
     w = torch.randn(oc, x_shape[1], 3, 3, dtype=dtype, device=device) / (3 * x_shape[1] ** 0.5)
     b = torch.randn(oc, dtype=dtype, device=device) if bias else None
+    if layout != "nchw":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "nhwc-cl-weight":
+        w = w.contiguous(memory_format=torch.channels_last)
     inputs, grads = ([x, w, b], (0, 1, 2)) if bias else ([x, w], (0, 1))
-    check_fwd_bwd(lambda *a: DF.conv2d(*a, padding=p), lambda *a: F.conv2d(*a, padding=p), inputs, grad_inputs=grads,
-                  dtype=dtype, error_vs_torch=True)
+    ours, _ = check_fwd_bwd(lambda *a: DF.conv2d(*a, padding=p), lambda *a: F.conv2d(*a, padding=p), inputs,
+                            grad_inputs=grads, dtype=dtype, error_vs_torch=True)
+    def formats(t):  # (strides of size-1 dimensions are arbitrary)
+        return t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+    assert formats(ours) == formats(F.conv2d(x, w, b, padding=p))
+    xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    DF.conv2d(xx, ww, b, padding=p).sum().backward()
+    assert formats(xx.grad) == formats(x) and formats(ww.grad) == formats(w)
 
 
 def test_winograd_padding_past_two_and_asymmetric_4_value_padding(device, winograd_always):
@@ -599,8 +612,11 @@ def test_winograd_padding_past_two_and_asymmetric_4_value_padding(device, winogr
         torch.testing.assert_close(gw, want[1], rtol=1e-12, atol=1e-12)
 
 
-def _winograd_run(mode, x, w, go, dtype=None):
-    """Output and the input and weight gradients of a padding-1 layer under the given Winograd mode."""
+def _winograd_run(mode, x, w, go, layout="nchw"):
+    """Output and the input and weight gradients of a padding-1 layer under the given Winograd mode
+    (layout "nhwc": input and grad_output channels_last)."""
+    if layout == "nhwc":
+        x, go = x.contiguous(memory_format=torch.channels_last), go.contiguous(memory_format=torch.channels_last)
     before = dlkernels.set_winograd(mode)
     try:
         xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
@@ -637,7 +653,8 @@ def test_winograd_rule_and_modes():
 @cpu_kernels_only
 @pytest.mark.parametrize("where", ["input", "weight"])
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
-def test_winograd_non_finite_values_take_the_other_paths(where, value):
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_winograd_non_finite_values_take_the_other_paths(where, value, layout):
     """An infinite or NaN input or weight sends each computation that reads it to the other paths
     ("never"'s result, NaN and inf where it has them): the transforms' differences would make NaN
     (inf - inf) of outputs that the other paths' sums make infinite. The input gradient reads
@@ -646,7 +663,7 @@ def test_winograd_non_finite_values_take_the_other_paths(where, value):
     w = torch.randn(10, 9, 3, 3).abs()
     (x if where == "input" else w).view(-1)[5] = value
     go = torch.randn(2, 10, 7, 6)
-    got, want = _winograd_run("always", x, w, go), _winograd_run("never", x, w, go)
+    got, want = _winograd_run("always", x, w, go, layout), _winograd_run("never", x, w, go, layout)
     assert got[0].isinf().any() or got[0].isnan().any()
     reads = {0: True, 1: where == "weight", 2: where == "input"}  # does the result read the bad value
     for i, (a, e) in enumerate(zip(got, want)):
@@ -663,18 +680,19 @@ def test_winograd_chunks_and_thread_counts():
     count: 1 or 2 threads give bitwise the same results, and so do chunks of images under a small
     workspace limit for the output and input gradient; the weight gradient sums the chunks' tiles in
     other groups (float64: within 1e-12 of the whole batch's)."""
-    for dtype in (torch.float32, torch.float64):
+    for dtype, layout in [(torch.float32, "nchw"), (torch.float64, "nchw"), (torch.float32, "nhwc"),
+                          (torch.float64, "nhwc")]:
         x = torch.randn(5, 12, 11, 13, dtype=dtype)
         w = torch.randn(10, 12, 3, 3, dtype=dtype)
         go = torch.randn(5, 10, 11, 13, dtype=dtype)
         before, threads = dlkernels.workspace_limit(), torch.get_num_threads()
         try:
-            whole = _winograd_run("always", x, w, go)
+            whole = _winograd_run("always", x, w, go, layout)
             dlkernels.set_workspace_limit(1)  # one image per chunk
-            one = _winograd_run("always", x, w, go)
+            one = _winograd_run("always", x, w, go, layout)
             dlkernels.set_workspace_limit(before)
             torch.set_num_threads(1)
-            single = _winograd_run("always", x, w, go)
+            single = _winograd_run("always", x, w, go, layout)
         finally:
             dlkernels.set_workspace_limit(before)
             torch.set_num_threads(threads)

@@ -34,26 +34,36 @@ DLK_ISA_DISPATCH(conv_gemm_wide,
 DLK_ISA_DISPATCH(conv_gemm_dots, (int64_t M, int64_t K, int64_t N, const T* A, const T* B, T* C, double* work),
                  (M, K, N, A, B, C, work))
 
+// (the Winograd kernels return whether they ran: DLK_ISA_DISPATCH's functions return nothing)
 template <class T>
-bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, int64_t so, int64_t sc, bool flip, const T* bias,
-                   T* out, T* work, int64_t threads) {
+bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f, const T* bias, T* out,
+                   T* work, int64_t threads) {
   switch (current_isa()) {
-    case Isa::Avx512: return conv_winograd_avx512(g, in, w, so, sc, flip, bias, out, work, threads);
-    case Isa::Avx2: return conv_winograd_avx2(g, in, w, so, sc, flip, bias, out, work, threads);
+    case Isa::Avx512: return conv_winograd_avx512(g, in, w, f, bias, out, work, threads);
+    case Isa::Avx2: return conv_winograd_avx2(g, in, w, f, bias, out, work, threads);
     case Isa::Scalar: break;
   }
-  return conv_winograd_scalar(g, in, w, so, sc, flip, bias, out, work, threads);
+  return conv_winograd_scalar(g, in, w, f, bias, out, work, threads);
 }
-
 template <class T>
-bool conv_winograd_weight_grad(const WinogradGeom& g, const T* in, const T* gy, T* gw, T* work, int64_t threads,
-                               int64_t images) {
+bool conv_winograd_nhwc(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f, const T* bias,
+                        T* out, T* work, int64_t threads) {
   switch (current_isa()) {
-    case Isa::Avx512: return conv_winograd_weight_grad_avx512(g, in, gy, gw, work, threads, images);
-    case Isa::Avx2: return conv_winograd_weight_grad_avx2(g, in, gy, gw, work, threads, images);
+    case Isa::Avx512: return conv_winograd_nhwc_avx512(g, in, w, f, bias, out, work, threads);
+    case Isa::Avx2: return conv_winograd_nhwc_avx2(g, in, w, f, bias, out, work, threads);
     case Isa::Scalar: break;
   }
-  return conv_winograd_weight_grad_scalar(g, in, gy, gw, work, threads, images);
+  return conv_winograd_nhwc_scalar(g, in, w, f, bias, out, work, threads);
+}
+template <class T>
+bool conv_winograd_weight_grad(const WinogradGeom& g, const T* in, const T* gy, bool nhwc, T* gw,
+                               const WinogradFilters& f, T* work, int64_t threads, int64_t images) {
+  switch (current_isa()) {
+    case Isa::Avx512: return conv_winograd_weight_grad_avx512(g, in, gy, nhwc, gw, f, work, threads, images);
+    case Isa::Avx2: return conv_winograd_weight_grad_avx2(g, in, gy, nhwc, gw, f, work, threads, images);
+    case Isa::Scalar: break;
+  }
+  return conv_winograd_weight_grad_scalar(g, in, gy, nhwc, gw, f, work, threads, images);
 }
 
 DLK_ISA_DISPATCH(conv_direct_forward, (const DirectGeom& d, const T* in, const T* w, const T* bias, T* out),
@@ -139,9 +149,12 @@ bool conv_gemm_small_fits(int64_t OCg, int64_t Rg) { return OCg <= 8 && Rg <= 64
   template void conv_depthwise_nhwc_forward<T>(const DepthwiseGeom&, const T*, const T*, const T*, T*);  \
   template void conv_depthwise_nhwc_input_grad<T>(const DepthwiseGeom&, const T*, const T*, T*);         \
   template void conv_depthwise_nhwc_weight_grad<T>(const DepthwiseGeom&, const T*, const T*, T*, double*); \
-  template bool conv_winograd<T>(const WinogradGeom&, const T*, const T*, int64_t, int64_t, bool, const T*, T*, T*, \
+  template bool conv_winograd<T>(const WinogradGeom&, const T*, const T*, const WinogradFilters&, const T*, T*, T*, \
                                  int64_t);                                                       \
-  template bool conv_winograd_weight_grad<T>(const WinogradGeom&, const T*, const T*, T*, T*, int64_t, int64_t);
+  template bool conv_winograd_nhwc<T>(const WinogradGeom&, const T*, const T*, const WinogradFilters&, const T*, T*, \
+                                      T*, int64_t);                                              \
+  template bool conv_winograd_weight_grad<T>(const WinogradGeom&, const T*, const T*, bool, T*, const WinogradFilters&, \
+                                             T*, int64_t, int64_t);
 DLK_CONV_INSTANTIATE(float)
 DLK_CONV_INSTANTIATE(double)
 #undef DLK_CONV_INSTANTIATE

@@ -108,63 +108,80 @@ template <class T>
 void conv_depthwise_nhwc_weight_grad(const DepthwiseGeom& d, const T* in, const T* grad_out, T* grad_wt, double* work);
 
 // Winograd F(2x2, 3x3) convolution (winograd_impl.h): 3x3 filters, stride 1, dilation 1, one group;
-// in (N, C, H, W), out (N, OC, OH, OW), input row oh + kh - PT and column ow + kw - PL (zero outside the
-// image) for output (oh, ow) and tap (kh, kw). Each 2x2 output tile is A^T [(G g G^T) . (B^T d B)] A of
-// its 4x4 input patch d: the 16 products of the transformed domain are 16 GEMMs (OC x C) @ (C x tiles),
-// 2.25x fewer multiplies than the direct sum (36 per tile and input channel against 16), with the
-// transforms' additions around them. Tap (kh, kw) of filter (o, c) is w[o * w_so + c * w_sc + kk],
-// kk = kh * 3 + kw, or 8 - kk with flip (the input gradient's flipped, transposed filters read from the
-// forward's weight). work holds conv_winograd_work(g, threads) values; threads (>= 1) is the thread
-// count the kernel runs on. Returns false, the output unwritten, when an input value or tap is not
-// finite (see winograd_impl.h; the caller takes another path). Each output is one sum in c order per transformed product, whatever the
-// thread count (bitwise the same for any threads).
+// in (N, C, H, W), out (N, OC, OH, OW) (the _nhwc forms: in (N, H, W, C), out (N, OH, OW, OC)), input
+// row oh + kh - PT and column ow + kw - PL (zero outside the image) for output (oh, ow) and tap (kh, kw).
+// Each 2x2 output tile is A^T [(G g G^T) . (B^T d B)] A of its 4x4 input patch d: the 16 products of the
+// transformed domain are 16 GEMMs (OC x C) @ (C x tiles), 2.25x fewer multiplies than the direct sum (36
+// per tile and input channel against 16), with the transforms' additions around them. work holds
+// conv_winograd_work(g, threads) values (conv_winograd_nhwc_work for the _nhwc form); threads (>= 1) is
+// the thread count the kernel runs on. Returns false, the output unwritten, when an input value or tap
+// is not finite (see winograd_impl.h; the caller takes another path). Each output is one sum in c order
+// per transformed product, whatever the thread count (bitwise the same for any threads).
 struct WinogradGeom {
   int64_t N, C, H, W, OC, OH, OW, PT, PL;
   int64_t tiles_h() const { return (OH + 1) / 2; }
   int64_t tiles_w() const { return (OW + 1) / 2; }
   int64_t tiles() const { return N * tiles_h() * tiles_w(); }
 };
+// Where a filter's taps are: tap (kh, kw) of filter (o, c) at w[o * so + c * sc + kh * sh + kw * sw], or
+// with flip at tap (2 - kh, 2 - kw) (the input gradient's flipped, transposed filters read from the
+// forward's weight with so and sc swapped). Any memory format of the weight.
+struct WinogradFilters {
+  int64_t so, sc, sh, sw;
+  bool flip;
+};
 // Tiles per block: the transformed input and products of one block stay in L2 (and at most this many
-// columns per GEMM; a multiple of every ISA's vector width).
+// columns per GEMM; a multiple of every ISA's vector width and register-tile rows).
 constexpr int64_t kWinogradBlock = 48;
-// Filter rows are padded to a multiple of this (every ISA's register-tile rows divide it).
+// Filter rows are padded to a multiple of this (every ISA's register-tile rows divide it), vector
+// columns to a multiple of kWinogradColAlign (every ISA's vector width divides it).
 constexpr int64_t kWinogradRowAlign = 8;
+constexpr int64_t kWinogradColAlign = 16;
+inline int64_t winograd_round(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 inline int64_t conv_winograd_work(const WinogradGeom& g, int64_t threads) {
-  const int64_t ocp = (g.OC + kWinogradRowAlign - 1) / kWinogradRowAlign * kWinogradRowAlign;
+  const int64_t ocp = winograd_round(g.OC, kWinogradRowAlign);
   const int64_t filters = 16 * ocp * g.C;
   const int64_t padded = g.N * g.C * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
   const int64_t per_thread = 16 * (g.C + ocp) * (kWinogradBlock + 16);
   return filters + padded + threads * per_thread;
 }
-// The weight gradient of the same layer: gw (OC, C, 3, 3) = the sum over the N images of in (N, C, H, W)
-// and gy (N, OC, OH, OW) by Winograd's transposed form (winograd_impl.h), images at most `images` at a
+inline int64_t conv_winograd_nhwc_work(const WinogradGeom& g, int64_t threads) {
+  const int64_t ocq = winograd_round(g.OC, kWinogradColAlign);
+  return 16 * g.C * ocq + threads * 16 * kWinogradBlock * (g.C + ocq);
+}
+template <class T>
+bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f, const T* bias, T* out,
+                   T* work, int64_t threads);
+template <class T>
+bool conv_winograd_nhwc(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f, const T* bias,
+                        T* out, T* work, int64_t threads);
+// The weight gradient of the same layer: gw (OC, C, 3, 3), written whole at the places `f` gives
+// (flip false: any memory format), = the sum over the N images of in and gy ((N, OC, OH, OW); with nhwc
+// both channels_last) by Winograd's transposed form (winograd_impl.h), images at most `images` at a
 // time (the split copies of input and grad_output are what grows with them); work holds
-// winograd_weight_grad_layout(g, images).total values. Each output is the same sum for any thread
-// count. Returns false, gw unwritten, when a value of in or gy is not finite.
+// winograd_weight_grad_layout(g, images, nhwc).total values. Each output is the same sum for any
+// thread count. Returns false, gw unwritten, when a value of in or gy is not finite.
 struct WinogradLayout {
   int64_t cp, ocp, kc;         // columns (C) and rows (OC) padded; tiles per GEMM chunk
-  int64_t x_split, gy_split;   // values of the split input and grad_output of `images` images
+  int64_t x_split, gy_split;   // values of the split input and grad_output of `images` images (NCHW)
   int64_t total;
 };
-inline WinogradLayout winograd_weight_grad_layout(const WinogradGeom& g, int64_t images) {
+inline WinogradLayout winograd_weight_grad_layout(const WinogradGeom& g, int64_t images, bool nhwc) {
   WinogradLayout L;
-  L.cp = (g.C + 15) / 16 * 16;
-  L.ocp = (g.OC + kWinogradRowAlign - 1) / kWinogradRowAlign * kWinogradRowAlign;
+  L.cp = winograd_round(g.C, kWinogradColAlign);
+  L.ocp = winograd_round(g.OC, kWinogradRowAlign);
   const int64_t plane = (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
-  L.x_split = images * g.C * plane;
-  L.gy_split = images * g.OC * plane;
+  L.x_split = nhwc ? 0 : images * g.C * plane;
+  L.gy_split = nhwc ? 0 : images * g.OC * plane;
   // A chunk's Y and VT within about 4 MiB of float32 (last-level cache), at least a vector of tiles
   const int64_t tiles = images * g.tiles_h() * g.tiles_w();
-  L.kc = std::max<int64_t>(16, std::min((tiles + 15) / 16 * 16, (int64_t(1) << 20) / (16 * (L.cp + L.ocp)) / 16 * 16));
+  L.kc = std::max<int64_t>(16, std::min(winograd_round(tiles, 16), (int64_t(1) << 20) / (16 * (L.cp + L.ocp)) / 16 * 16));
   L.total = L.x_split + L.gy_split + 16 * L.kc * L.cp + 16 * L.ocp * L.kc + 16 * L.ocp * L.cp;
   return L;
 }
 template <class T>
-bool conv_winograd_weight_grad(const WinogradGeom& g, const T* in, const T* gy, T* gw, T* work, int64_t threads,
-                               int64_t images);
-template <class T>
-bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, int64_t w_so, int64_t w_sc, bool flip,
-                   const T* bias, T* out, T* work, int64_t threads);
+bool conv_winograd_weight_grad(const WinogradGeom& g, const T* in, const T* gy, bool nhwc, T* gw,
+                               const WinogradFilters& f, T* work, int64_t threads, int64_t images);
 
 #define DLK_CONV_DECLARE(SUFFIX, T)                                                              \
   void im2col_##SUFFIX(const Im2colGeom&, const T*, T*);                                         \
@@ -184,9 +201,12 @@ bool conv_winograd(const WinogradGeom& g, const T* in, const T* w, int64_t w_so,
   void conv_depthwise_nhwc_forward_##SUFFIX(const DepthwiseGeom&, const T*, const T*, const T*, T*);      \
   void conv_depthwise_nhwc_input_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*);             \
   void conv_depthwise_nhwc_weight_grad_##SUFFIX(const DepthwiseGeom&, const T*, const T*, T*, double*);     \
-  bool conv_winograd_##SUFFIX(const WinogradGeom&, const T*, const T*, int64_t, int64_t, bool, const T*, T*, T*, \
+  bool conv_winograd_##SUFFIX(const WinogradGeom&, const T*, const T*, const WinogradFilters&, const T*, T*, T*, \
                               int64_t);                                                          \
-  bool conv_winograd_weight_grad_##SUFFIX(const WinogradGeom&, const T*, const T*, T*, T*, int64_t, int64_t);
+  bool conv_winograd_nhwc_##SUFFIX(const WinogradGeom&, const T*, const T*, const WinogradFilters&, const T*, T*, \
+                                   T*, int64_t);                                                 \
+  bool conv_winograd_weight_grad_##SUFFIX(const WinogradGeom&, const T*, const T*, bool, T*, const WinogradFilters&, \
+                                          T*, int64_t, int64_t);
 DLK_CONV_DECLARE(scalar, float)
 DLK_CONV_DECLARE(scalar, double)
 DLK_CONV_DECLARE(avx2, float)

@@ -893,13 +893,18 @@ template <class T> struct DepthwiseKernels {
 #include "cpu/winograd_impl.h"
 
 #define DLK_CONV_DEFINE(SUFFIX, NS, T)                                                                      \
-  bool conv_winograd_##SUFFIX(const WinogradGeom& g, const T* in, const T* w, int64_t so, int64_t sc, bool flip, \
-                              const T* bias, T* out, T* work, int64_t threads) {                          \
-    return Winograd<NS::Vec<T>>::run(g, in, w, so, sc, flip, bias, out, work, threads);                   \
+  bool conv_winograd_##SUFFIX(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f, const T* bias, \
+                              T* out, T* work, int64_t threads) {                                         \
+    return Winograd<NS::Vec<T>>::run(g, in, w, f, bias, out, work, threads);                              \
   }                                                                                                       \
-  bool conv_winograd_weight_grad_##SUFFIX(const WinogradGeom& g, const T* in, const T* gy, T* gw, T* work,   \
-                                          int64_t threads, int64_t images) {                              \
-    return Winograd<NS::Vec<T>>::weight_grad(g, in, gy, gw, work, threads, images);                       \
+  bool conv_winograd_nhwc_##SUFFIX(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f,  \
+                                   const T* bias, T* out, T* work, int64_t threads) {                     \
+    return Winograd<NS::Vec<T>>::run_nhwc(g, in, w, f, bias, out, work, threads);                         \
+  }                                                                                                       \
+  bool conv_winograd_weight_grad_##SUFFIX(const WinogradGeom& g, const T* in, const T* gy, bool nhwc, T* gw,  \
+                                          const WinogradFilters& f, T* work, int64_t threads,             \
+                                          int64_t images) {                                               \
+    return Winograd<NS::Vec<T>>::weight_grad(g, in, gy, nhwc, gw, f, work, threads, images);              \
   }                                                                                                       \
   void im2col_##SUFFIX(const Im2colGeom& g, const T* in, T* col) { ConvKernels<NS::Vec<T>>::im2col(g, in, col); } \
   void col2im_##SUFFIX(const Im2colGeom& g, const T* col, T* out) { ConvKernels<NS::Vec<T>>::col2im(g, col, out); } \

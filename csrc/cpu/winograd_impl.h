@@ -46,26 +46,41 @@ template <class V> struct Winograd {
     return ok;
   }
 
-  // U[xi][o][c] = (G g G^T)[xi] of filter (o, c) for o < ocp (rows past OC zero). Returns whether every
-  // tap read is finite.
-  static bool filters(const WinogradGeom& g, const T* w, int64_t so, int64_t sc, bool flip, T* U, int64_t ocp) {
-    const int64_t C = g.C;
-    int kk[9];
-    for (int k = 0; k < 9; ++k) kk[k] = flip ? 8 - k : k;
+  // Tap offsets of a filter (row-major kh, kw), flipped or not.
+  static void tap_offsets(const WinogradFilters& f, int64_t kk[9]) {
+    for (int kh = 0; kh < 3; ++kh)
+      for (int kw = 0; kw < 3; ++kw)
+        kk[kh * 3 + kw] = f.flip ? (2 - kh) * f.sh + (2 - kw) * f.sw : kh * f.sh + kw * f.sw;
+  }
+
+  // U[xi][r][col] = (G g G^T)[xi] of the filter at w + r * srow + col * scol (taps at tap_offsets), for
+  // rows r < nrows and columns col < ncols; rows up to prow and columns up to ld (the padding) zero. The
+  // NCHW kernels take rows = filters, columns = input channels; the NHWC ones the transpose. Returns
+  // whether every tap read is finite.
+  static bool filters(int64_t nrows, int64_t ncols, const T* w, int64_t srow, int64_t scol, const WinogradFilters& f,
+                      T* U, int64_t prow, int64_t ld) {
+    int64_t kk[9];
+    tap_offsets(f, kk);
+    // Tasks: a vector of columns over a run of rows, so that the W filters a gather reads stay the same
+    // along the run (W streams; a whole row of lanes at once would touch every filter per row: with
+    // columns 9 * C values apart, 512 filters, a TLB miss per gathered value).
+    constexpr int64_t kRun = 64;
+    const int64_t col_blocks = (ncols + V::W - 1) / V::W, runs = (nrows + kRun - 1) / kRun;
     int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if (g.OC * C * 16 > kConvParallelGrain)
-    for (int64_t o = 0; o < g.OC; ++o) {
+#pragma omp parallel for schedule(static) reduction(| : bad) if (nrows * ncols * 16 > kConvParallelGrain)
+    for (int64_t task = 0; task < col_blocks * runs; ++task) {
+      const int64_t c0 = task / runs * V::W, r0 = task % runs * kRun, r1 = std::min(nrows, r0 + kRun);
+      const int64_t n = std::min<int64_t>(V::W, ncols - c0);
       R check = V::set1(T(0));
-      for (int64_t c0 = 0; c0 < C; c0 += V::W) {
-        const int64_t n = std::min<int64_t>(V::W, C - c0);
-        const T* src = w + o * so + c0 * sc;
+      for (int64_t row = r0; row < r1; ++row) {
+        const T* src = w + row * srow + c0 * scol;
         R r[9];
         if (n == V::W) {
-          for (int k = 0; k < 9; ++k) r[k] = V::gather(src + kk[k], sc);
+          for (int k = 0; k < 9; ++k) r[k] = V::gather(src + kk[k], scol);
         } else {
           T taps[9][V::W];
           for (int l = 0; l < V::W; ++l)
-            for (int k = 0; k < 9; ++k) taps[k][l] = l < n ? src[l * sc + kk[k]] : T(0);
+            for (int k = 0; k < 9; ++k) taps[k][l] = l < n ? src[l * scol + kk[k]] : T(0);
           for (int k = 0; k < 9; ++k) r[k] = V::load(taps[k]);
         }
         for (int k = 0; k < 9; ++k) add_check(check, r[k]);
@@ -80,13 +95,31 @@ template <class V> struct Winograd {
         for (int i = 0; i < 4; ++i) {  // (G g) G^T: then its columns
           const R u[4] = {t[i][0], V::mul(V::add(V::add(t[i][0], t[i][1]), t[i][2]), half),
                           V::mul(V::add(V::sub(t[i][0], t[i][1]), t[i][2]), half), t[i][2]};
-          for (int j = 0; j < 4; ++j) store_n(U + ((i * 4 + j) * ocp + o) * C + c0, u[j], n);
+          for (int j = 0; j < 4; ++j) store_n(U + ((i * 4 + j) * prow + row) * ld + c0, u[j], n);
         }
       }
       bad |= int(!all_finite(check));
     }
-    for (int xi = 0; xi < 16; ++xi)
-      for (int64_t i = g.OC * C; i < ocp * C; ++i) U[xi * ocp * C + i] = T(0);
+    for (int xi = 0; xi < 16; ++xi) {
+      T* u = U + xi * prow * ld;
+      for (int64_t row = 0; row < nrows; ++row)
+        for (int64_t c = ncols; c < ld; ++c) u[row * ld + c] = T(0);
+      for (int64_t i = nrows * ld; i < prow * ld; ++i) u[i] = T(0);
+    }
+    return bad == 0;
+  }
+
+  // Whether every one of n values is finite.
+  static bool all_finite_values(const T* p, int64_t n) {
+    int bad = 0;
+    const int64_t chunk = 1 << 14, chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n > kConvParallelGrain)
+    for (int64_t k = 0; k < chunks; ++k) {
+      R check = V::set1(T(0));
+      const int64_t end = std::min(n, (k + 1) * chunk);
+      for (int64_t i = k * chunk; i < end; i += V::W) add_check(check, load_n(p + i, end - i));
+      bad |= int(!all_finite(check));
+    }
     return bad == 0;
   }
 
@@ -242,9 +275,10 @@ template <class V> struct Winograd {
   }
 
   // Cm (kMR rows, row stride ldc; columns col0 .. col0 + NV * W) = (or += with kAccumulate) A (kMR rows
-  // of K, row stride lda) @ B (K rows, row stride ldb). Each output one sum in k order.
+  // of K, element (i, k) at A[i * sa + k * sk]) @ B (K rows, row stride ldb). Each output one sum in k order.
   template <int NV, bool kAccumulate>
-  static void strip(const T* A, int64_t lda, const T* B, int64_t ldb, T* Cm, int64_t ldc, int64_t K, int64_t col0) {
+  static void strip(const T* A, int64_t sa, int64_t sk, const T* B, int64_t ldb, T* Cm, int64_t ldc, int64_t K,
+                    int64_t col0) {
     R acc[kMR][NV];
     for (int i = 0; i < kMR; ++i)
       for (int v = 0; v < NV; ++v) acc[i][v] = V::set1(T(0));
@@ -253,7 +287,7 @@ template <class V> struct Winograd {
       R bv[NV];
       for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * V::W);
       for (int i = 0; i < kMR; ++i) {
-        const R ai = V::set1(A[i * lda + k]);
+        const R ai = V::set1(A[i * sa + k * sk]);
         for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(ai, bv[v], acc[i][v]);
       }
     }
@@ -265,13 +299,14 @@ template <class V> struct Winograd {
   }
   // One panel of kMR rows over the first `vecs` vectors of columns, in strips of up to kNV vectors.
   template <bool kAccumulate>
-  static void panel(const T* A, int64_t lda, const T* B, int64_t ldb, T* Cm, int64_t ldc, int64_t K, int64_t vecs) {
+  static void panel(const T* A, int64_t sa, int64_t sk, const T* B, int64_t ldb, T* Cm, int64_t ldc, int64_t K,
+                    int64_t vecs) {
     for (int64_t v0 = 0; v0 < vecs; v0 += kNV) {
       const int64_t col0 = v0 * V::W;
       switch (std::min<int64_t>(kNV, vecs - v0)) {
-        case 3: strip<3, kAccumulate>(A, lda, B, ldb, Cm, ldc, K, col0); break;
-        case 2: strip<2, kAccumulate>(A, lda, B, ldb, Cm, ldc, K, col0); break;
-        default: strip<1, kAccumulate>(A, lda, B, ldb, Cm, ldc, K, col0); break;
+        case 3: strip<3, kAccumulate>(A, sa, sk, B, ldb, Cm, ldc, K, col0); break;
+        case 2: strip<2, kAccumulate>(A, sa, sk, B, ldb, Cm, ldc, K, col0); break;
+        default: strip<1, kAccumulate>(A, sa, sk, B, ldb, Cm, ldc, K, col0); break;
       }
     }
   }
@@ -280,7 +315,7 @@ template <class V> struct Winograd {
     const int64_t vecs = (nb + V::W - 1) / V::W;
     for (int xi = 0; xi < 16; ++xi)
       for (int64_t m0 = 0; m0 < ocp; m0 += kMR)
-        panel<false>(U + (xi * ocp + m0) * C, C, Vb + xi * C * NB, NB, Mb + (xi * ocp + m0) * NB, NB, C, vecs);
+        panel<false>(U + (xi * ocp + m0) * C, C, 1, Vb + xi * C * NB, NB, Mb + (xi * ocp + m0) * NB, NB, C, vecs);
   }
 
   // The block's output tiles: y = A^T M A (+ bias), cropped at OH and OW.
@@ -339,14 +374,14 @@ template <class V> struct Winograd {
     }
   }
 
-  static bool run(const WinogradGeom& g, const T* in, const T* w, int64_t so, int64_t sc, bool flip, const T* bias,
-                  T* out, T* work, int64_t threads) {
-    const int64_t ocp = (g.OC + kWinogradRowAlign - 1) / kWinogradRowAlign * kWinogradRowAlign;
+  static bool run(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f, const T* bias, T* out,
+                  T* work, int64_t threads) {
+    const int64_t ocp = winograd_round(g.OC, kWinogradRowAlign);
     T* U = work;
     T* xd = U + 16 * ocp * g.C;
     T* per_thread = xd + g.N * g.C * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
     const int64_t thread_stride = 16 * (g.C + ocp) * (kWinogradBlock + 16);
-    if (!filters(g, w, so, sc, flip, U, ocp)) return false;
+    if (!filters(g.OC, g.C, w, f.so, f.sc, f, U, ocp, g.C)) return false;
     if (!pad_split(g, in, xd)) return false;
     // Blocks: a multiple of the thread count when there are few, each of whole vectors.
     const int64_t tiles = g.tiles();
@@ -391,40 +426,145 @@ template <class V> struct Winograd {
     }
   }
 
+  // ---- channels_last (NHWC): lanes over channels, every load and store a run of a pixel's channels.
+
+  // The 4x4 input patch of tile (n, th, tw), channels c0 .. c0 + cnt (zero outside the image).
+  static void patch_nhwc(const WinogradGeom& g, const T* in, int64_t n, int64_t th, int64_t tw, int64_t c0, int64_t cnt,
+                         R (&d)[4][4]) {
+    for (int r = 0; r < 4; ++r) {
+      const int64_t h = 2 * th + r - g.PT;
+      for (int q = 0; q < 4; ++q) {
+        const int64_t w = 2 * tw + q - g.PL;
+        d[r][q] = h >= 0 && h < g.H && w >= 0 && w < g.W ? load_n(in + ((n * g.H + h) * g.W + w) * g.C + c0, cnt)
+                                                         : V::set1(T(0));
+      }
+    }
+  }
+  // dst[xi * xi_stride + j * ld + c] = the transformed patch of tile t0 + j, channel c, for j < nb.
+  static void patches_nhwc(const WinogradGeom& g, const T* in, int64_t t0, int64_t nb, T* dst, int64_t xi_stride,
+                           int64_t ld) {
+    const int64_t TH = g.tiles_h(), TW = g.tiles_w();
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t t = t0 + j, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
+      for (int64_t c0 = 0; c0 < g.C; c0 += V::W) {
+        const int64_t cnt = std::min<int64_t>(V::W, g.C - c0);
+        R d[4][4], v[16];
+        patch_nhwc(g, in, n, th, tw, c0, cnt, d);
+        input_tile(d, v);
+        for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * xi_stride + j * ld + c0, v[xi], cnt);
+      }
+    }
+  }
+  // The same for grad_output's 2x2 tiles (N, OH, OW, OC): dst[xi * xi_stride + j * ld + o].
+  static void grad_patches_nhwc(const WinogradGeom& g, const T* gy, int64_t t0, int64_t nb, T* dst, int64_t xi_stride,
+                                int64_t ld) {
+    const int64_t TH = g.tiles_h(), TW = g.tiles_w();
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t t = t0 + j, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
+      for (int64_t o0 = 0; o0 < g.OC; o0 += V::W) {
+        const int64_t cnt = std::min<int64_t>(V::W, g.OC - o0);
+        R d[2][2], v[16];
+        for (int r = 0; r < 2; ++r)
+          for (int q = 0; q < 2; ++q) {
+            const int64_t oh = 2 * th + r, ow = 2 * tw + q;
+            d[r][q] = oh < g.OH && ow < g.OW ? load_n(gy + ((n * g.OH + oh) * g.OW + ow) * g.OC + o0, cnt)
+                                             : V::set1(T(0));
+          }
+        grad_tile(d, v);
+        for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * xi_stride + j * ld + o0, v[xi], cnt);
+      }
+    }
+  }
+
+  // The NHWC forward: per block of NB tiles, VT[xi] (NB x C) the transformed patches, M[xi] (NB x ocq)
+  // = VT[xi] @ UT[xi] (UT: C x ocq, the transformed filters as columns), then each tile's outputs.
+  static bool run_nhwc(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f, const T* bias, T* out,
+                       T* work, int64_t threads) {
+    const int64_t C = g.C, OC = g.OC, ocq = winograd_round(OC, kWinogradColAlign);
+    T* UT = work;
+    T* per_thread = UT + 16 * C * ocq;
+    const int64_t thread_stride = 16 * kWinogradBlock * (C + ocq);
+    if (!filters(C, OC, w, f.sc, f.so, f, UT, C, ocq)) return false;
+    if (!all_finite_values(in, g.N * g.H * g.W * C)) return false;
+    const int64_t tiles = g.tiles(), TH = g.tiles_h(), TW = g.tiles_w();
+    int64_t blocks = (tiles + kWinogradBlock - 1) / kWinogradBlock;
+    blocks = (blocks + threads - 1) / threads * threads;
+    const int64_t NB = winograd_round((tiles + blocks - 1) / blocks, kMR);
+    blocks = (tiles + NB - 1) / NB;
+#pragma omp parallel num_threads(int(threads)) if (threads > 1 && blocks > 1)
+    {
+      T* Vb = per_thread + int64_t(omp_get_thread_num()) * thread_stride;
+      T* Mb = Vb + 16 * kWinogradBlock * C;
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t t0 = b * NB, nb = std::min(NB, tiles - t0), rows = winograd_round(nb, kMR);
+        patches_nhwc(g, in, t0, nb, Vb, NB * C, C);
+        for (int xi = 0; xi < 16; ++xi)  // the register tile's rows past the block's tiles
+          for (int64_t i = nb * C; i < rows * C; ++i) Vb[xi * NB * C + i] = T(0);
+        for (int xi = 0; xi < 16; ++xi)
+          for (int64_t m0 = 0; m0 < rows; m0 += kMR)
+            panel<false>(Vb + (xi * NB + m0) * C, C, 1, UT + xi * C * ocq, ocq, Mb + (xi * NB + m0) * ocq, ocq, C,
+                         ocq / V::W);
+        for (int64_t j = 0; j < nb; ++j) {
+          const int64_t t = t0 + j, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
+          for (int64_t o0 = 0; o0 < OC; o0 += V::W) {
+            const int64_t cnt = std::min<int64_t>(V::W, OC - o0);
+            R m[16], y[2][2];
+            for (int xi = 0; xi < 16; ++xi) m[xi] = V::load(Mb + (xi * NB + j) * ocq + o0);
+            output_tile(m, bias ? load_n(bias + o0, cnt) : V::set1(T(0)), y);
+            for (int i = 0; i < 2 && 2 * th + i < g.OH; ++i)
+              for (int k = 0; k < 2 && 2 * tw + k < g.OW; ++k)
+                store_n(out + ((n * g.OH + 2 * th + i) * g.OW + 2 * tw + k) * OC + o0, y[i][k], cnt);
+          }
+        }
+      }
+    }
+    return true;
+  }
+
   // The weight gradient (conv.h, conv_winograd_weight_grad): dL/dg = G^T [sum over tiles of (A gy A^T) .
   // (B^T d B)] G, the sum over tiles being 16 GEMMs S[xi] (OC x C) += Y[xi] (OC x tiles) @ V[xi]^T,
-  // chunk by chunk of kc tiles: Y[xi] (ocp x kc) the transformed grad_output tiles, VT[xi] (kc x cp) the
-  // transformed input patches stored a tile per row (each vector of tiles stored lane by lane), so that
-  // the GEMM broadcasts Y and loads rows of VT as the forward's does.
-  static bool weight_grad(const WinogradGeom& g, const T* in, const T* gy, T* gw, T* work, int64_t threads,
-                          int64_t images) {
-    const WinogradLayout L = winograd_weight_grad_layout(g, images);
+  // chunk by chunk of kc tiles: VT[xi] (kc x cp) the transformed input patches stored a tile per row,
+  // Y the transformed grad_output tiles, (ocp x kc) for NCHW (lanes over tiles) or (kc x ocp) for NHWC
+  // (lanes over channels); the GEMM broadcasts Y and loads rows of VT as the forward's does.
+  static bool weight_grad(const WinogradGeom& g, const T* in, const T* gy, bool nhwc, T* gw, const WinogradFilters& f,
+                          T* work, int64_t threads, int64_t images) {
+    const WinogradLayout L = winograd_weight_grad_layout(g, images, nhwc);
     const int64_t C = g.C, OC = g.OC, cp = L.cp, ocp = L.ocp, kc = L.kc;
     T* xd = work;
     T* gyd = xd + L.x_split;
     T* VT = gyd + L.gy_split;
     T* Y = VT + 16 * kc * cp;
     T* S = Y + 16 * ocp * kc;
+    if (nhwc && !(all_finite_values(in, g.N * C * g.H * g.W) && all_finite_values(gy, g.N * OC * g.OH * g.OW)))
+      return false;
     if (cp > C)  // columns C .. cp of VT stay zero (the GEMM reads whole vectors)
       for (int64_t r = 0; r < 16 * kc; ++r)
         for (int64_t c = C; c < cp; ++c) VT[r * cp + c] = T(0);
-    for (int xi = 0; xi < 16; ++xi)  // rows OC .. ocp of Y too (the register tile's rows)
-      for (int64_t i = OC * kc; i < ocp * kc; ++i) Y[xi * ocp * kc + i] = T(0);
+    for (int xi = 0; xi < 16; ++xi)  // the channels OC .. ocp of Y too (the register tile's rows)
+      for (int64_t t = 0; t < kc; ++t)
+        for (int64_t o = OC; o < ocp; ++o) Y[xi * ocp * kc + (nhwc ? t * ocp + o : o * kc + t)] = T(0);
     for (int64_t i = 0; i < 16 * ocp * cp; ++i) S[i] = T(0);
     const int64_t per_image = g.tiles_h() * g.tiles_w();
     for (int64_t n0 = 0; n0 < g.N; n0 += images) {
       WinogradGeom gc = g;  // this chunk of images
       gc.N = std::min(images, g.N - n0);
-      // grad_output's tiles: the same tiles, of a stride-1 "image" OH x OW with no padding
+      const T* x = in + n0 * C * g.H * g.W;
+      const T* dy = gy + n0 * OC * g.OH * g.OW;
+      // NCHW: grad_output's tiles are the same tiles of a stride-1 "image" OH x OW with no padding
       WinogradGeom gg{gc.N, OC, g.OH, g.OW, C, g.OH, g.OW, 0, 0};
-      if (!pad_split(gc, in + n0 * C * g.H * g.W, xd)) return false;
-      if (!pad_split(gg, gy + n0 * OC * g.OH * g.OW, gyd)) return false;
+      if (!nhwc && !(pad_split(gc, x, xd) && pad_split(gg, dy, gyd))) return false;
       const int64_t tiles = gc.N * per_image;
       for (int64_t t0 = 0; t0 < tiles; t0 += kc) {
         const int64_t nb = std::min(kc, tiles - t0), parts = (nb + V::W - 1) / V::W;
 #pragma omp parallel for schedule(static) num_threads(int(threads)) if (threads > 1 && parts > 1)
         for (int64_t p = 0; p < parts; ++p) {
           const int64_t j0 = p * V::W, cnt = std::min<int64_t>(V::W, nb - j0);
+          if (nhwc) {
+            patches_nhwc(gc, x, t0 + j0, cnt, VT + j0 * cp, kc * cp, cp);
+            grad_patches_nhwc(gc, dy, t0 + j0, cnt, Y + j0 * ocp, kc * ocp, ocp);
+            continue;
+          }
           patches_by_channel(gc, xd, t0 + j0, cnt, VT + j0 * cp, kc * cp, cp);
           for_tiles<2>(gg, gyd, OC, t0 + j0, cnt, grad_tile, [&](int64_t o, int64_t j, int64_t n, const R* v) {
             for (int xi = 0; xi < 16; ++xi) store_n(Y + (xi * ocp + o) * kc + j0 + j, v[xi], n);
@@ -434,11 +574,14 @@ template <class V> struct Winograd {
 #pragma omp parallel for schedule(static) num_threads(int(threads)) if (threads > 1)
         for (int64_t task = 0; task < 16 * panels; ++task) {
           const int64_t xi = task / panels, m0 = task % panels * kMR;
-          panel<true>(Y + (xi * ocp + m0) * kc, kc, VT + xi * kc * cp, cp, S + (xi * ocp + m0) * cp, cp, nb, vecs);
+          const T* A = Y + xi * ocp * kc + (nhwc ? m0 : m0 * kc);
+          panel<true>(A, nhwc ? 1 : kc, nhwc ? ocp : 1, VT + xi * kc * cp, cp, S + (xi * ocp + m0) * cp, cp, nb, vecs);
         }
       }
     }
     // dL/dg = G^T S G per filter, G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]
+    int64_t kk[9];
+    tap_offsets(f, kk);
 #pragma omp parallel for schedule(static) num_threads(int(threads)) if (threads > 1 && OC * C > 4096)
     for (int64_t o = 0; o < OC; ++o) {
       const R half = V::set1(T(0.5));
@@ -460,9 +603,9 @@ template <class V> struct Winograd {
           V::store(out[r * 3 + 1], V::mul(V::sub(t[r][1], t[r][2]), half));
           V::store(out[r * 3 + 2], V::add(sum, t[r][3]));
         }
-        T* dst = gw + (o * C + c0) * 9;
+        T* dst = gw + o * f.so + c0 * f.sc;
         for (int64_t l = 0; l < n; ++l)
-          for (int k = 0; k < 9; ++k) dst[l * 9 + k] = out[k][l];
+          for (int k = 0; k < 9; ++k) dst[l * f.sc + kk[k]] = out[k][l];
       }
     }
     return true;

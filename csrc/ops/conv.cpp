@@ -379,61 +379,77 @@ bool winograd_fits(const ConvGeom& c, const Tensor& x) {
 bool winograd_weight_grad_fits(const ConvGeom& c, const Tensor& x) {
   return winograd_fits(c, x) && (g_winograd.load() == 2 || (c.g.C >= 64 && c.OC >= 64));
 }
-// out = the convolution of `in` (N, C, H, W) with the 3x3 filters of w (filter (o, c), tap kk at
-// w[o * so + c * sc + (flip ? 8 - kk : kk)]), padded by pt/pl above and left; false when a value was not
-// finite (nothing written).
-bool winograd_run(const cpu::WinogradGeom& wg, const Tensor& in, const Tensor& w, int64_t so, int64_t sc, bool flip,
-                  const Tensor& b, const Tensor& out) {
+// Where the taps of w (OC, C, 3, 3), any memory format, are: as the forward's filters, or (flip) as the
+// input gradient's, filter (c, o) being w[o, c] flipped.
+cpu::WinogradFilters winograd_filters(const Tensor& w, bool flip) {
+  return flip ? cpu::WinogradFilters{w.stride(1), w.stride(0), w.stride(2), w.stride(3), true}
+              : cpu::WinogradFilters{w.stride(0), w.stride(1), w.stride(2), w.stride(3), false};
+}
+// out = the convolution of `in` ((N, C, H, W) contiguous, or with nhwc channels_last) with the 3x3
+// filters f finds in w, padded by wg.PT / wg.PL above and left; false when a value was not finite
+// (nothing written). Images in chunks within the workspace limit (the padded copy of the NCHW input is
+// the part that grows with the batch; one image is the smallest chunk); each tile's sums are the same in
+// any chunk.
+bool winograd_run(const cpu::WinogradGeom& wg, bool nhwc, const Tensor& in, const Tensor& w,
+                  const cpu::WinogradFilters& f, const Tensor& b, const Tensor& out) {
   const int64_t threads = std::max(1, at::get_num_threads()), elem = int64_t(in.element_size());
-  // Chunks of images within the workspace limit (the padded input is the part that grows with the
-  // batch; one image is the smallest chunk). Each tile's sums are the same in any chunk.
   cpu::WinogradGeom chunk = wg;
-  chunk.N = 0;
-  const int64_t fixed = cpu::conv_winograd_work(chunk, threads);  // the filters and the per-thread blocks
-  const int64_t per_image = wg.C * (2 * wg.tiles_h() + 2) * (2 * wg.tiles_w() + 2);
-  const int64_t B_max = std::max<int64_t>(1, std::min(wg.N, (workspace_limit() / elem - fixed) / per_image));
+  int64_t B_max = wg.N;
+  if (!nhwc) {
+    chunk.N = 0;
+    const int64_t fixed = cpu::conv_winograd_work(chunk, threads);  // the filters and the per-thread blocks
+    const int64_t per_image = wg.C * (2 * wg.tiles_h() + 2) * (2 * wg.tiles_w() + 2);
+    B_max = std::max<int64_t>(1, std::min(wg.N, (workspace_limit() / elem - fixed) / per_image));
+  }
   chunk.N = B_max;
-  const Tensor work = empty_output({cpu::conv_winograd_work(chunk, threads)}, in.options());
+  const int64_t size = nhwc ? cpu::conv_winograd_nhwc_work(chunk, threads) : cpu::conv_winograd_work(chunk, threads);
+  const Tensor work = empty_output({size}, in.options());
   const int64_t in_image = wg.C * wg.H * wg.W, out_image = wg.OC * wg.OH * wg.OW;
   bool done = true;
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "conv2d", [&] {
     for (int64_t n0 = 0; n0 < wg.N && done; n0 += B_max) {
       chunk.N = std::min(B_max, wg.N - n0);
-      done = cpu::conv_winograd<scalar_t>(chunk, in.data_ptr<scalar_t>() + n0 * in_image, w.data_ptr<scalar_t>(), so,
-                                          sc, flip, b.defined() ? b.data_ptr<scalar_t>() : nullptr,
-                                          out.data_ptr<scalar_t>() + n0 * out_image, work.data_ptr<scalar_t>(),
-                                          threads);
+      const scalar_t* x = in.data_ptr<scalar_t>() + n0 * in_image;
+      scalar_t* y = out.data_ptr<scalar_t>() + n0 * out_image;
+      const scalar_t* bias = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+      done = nhwc ? cpu::conv_winograd_nhwc<scalar_t>(chunk, x, w.data_ptr<scalar_t>(), f, bias, y,
+                                                      work.data_ptr<scalar_t>(), threads)
+                  : cpu::conv_winograd<scalar_t>(chunk, x, w.data_ptr<scalar_t>(), f, bias, y,
+                                                 work.data_ptr<scalar_t>(), threads);
     }
   });
   return done;
 }
-bool winograd_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& out) {
+bool winograd_forward(const ConvGeom& c, bool nhwc, const Tensor& x, const Tensor& w, const Tensor& b,
+                      const Tensor& out) {
   const Im2colGeom& g = c.g;
   const cpu::WinogradGeom wg{c.N, g.C, g.H, g.W, c.OC, g.OH, g.OW, g.PH, g.PW};
-  return winograd_run(wg, x, w, g.C * 9, 9, false, b, out);
+  return winograd_run(wg, nhwc, x, w, winograd_filters(w, false), b, out);
 }
-// grad_weight (OC, C, 3, 3), written whole: images in chunks whose split copies fit the workspace limit.
-bool winograd_weight_grad(const ConvGeom& c, const Tensor& x, const Tensor& go, const Tensor& grad_weight) {
+// grad_input (N, C, H, W): the convolution of grad_output padded by 2 - P with the flipped, transposed
+// filters.
+bool winograd_input_grad(const ConvGeom& c, bool nhwc, const Tensor& go, const Tensor& w, const Tensor& grad_input) {
+  const Im2colGeom& g = c.g;
+  const cpu::WinogradGeom wg{c.N, c.OC, g.OH, g.OW, g.C, g.H, g.W, 2 - g.PH, 2 - g.PW};
+  return winograd_run(wg, nhwc, go, w, winograd_filters(w, true), Tensor(), grad_input);
+}
+// grad_weight (OC, C, 3, 3), any memory format, written whole: images in chunks whose split copies fit
+// the workspace limit.
+bool winograd_weight_grad(const ConvGeom& c, bool nhwc, const Tensor& x, const Tensor& go, const Tensor& grad_weight) {
   const Im2colGeom& g = c.g;
   const cpu::WinogradGeom wg{c.N, g.C, g.H, g.W, c.OC, g.OH, g.OW, g.PH, g.PW};
   const int64_t threads = std::max(1, at::get_num_threads()), elem = int64_t(x.element_size());
   int64_t images = c.N;
-  while (images > 1 && cpu::winograd_weight_grad_layout(wg, images).total * elem > workspace_limit())
+  while (images > 1 && cpu::winograd_weight_grad_layout(wg, images, nhwc).total * elem > workspace_limit())
     images = (images + 1) / 2;
-  const Tensor work = empty_output({cpu::winograd_weight_grad_layout(wg, images).total}, x.options());
+  const Tensor work = empty_output({cpu::winograd_weight_grad_layout(wg, images, nhwc).total}, x.options());
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
-    done = cpu::conv_winograd_weight_grad<scalar_t>(wg, x.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(),
-                                                    grad_weight.data_ptr<scalar_t>(), work.data_ptr<scalar_t>(),
-                                                    threads, images);
+    done = cpu::conv_winograd_weight_grad<scalar_t>(wg, x.data_ptr<scalar_t>(), go.data_ptr<scalar_t>(), nhwc,
+                                                    grad_weight.data_ptr<scalar_t>(), winograd_filters(grad_weight, false),
+                                                    work.data_ptr<scalar_t>(), threads, images);
   });
   return done;
-}
-// grad_input (N, C, H, W): filter (c, o) of the transposed convolution is w[o, c] flipped.
-bool winograd_input_grad(const ConvGeom& c, const Tensor& go, const Tensor& w, const Tensor& grad_input) {
-  const Im2colGeom& g = c.g;
-  const cpu::WinogradGeom wg{c.N, c.OC, g.OH, g.OW, g.C, g.H, g.W, 2 - g.PH, 2 - g.PW};
-  return winograd_run(wg, go, w, 9, g.C * 9, true, Tensor(), grad_input);
 }
 
 // Element `offset` of a contiguous tensor, untyped (the CUDA launchers take void pointers).
@@ -576,6 +592,18 @@ void nhwc_backward(const ConvGeom& c, const Tensor& grad_output, const Tensor& x
   const Tensor go = grad_output.contiguous(c10::MemoryFormat::ChannelsLast);
   const Tensor gy_rows = nhwc_rows(go);  // (N * L, OC)
   if (mask[2]) grad_bias = at::sum(gy_rows, {0}, false, at::kDouble).to(x.scalar_type());
+  if (c.N > 0 && mask[1] && winograd_weight_grad_fits(c, x)) {
+    Tensor gw = channels_last(weight) ? empty_output_nhwc(c.OC, c.g.C, 3, 3, x.options())
+                                      : at::empty(weight.sizes(), x.options());
+    if (winograd_weight_grad(c, true, x, go, gw)) {
+      grad_weight = gw;
+      mask[1] = false;
+    }
+  }
+  if (c.N > 0 && mask[0] && winograd_fits(c, x)) {
+    grad_input = empty_output_nhwc(c.N, c.g.C, c.g.H, c.g.W, x.options());
+    if (winograd_input_grad(c, true, go, weight, grad_input)) mask[0] = false;
+  }
   if (!mask[0] && !mask[1]) return;
   const Tensor w_rows = nhwc_filters(weight, c.OC).t();  // (OC, R)
   const Tensor x_rows = nhwc_rows(x);
@@ -702,7 +730,8 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
   }
   if (nhwc(c, input)) {
     Tensor out = empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
-    if (c.N > 0) nhwc_forward(c, input, nhwc_filters(weight, c.OC), b, out);
+    if (c.N > 0 && !(winograd_fits(c, input) && winograd_forward(c, true, input, weight, b, out)))
+      nhwc_forward(c, input, nhwc_filters(weight, c.OC), b, out);
     return out;
   }
   if (depthwise_nhwc(c, input)) {
@@ -731,7 +760,7 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
     return conv2d_forward(input.to(at::kFloat), weight.to(at::kFloat), b.to(at::kFloat), stride, padding, dilation,
                           groups).to(input.scalar_type());
   }
-  if (winograd_fits(c, x) && winograd_forward(c, x, w, b, out)) return out;
+  if (winograd_fits(c, x) && winograd_forward(c, false, x, w, b, out)) return out;
   if (small_direct(c, x)) {
     small_direct_forward(c, x, w, b, out);
     return out;
@@ -929,13 +958,13 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
     return {grad_input, grad_weight, grad_bias};
   }
   if (wino_w && output_mask[1]) {
-    if (winograd_weight_grad(c, x, go, grad_weight)) {
+    if (winograd_weight_grad(c, false, x, go, grad_weight)) {
       output_mask[1] = false;  // done
     } else {
       grad_weight.zero_();  // a value not finite: the column-matrix path below
     }
   }
-  const bool wino_gi = output_mask[0] && wino && winograd_input_grad(c, go, w, grad_input);
+  const bool wino_gi = output_mask[0] && wino && winograd_input_grad(c, false, go, w, grad_input);
   if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
   const bool direct_gi = wino_gi || (output_mask[0] && direct_input_grad(c, x));
   if (direct_gi) {
