@@ -17,6 +17,10 @@
 // column pairs), or on images less than a vector of tiles wide, consecutive tiles of the block across
 // tile rows and images (gathered loads, scalar stores of each tile's outputs), so that every transform
 // is lane-wise adds over full vectors.
+// channels_last (NHWC) tensors run their own kernels with the channels in the lanes: the input patches
+// and output tiles are runs of a pixel's channels, no split copy; the GEMMs are the same register tile
+// with tiles as rows and filters as vector columns (M[xi] (tiles x OC) = V[xi]^T @ U[xi]^T).
+// The weight gradient (weight_grad) is Winograd's transposed form, below.
 // An input value that is not finite would meet the transforms' differences (inf - inf) where the
 // direct sum has one infinite product: the kernel checks the input and filters first and, finding
 // one, returns false without writing the output (the caller takes another path).

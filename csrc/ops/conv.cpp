@@ -362,11 +362,15 @@ void small_gemm_dots(const Tensor& acc, const Tensor& a, const Tensor& b) {
 // or never by dlkernels.set_winograd. Its workspace (the padded input, about the input's size, the
 // transformed filters, 16/9 of the weight, and per-thread blocks) is outside the workspace limit. An
 // input or weight that is not finite sends the call to the other paths (whose sums keep inf as inf).
+// (The kernels index one image's padded planes, channels times tiles, with 32-bit gather offsets.)
 bool winograd_geometry(const ConvGeom& c) {
   const Im2colGeom& g = c.g;
   const int64_t bottom = g.OH + 2 - g.H - g.PH, right = g.OW + 2 - g.W - g.PW;
+  const int64_t rows = std::max(g.H, g.OH) + 3, cols = std::max(g.W, g.OW) + 3;  // padded planes, either way
+  const int64_t planes = std::max(g.C, c.OC) * rows * cols;
   return c.G == 1 && g.KH == 3 && g.KW == 3 && g.SH == 1 && g.SW == 1 && g.DH == 1 && g.DW == 1 && g.PH >= 0 &&
-         g.PH <= 2 && g.PW >= 0 && g.PW <= 2 && bottom >= 0 && bottom <= 2 && right >= 0 && right <= 2;
+         g.PH <= 2 && g.PW >= 0 && g.PW <= 2 && bottom >= 0 && bottom <= 2 && right >= 0 && right <= 2 &&
+         planes < (int64_t(1) << 31);
 }
 // The measured rule: see the comment of winograd_geometry and docs/performance.md.
 bool winograd_pays(const ConvGeom& c) { return c.g.C >= 8 && c.OC >= 8; }
