@@ -106,17 +106,19 @@ _WINOGRAD_MODES = ("never", "auto", "always")
 
 
 def winograd():
-    """Which CPU float32/float64 convolutions run by Winograd F(2x2, 3x3): "auto" (default: the one-group
-    3x3 stride-1 layers of at least 32 input and 32 output channels), "always" (every such layer, any
-    channel count) or "never"."""
+    """Which CPU float32/float64 convolutions run by Winograd F(2x2, 3x3): "auto" (default: the forward and
+    input gradient of one-group 3x3 stride-1 layers of at least 8 input and 8 output channels, their
+    weight gradient from 64 and 64), "always" (every such layer, any channel count) or "never"."""
     return _WINOGRAD_MODES[_C.winograd_mode()]
 
 
 def set_winograd(mode):
-    """Choose which CPU convolutions run by Winograd F(2x2, 3x3) (see winograd()): their forward and input
-    gradient take 2.25x fewer multiplies; results differ from the direct sum by rounding only (float32
-    error against float64 within 2x torch's). Applies to layers of 3x3 filters, stride 1, dilation 1,
-    one group and padding of at most 2 on each side; returns the previous mode."""
+    """Choose which CPU convolutions run by Winograd F(2x2, 3x3) (see winograd()): their forward, input
+    gradient and weight gradient take 2.25x fewer multiplies; results differ from the direct sum by
+    rounding only (float32 error against float64 within 2x torch's). Applies to layers of 3x3 filters,
+    stride 1, dilation 1, one group and padding of at most 2 on each side; a call whose input or weight
+    holds a value that is not finite, or within 64x of the largest float, takes the other paths.
+    Returns the previous mode."""
     if mode not in _WINOGRAD_MODES:
         raise ValueError(f"dlkernels.set_winograd: mode must be one of {_WINOGRAD_MODES}, got {mode!r}")
     before = winograd()

@@ -675,6 +675,25 @@ def test_winograd_non_finite_values_take_the_other_paths(where, value, layout):
 
 
 @cpu_kernels_only
+@pytest.mark.parametrize("where", ["input", "weight"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_winograd_huge_values_take_the_other_paths(where, layout):
+    """A finite float32 value within 64x of the largest float (the transforms' sums could overflow where
+    the direct sum does not) sends each computation that reads it to the other paths; 1/64 of it below
+    the bound does not."""
+    for value, other in [(1e37, True), (1e37 / 64 / 4, False)]:
+        x = torch.randn(2, 9, 7, 6)
+        w = torch.randn(10, 9, 3, 3) * 1e-3
+        (x if where == "input" else w).view(-1)[5] = value
+        go = torch.randn(2, 10, 7, 6) * 1e-3
+        got, want = _winograd_run("always", x, w, go, layout), _winograd_run("never", x, w, go, layout)
+        reads = {0: True, 1: where == "weight", 2: where == "input"}
+        for i, (a, e) in enumerate(zip(got, want)):
+            assert bool(a.isfinite().all()), (value, i)
+            assert torch.equal(a, e) == (reads[i] and other), (value, i)
+
+
+@cpu_kernels_only
 def test_winograd_chunks_and_thread_counts():
     """Each tile's sums do not depend on the block it falls in, nor the weight gradient's on the thread
     count: 1 or 2 threads give bitwise the same results, and so do chunks of images under a small

@@ -115,7 +115,8 @@ void conv_depthwise_nhwc_weight_grad(const DepthwiseGeom& d, const T* in, const 
 // per tile and input channel against 16), with the transforms' additions around them. work holds
 // conv_winograd_work(g, threads) values (conv_winograd_nhwc_work for the _nhwc form); threads (>= 1) is
 // the thread count the kernel runs on. Returns false, the output unwritten, when an input value or tap
-// is not finite (see winograd_impl.h; the caller takes another path). Each output is one sum in c order
+// is not finite or beyond 1/64 of the largest finite value (see winograd_impl.h; the caller takes
+// another path). Each output is one sum in c order
 // per transformed product, whatever the thread count (bitwise the same for any threads).
 struct WinogradGeom {
   int64_t N, C, H, W, OC, OH, OW, PT, PL;
@@ -160,7 +161,8 @@ bool conv_winograd_nhwc(const WinogradGeom& g, const T* in, const T* w, const Wi
 // both channels_last) by Winograd's transposed form (winograd_impl.h), images at most `images` at a
 // time (the split copies of input and grad_output are what grows with them); work holds
 // winograd_weight_grad_layout(g, images, nhwc).total values. Each output is the same sum for any
-// thread count. Returns false, gw unwritten, when a value of in or gy is not finite.
+// thread count. Returns false, gw unwritten, when a value of in or gy is not finite (or, as above, too
+// large).
 struct WinogradLayout {
   int64_t cp, ocp, kc;         // columns (C) and rows (OC) padded; tiles per GEMM chunk
   int64_t x_split, gy_split;   // values of the split input and grad_output of `images` images (NCHW)

@@ -661,10 +661,7 @@ template <class T, class L> struct PoolKernels {
 // tap inside the input. The backward adds each output's gradient at its argmax in output order, one
 // image per task (deterministic).
 template <class T, class L> struct PoolNhwc {
-  static int64_t first_tap(int64_t start, int64_t d) {
-    while (start < 0) start += d;
-    return start;
-  }
+  static int64_t first_tap(int64_t start, int64_t d) { return PoolKernels<T, L>::first_tap(start, d); }
 
   template <class A> static void max_forward(const Pool2dGeom& g, const T* in, T* out, A* argmax) {
     constexpr bool kTaps = std::is_same_v<A, uint8_t>;

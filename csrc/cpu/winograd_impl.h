@@ -22,8 +22,9 @@
 // with tiles as rows and filters as vector columns (M[xi] (tiles x OC) = V[xi]^T @ U[xi]^T).
 // The weight gradient (weight_grad) is Winograd's transposed form, below.
 // An input value that is not finite would meet the transforms' differences (inf - inf) where the
-// direct sum has one infinite product: the kernel checks the input and filters first and, finding
-// one, returns false without writing the output (the caller takes another path).
+// direct sum has one infinite product, and one within 64x of the largest finite value could overflow
+// in the transforms' sums: the kernel checks the input and filters first and, finding one, returns
+// false without writing the output (the caller takes another path).
 #pragma once
 
 namespace dlk::cpu {
@@ -40,8 +41,13 @@ template <class V> struct Winograd {
   static R load_n(const T* p, int64_t n) { return n >= V::W ? V::load(p) : V::load_tail(p, n, T(0)); }
   static void store_n(T* p, R v, int64_t n) { n >= V::W ? V::store(p, v) : V::store_tail(p, v, n); }
 
-  // Lanes of acc are NaN once a value added into it (v - v, zero for finite v) was infinite or NaN.
-  static void add_check(R& acc, R v) { acc = V::add(acc, V::sub(v, v)); }
+  // Lanes of acc are NaN once a value added into it was infinite, NaN, or so large (beyond 1/64 of the
+  // largest finite value) that the transforms' sums of up to 4 values and the products' sums could
+  // overflow where the direct sum does not: s - s for s = 64 v is zero exactly when 64 v is finite.
+  static void add_check(R& acc, R v) {
+    const R s = V::mul(v, V::set1(T(64)));
+    acc = V::add(acc, V::sub(s, s));
+  }
   static bool all_finite(R acc) {
     T lanes[V::W];
     V::store(lanes, acc);
@@ -69,6 +75,7 @@ template <class V> struct Winograd {
     // along the run (W streams; a whole row of lanes at once would touch every filter per row: with
     // columns 9 * C values apart, 512 filters, a TLB miss per gathered value).
     constexpr int64_t kRun = 64;
+    const bool gather_ok = scol * (V::W - 1) < (int64_t(1) << 31);  // 32-bit gather offsets (else scalar loads)
     const int64_t col_blocks = (ncols + V::W - 1) / V::W, runs = (nrows + kRun - 1) / kRun;
     int bad = 0;
 #pragma omp parallel for schedule(static) reduction(| : bad) if (nrows * ncols * 16 > kConvParallelGrain)
@@ -79,7 +86,7 @@ template <class V> struct Winograd {
       for (int64_t row = r0; row < r1; ++row) {
         const T* src = w + row * srow + c0 * scol;
         R r[9];
-        if (n == V::W) {
+        if (n == V::W && gather_ok) {
           for (int k = 0; k < 9; ++k) r[k] = V::gather(src + kk[k], scol);
         } else {
           T taps[9][V::W];

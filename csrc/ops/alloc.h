@@ -30,6 +30,11 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
 inline bool channels_last(const at::Tensor& t) {
   return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(c10::MemoryFormat::ChannelsLast);
 }
+// A result computed in the contiguous layout, in the memory format torch gives for `like` (channels_last
+// for a channels_last `like`; a copy only then).
+inline at::Tensor in_format_of(const at::Tensor& t, const at::Tensor& like) {
+  return channels_last(like) ? t.contiguous(c10::MemoryFormat::ChannelsLast) : t;
+}
 // An (N, C, H, W) output stored (N, H, W, C), from the same cache as empty_output.
 inline at::Tensor empty_output_nhwc(int64_t N, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
   return empty_output({N, H, W, C}, options).permute({0, 3, 1, 2});

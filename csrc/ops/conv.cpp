@@ -361,7 +361,8 @@ void small_gemm_dots(const Tensor& acc, const Tensor& a, const Tensor& b) {
 // weight as it is. A layer takes it when the measured rule says it pays (see winograd_pays), or always
 // or never by dlkernels.set_winograd. Its workspace (the padded input, about the input's size, the
 // transformed filters, 16/9 of the weight, and per-thread blocks) is outside the workspace limit. An
-// input or weight that is not finite sends the call to the other paths (whose sums keep inf as inf).
+// input or weight that is not finite (or within 64x of the largest float) sends the call to the other
+// paths (whose sums keep inf as inf).
 // (The kernels index one image's padded planes, channels times tiles, with 32-bit gather offsets.)
 bool winograd_geometry(const ConvGeom& c) {
   const Im2colGeom& g = c.g;
@@ -390,8 +391,9 @@ cpu::WinogradFilters winograd_filters(const Tensor& w, bool flip) {
               : cpu::WinogradFilters{w.stride(0), w.stride(1), w.stride(2), w.stride(3), false};
 }
 // out = the convolution of `in` ((N, C, H, W) contiguous, or with nhwc channels_last) with the 3x3
-// filters f finds in w, padded by wg.PT / wg.PL above and left; false when a value was not finite
-// (nothing written). Images in chunks within the workspace limit (the padded copy of the NCHW input is
+// filters f finds in w, padded by wg.PT / wg.PL above and left; false when a value was not finite (or
+// too large: cpu::conv_winograd), the chunks of images before it written (the caller's other paths then
+// write the whole output). Images in chunks within the workspace limit (the padded copy of the NCHW input is
 // the part that grows with the batch; one image is the smallest chunk); each tile's sums are the same in
 // any chunk.
 bool winograd_run(const cpu::WinogradGeom& wg, bool nhwc, const Tensor& in, const Tensor& w,
@@ -561,11 +563,10 @@ Tensor nhwc_filters(const Tensor& weight, int64_t OC) {
   return weight.permute({0, 2, 3, 1}).contiguous().view({OC, -1}).t();
 }
 
-// x channels_last, out (N, OC, OH, OW) channels_last, b undefined or contiguous; w_cols is the filters as
+// x channels_last, out (N, OC, OH, OW) channels_last, b undefined or contiguous; wT is the filters as
 // the (KH * KW * C, OC) matrix the column matrix multiplies.
-void nhwc_forward(const ConvGeom& c, const Tensor& x, const Tensor& w_cols, const Tensor& b, const Tensor& out) {
+void nhwc_forward(const ConvGeom& c, const Tensor& x, const Tensor& wT, const Tensor& b, const Tensor& out) {
   const int64_t L = c.g.positions(), R = c.g.rows();
-  const Tensor& wT = w_cols;
   const Tensor x_rows = nhwc_rows(x), out_rows = nhwc_rows(out);
   const int64_t B_max = nhwc_chunk_images(c, x);
   Tensor col_buf = c.direct ? Tensor() : empty_output({B_max * L * R}, x.options());
@@ -1049,15 +1050,14 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
 // gets a channels_last gradient.
 Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const c10::optional<Tensor>& bias, IntArrayRef stride,
                       IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  Tensor out = conv2d_forward_impl(input, weight, bias, stride, padding, dilation, groups);
-  return channels_last(input) ? out.contiguous(c10::MemoryFormat::ChannelsLast) : out;
+  return in_format_of(conv2d_forward_impl(input, weight, bias, stride, padding, dilation, groups), input);
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                                                    IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation,
                                                    int64_t groups, std::array<bool, 3> output_mask) {
   auto r = conv2d_backward_impl(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
-  if (output_mask[0] && channels_last(input)) std::get<0>(r) = std::get<0>(r).contiguous(c10::MemoryFormat::ChannelsLast);
+  if (output_mask[0]) std::get<0>(r) = in_format_of(std::get<0>(r), input);
   if (output_mask[1]) {
     const auto f = channels_last(weight) ? c10::MemoryFormat::ChannelsLast : c10::MemoryFormat::Contiguous;
     std::get<1>(r) = std::get<1>(r).contiguous(f);

@@ -67,12 +67,6 @@ void check_grad(const char* op, const Tensor& grad, const Tensor& input, const P
                     "), got ", grad.sizes());
 }
 
-// A result computed contiguous, in the memory format torch gives for `input` (channels_last for
-// channels_last input).
-Tensor as_input_format(const Tensor& t, const Tensor& input) {
-  return channels_last(input) ? t.contiguous(c10::MemoryFormat::ChannelsLast) : t;
-}
-
 AvgPoolOptions avg_options(const char* op, bool count_include_pad, c10::optional<int64_t> divisor_override) {
   if (divisor_override.has_value()) {
     TORCH_CHECK_VALUE(*divisor_override != 0, "dlkernels.", op, ": divisor_override must be non-zero");
@@ -119,7 +113,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(max_pool2d_forward(dt, g, x.data_ptr(), out.data_ptr(), indices.data_ptr<int64_t>(), stream));
   });
-  return {as_input_format(out, input), as_input_format(indices, input)};
+  return {in_format_of(out, input), in_format_of(indices, input)};
 }
 
 Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const Tensor& indices,
@@ -167,7 +161,7 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(max_pool2d_backward(dt, g, go.data_ptr(), idx.data_ptr<int64_t>(), grad_input.data_ptr(), stream));
   });
-  return as_input_format(grad_input, input);
+  return in_format_of(grad_input, input);
 }
 
 Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
@@ -189,7 +183,7 @@ Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArray
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(avg_pool2d_forward(dt, g, o, x.data_ptr(), out.data_ptr(), stream));
   });
-  return as_input_format(out, input);
+  return in_format_of(out, input);
 }
 
 Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
@@ -214,7 +208,7 @@ Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntAr
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(avg_pool2d_backward(dt, g, o, go.data_ptr(), grad_input.data_ptr(), stream));
   });
-  return as_input_format(grad_input, input);
+  return in_format_of(grad_input, input);
 }
 
 namespace {
@@ -244,7 +238,7 @@ Tensor adaptive_avg_pool2d_forward(const Tensor& input, IntArrayRef output_size)
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(adaptive_avg_pool2d_forward(dt, g, x.data_ptr(), out.data_ptr(), stream));
   });
-  return as_input_format(out, input);
+  return in_format_of(out, input);
 }
 
 Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& input) {
@@ -268,7 +262,7 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& inp
   }, [&](auto dt, void* stream) {
     return DLK_CUDA_CALL(adaptive_avg_pool2d_backward(dt, g, go.data_ptr(), grad_input.data_ptr(), stream));
   });
-  return as_input_format(grad_input, input);
+  return in_format_of(grad_input, input);
 }
 
 }  // namespace dlk::ops
