@@ -108,7 +108,8 @@ _WINOGRAD_MODES = ("never", "auto", "always")
 def winograd():
     """Which CPU float32/float64 convolutions run by Winograd F(2x2, 3x3): "auto" (default: the forward and
     input gradient of one-group 3x3 stride-1 layers of at least 8 input and 8 output channels, their
-    weight gradient from 64 and 64), "always" (every such layer, any channel count) or "never"."""
+    weight gradient likewise for channels_last input and from 32 and 32 channels for NCHW input),
+    "always" (every such layer, any channel count) or "never"."""
     return _WINOGRAD_MODES[_C.winograd_mode()]
 
 

@@ -631,12 +631,12 @@ def _winograd_run(mode, x, w, go, layout="nchw"):
 def test_winograd_rule_and_modes():
     """"auto" takes Winograd for the forward and input gradient of layers of at least 8 input and 8
     output channels (bitwise the "always" result, which rounds differently from "never"), not below;
-    for the weight gradient from 64 channels on. set_winograd returns the old mode and rejects unknown
-    ones."""
+    for the weight gradient likewise with channels_last input, from 32 channels on with NCHW input.
+    set_winograd returns the old mode and rejects unknown ones."""
     assert dlkernels.winograd() == "auto"
-    for c, wgrad_too in [(8, False), (64, True)]:
+    for c, layout, wgrad_too in [(8, "nchw", False), (16, "nchw", False), (32, "nchw", True), (8, "nhwc", True)]:
         x, w, go = torch.randn(3, c, 12, 10), torch.randn(c, c, 3, 3) / c, torch.randn(3, c, 12, 10)
-        auto, always, never = (_winograd_run(m, x, w, go) for m in ("auto", "always", "never"))
+        auto, always, never = (_winograd_run(m, x, w, go, layout) for m in ("auto", "always", "never"))
         for i, (a, b, n) in enumerate(zip(auto, always, never)):
             torch.testing.assert_close(a, n, rtol=1e-4, atol=1e-4)
             assert not torch.equal(b, n), (c, i)

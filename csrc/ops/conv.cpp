@@ -379,10 +379,11 @@ bool winograd_fits(const ConvGeom& c, const Tensor& x) {
   const int mode = g_winograd.load();
   return mode != 0 && cpu_float_kernels(x) && winograd_geometry(c) && (mode == 2 || winograd_pays(c));
 }
-// The weight gradient's rule: its transposed form gathers each input patch across the channels and
-// pays from 64 channels on (below, the column-matrix GEMM is faster: docs/performance.md).
+// The weight gradient's rule: channels_last tensors as winograd_pays; NCHW ones from 32 channels, where
+// its input patches, gathered across the channels' planes, cost less than the multiplies saved (at 16
+// channels the column-matrix GEMM ties it: docs/performance.md).
 bool winograd_weight_grad_fits(const ConvGeom& c, const Tensor& x) {
-  return winograd_fits(c, x) && (g_winograd.load() == 2 || (c.g.C >= 64 && c.OC >= 64));
+  return winograd_fits(c, x) && (g_winograd.load() == 2 || channels_last(x) || (c.g.C >= 32 && c.OC >= 32));
 }
 // Where the taps of w (OC, C, 3, 3), any memory format, are: as the forward's filters, or (flip) as the
 // input gradient's, filter (c, o) being w[o, c] flipped.
