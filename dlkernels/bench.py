@@ -544,7 +544,7 @@ def main(argv=None):
     op = None if args.all else args.op
     rows = []
     run_ops = args.all or args.op is not None or args.models is None
-    model_rows = []
+    model_rows, layer_rows = [], []
     for case in (cases_for(op, args.device) if run_ops else []):
         row = run_case(case, args.device, with_numpy=not args.no_numpy)
         rows.append(row)
@@ -562,15 +562,17 @@ def main(argv=None):
         gemm = machine_limits(args.device)["gemm_gflops"]
         formats = ("contiguous", "channels_last") + (("bf16-autocast",) if args.autocast else ())
         model_rows = model_bench.run(names, formats=formats, gemm_gflops=gemm, log=sys.stderr)
+        layer_rows = model_bench.run_layers(names, log=sys.stderr)
         model_table = model_bench.format_table(model_rows, gemm)
         if not run_ops:
             table = f"Device: {device_name(args.device)}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}\n"
         table += "\n\n## Models\n\n" + model_table
+        table += "\n\n## Convolution layers of the models\n\n" + model_bench.format_layer_table(layer_rows)
     print(table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device_name(args.device), limits=machine_limits(args.device), rows=rows,
-                           models=model_rows), f, indent=2)
+                           models=model_rows, model_conv_layers=layer_rows), f, indent=2)
     if args.plot and rows:
         plot_speedups(rows, args.plot, device_name(args.device))
     if args.markdown:

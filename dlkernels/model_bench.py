@@ -1,7 +1,9 @@
 """Whole-model timings for `python -m dlkernels.bench --models`: a training step (forward, cross-entropy,
 backward, SGD-momentum step) and an inference forward of ResNet-18, ResNet-50, MobileNetV2 and a CIFAR
 ResNet-20 (dlkernels/models.py), plain torch against dlkernels.convert(model, fuse_bn_relu=True) with
-dlkernels' cross-entropy and SGD, in the default (contiguous) and the channels_last memory format.
+dlkernels' cross-entropy and SGD, in the default (contiguous) and the channels_last memory format; and
+each distinct convolution of those models alone (forward and the gradients a training step asks for),
+torch's against ours, with the number of times the model runs it.
 
 Both models start from the same weights; torch's and ours run in alternating blocks in one process, so
 both see the same phases of a shared host; the figure is the median step. The rate is the step's
@@ -124,6 +126,93 @@ def run(names=None, formats=("contiguous", "channels_last"), gemm_gflops=None, l
                       f"{row['infer_torch_ms']:7.1f} ms, ours {row['infer_ours_ms']:7.1f} ms ({row['infer_speedup']:.2f}x)",
                       file=log)
     return rows
+
+
+def run_layers(names=None, formats=("contiguous", "channels_last"), log=None):
+    rows = []
+    for name in names or list(M.MODELS):
+        for fmt in formats:
+            rs = bench_conv_layers(name, fmt)
+            rows.extend(rs)
+            if log is not None:
+                t = sum(r["torch_ms"] * r["count"] for r in rs)
+                o = sum(r["ours_ms"] * r["count"] for r in rs)
+                print(f"  {name:>14s} {fmt:>13s}: {len(rs)} distinct convolutions, torch {t:7.1f} ms, ours {o:7.1f} ms "
+                      f"({t / o:.2f}x) a step", file=log)
+    return rows
+
+
+def conv_layers(model, x):
+    """The distinct convolutions of one training forward: {(input shape, weight shape, stride, padding,
+    dilation, groups, bias, input needs its gradient): times run}."""
+    seen = {}
+
+    def hook(m, inp, out):
+        key = (tuple(inp[0].shape), tuple(m.weight.shape), tuple(m.stride), tuple(m.padding), tuple(m.dilation),
+               m.groups, m.bias is not None, inp[0].requires_grad)
+        seen[key] = seen.get(key, 0) + 1
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def bench_conv_layers(name, memory_format, rounds=3, block=3, seed=0):
+    """Each distinct convolution of the model alone: forward, then the backward a training step runs
+    (weight and bias gradients; the input gradient unless the input is the image), torch's op against
+    ours in alternating blocks."""
+    build, batch, size, _ = M.MODELS[name]
+    torch.manual_seed(seed)
+    model = build()
+    x = torch.randn(batch, 3, size, size)
+    cl = memory_format == "channels_last"
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    rows = []
+    for (xs, ws, stride, padding, dilation, groups, bias, input_grad), count in conv_layers(model, x).items():
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        xi = torch.randn(xs).contiguous(memory_format=fmt)
+        w = (torch.randn(ws) / (ws[1] * ws[2] * ws[3]) ** 0.5).contiguous(memory_format=fmt)
+        b = torch.randn(ws[0]) if bias else None
+        gy = torch.randn_like(F.conv2d(xi, w, b, stride, padding, dilation, groups))
+        mask = [input_grad, True, bias]
+        args = (list(stride), list(padding), list(dilation))
+
+        def theirs():
+            F.conv2d(xi, w, b, stride, padding, dilation, groups)
+            torch.ops.aten.convolution_backward(gy, xi, w, [ws[0]] if bias else None, *args, False, [0, 0], groups,
+                                                mask)
+
+        def ours():
+            DF.conv2d(xi, w, b, stride, padding, dilation, groups)
+            torch.ops.dlkernels.conv2d_backward(gy, xi, w, *args, groups, mask)
+        t, o = _alternate(theirs, ours, rounds, block)
+        desc = (f"{ws[1] * groups}->{ws[0]} {ws[2]}x{ws[3]}" + (f"/s{stride[0]}" if stride[0] > 1 else "") +
+                (f" g{groups}" if groups > 1 else "") + f" at {xs[2]}x{xs[3]}")
+        rows.append(dict(model=name, format=memory_format, layer=desc, count=count, torch_ms=t * 1e3, ours_ms=o * 1e3,
+                         speedup=t / o))
+    return rows
+
+
+def format_layer_table(rows):
+    lines = ["Each distinct convolution alone: forward and the training step's gradients (the input's unless it "
+             "is the image), torch's op against ours; count: times per model step; total: the model's "
+             "convolution time, counts included.", "",
+             "| model | memory format | layer | count | torch ms | dlkernels ms | speedup |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["format"]), []).append(r)
+    for (model, fmt), rs in groups.items():
+        for r in rs:
+            lines.append(f"| {model} | {fmt} | {r['layer']} | {r['count']} | {r['torch_ms']:.2f} | {r['ours_ms']:.2f} "
+                         f"| {r['speedup']:.2f}x |")
+        t = sum(r["torch_ms"] * r["count"] for r in rs)
+        o = sum(r["ours_ms"] * r["count"] for r in rs)
+        lines.append(f"| {model} | {fmt} | **total** | | {t:.1f} | {o:.1f} | {t / o:.2f}x |")
+    return "\n".join(lines)
 
 
 def format_table(rows, gemm_gflops):
