@@ -123,6 +123,8 @@ struct WinogradGeom {
   int64_t tiles_h() const { return (OH + 1) / 2; }
   int64_t tiles_w() const { return (OW + 1) / 2; }
   int64_t tiles() const { return N * tiles_h() * tiles_w(); }
+  // Values per channel of the NCHW kernels' padded, even/odd-split copy (winograd_impl.h, pad_split).
+  int64_t split_plane() const { return (2 * tiles_h() + 2) * (2 * tiles_w() + 2); }
 };
 // Where a filter's taps are: tap (kh, kw) of filter (o, c) at w[o * so + c * sc + kh * sh + kw * sw], or
 // with flip at tap (2 - kh, 2 - kw) (the input gradient's flipped, transposed filters read from the
@@ -142,8 +144,8 @@ inline int64_t winograd_round(int64_t v, int64_t to) { return (v + to - 1) / to 
 inline int64_t conv_winograd_work(const WinogradGeom& g, int64_t threads) {
   const int64_t ocp = winograd_round(g.OC, kWinogradRowAlign);
   const int64_t filters = 16 * ocp * g.C;
-  const int64_t padded = g.N * g.C * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
-  const int64_t per_thread = 16 * (g.C + ocp) * (kWinogradBlock + 16);
+  const int64_t padded = g.N * g.C * g.split_plane();
+  const int64_t per_thread = 16 * (g.C + ocp) * kWinogradBlock;
   return filters + padded + threads * per_thread;
 }
 inline int64_t conv_winograd_nhwc_work(const WinogradGeom& g, int64_t threads) {
@@ -172,7 +174,7 @@ inline WinogradLayout winograd_weight_grad_layout(const WinogradGeom& g, int64_t
   WinogradLayout L;
   L.cp = winograd_round(g.C, kWinogradColAlign);
   L.ocp = winograd_round(g.OC, kWinogradRowAlign);
-  const int64_t plane = (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
+  const int64_t plane = g.split_plane();
   L.x_split = nhwc ? 0 : images * g.C * plane;
   L.gy_split = nhwc ? 0 : images * g.OC * plane;
   // A chunk's Y and VT within about 4 MiB of float32 (last-level cache), at least a vector of tiles

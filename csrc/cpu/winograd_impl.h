@@ -222,7 +222,7 @@ template <class V> struct Winograd {
   // runs would leave most lanes empty), gathered by per-lane offsets (int32: the padded input is
   // smaller than 2^31 values), instead of runs of consecutive tiles along a tile row.
   static bool lanes_across_rows(const WinogradGeom& g) {
-    const int64_t padded = g.N * std::max(g.C, g.OC) * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
+    const int64_t padded = g.N * std::max(g.C, g.OC) * g.split_plane();
     return g.tiles_w() < V::W && padded < (int64_t(1) << 31);
   }
 
@@ -390,8 +390,8 @@ template <class V> struct Winograd {
     const int64_t ocp = winograd_round(g.OC, kWinogradRowAlign);
     T* U = work;
     T* xd = U + 16 * ocp * g.C;
-    T* per_thread = xd + g.N * g.C * (2 * g.tiles_h() + 2) * (2 * g.tiles_w() + 2);
-    const int64_t thread_stride = 16 * (g.C + ocp) * (kWinogradBlock + 16);
+    T* per_thread = xd + g.N * g.C * g.split_plane();
+    const int64_t thread_stride = 16 * (g.C + ocp) * kWinogradBlock;
     if (!filters(g.OC, g.C, w, f.so, f.sc, f, U, ocp, g.C)) return false;
     if (!pad_split(g, in, xd)) return false;
     // Blocks: a multiple of the thread count when there are few, each of whole vectors.
@@ -420,7 +420,8 @@ template <class V> struct Winograd {
   // channels' planes (the planes are smaller than 2^31 / W values: pad_split's buffer is).
   static void patches_by_channel(const WinogradGeom& g, const T* xd, int64_t t0, int64_t nb, T* dst,
                                  int64_t xi_stride, int64_t ldd) {
-    const int64_t TH = g.tiles_h(), TW = g.tiles_w(), TW1 = TW + 1, len = 2 * TW1, plane = (2 * TH + 2) * len;
+    const int64_t TW1 = g.tiles_w() + 1, len = 2 * TW1, plane = g.split_plane();
+    const int64_t TH = g.tiles_h(), TW = g.tiles_w();
     for (int64_t j = 0; j < nb; ++j) {
       const int64_t t = t0 + j, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
       const T* base = xd + n * g.C * plane + 2 * th * len + tw;
@@ -439,50 +440,29 @@ template <class V> struct Winograd {
 
   // ---- channels_last (NHWC): lanes over channels, every load and store a run of a pixel's channels.
 
-  // The 4x4 input patch of tile (n, th, tw), channels c0 .. c0 + cnt (zero outside the image).
-  static void patch_nhwc(const WinogradGeom& g, const T* in, int64_t n, int64_t th, int64_t tw, int64_t c0, int64_t cnt,
-                         R (&d)[4][4]) {
-    for (int r = 0; r < 4; ++r) {
-      const int64_t h = 2 * th + r - g.PT;
-      for (int q = 0; q < 4; ++q) {
-        const int64_t w = 2 * tw + q - g.PL;
-        d[r][q] = h >= 0 && h < g.H && w >= 0 && w < g.W ? load_n(in + ((n * g.H + h) * g.W + w) * g.C + c0, cnt)
-                                                         : V::set1(T(0));
-      }
-    }
-  }
-  // dst[xi * xi_stride + j * ld + c] = the transformed patch of tile t0 + j, channel c, for j < nb.
+  // dst[xi * xi_stride + j * ld + c] = tile(d) of tile t0 + j, channels c .. c + W, for j < nb: d the P x P
+  // patch of in (N, H, W, C) at rows 2 * th - PT .. and columns 2 * tw - PL .. (zero outside the image).
+  // P = 4: the input's patches; P = 2: grad_output's tiles, as patches of a stride-1 "image" OH x OW with
+  // no padding (the weight gradient's gg).
+  template <int P, class Tile>
   static void patches_nhwc(const WinogradGeom& g, const T* in, int64_t t0, int64_t nb, T* dst, int64_t xi_stride,
-                           int64_t ld) {
+                           int64_t ld, Tile tile) {
     const int64_t TH = g.tiles_h(), TW = g.tiles_w();
     for (int64_t j = 0; j < nb; ++j) {
       const int64_t t = t0 + j, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
       for (int64_t c0 = 0; c0 < g.C; c0 += V::W) {
         const int64_t cnt = std::min<int64_t>(V::W, g.C - c0);
-        R d[4][4], v[16];
-        patch_nhwc(g, in, n, th, tw, c0, cnt, d);
-        input_tile(d, v);
-        for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * xi_stride + j * ld + c0, v[xi], cnt);
-      }
-    }
-  }
-  // The same for grad_output's 2x2 tiles (N, OH, OW, OC): dst[xi * xi_stride + j * ld + o].
-  static void grad_patches_nhwc(const WinogradGeom& g, const T* gy, int64_t t0, int64_t nb, T* dst, int64_t xi_stride,
-                                int64_t ld) {
-    const int64_t TH = g.tiles_h(), TW = g.tiles_w();
-    for (int64_t j = 0; j < nb; ++j) {
-      const int64_t t = t0 + j, n = t / (TH * TW), th = t / TW % TH, tw = t % TW;
-      for (int64_t o0 = 0; o0 < g.OC; o0 += V::W) {
-        const int64_t cnt = std::min<int64_t>(V::W, g.OC - o0);
-        R d[2][2], v[16];
-        for (int r = 0; r < 2; ++r)
-          for (int q = 0; q < 2; ++q) {
-            const int64_t oh = 2 * th + r, ow = 2 * tw + q;
-            d[r][q] = oh < g.OH && ow < g.OW ? load_n(gy + ((n * g.OH + oh) * g.OW + ow) * g.OC + o0, cnt)
-                                             : V::set1(T(0));
+        R d[P][P], v[16];
+        for (int r = 0; r < P; ++r) {
+          const int64_t h = 2 * th + r - g.PT;
+          for (int q = 0; q < P; ++q) {
+            const int64_t w = 2 * tw + q - g.PL;
+            d[r][q] = h >= 0 && h < g.H && w >= 0 && w < g.W ? load_n(in + ((n * g.H + h) * g.W + w) * g.C + c0, cnt)
+                                                             : V::set1(T(0));
           }
-        grad_tile(d, v);
-        for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * xi_stride + j * ld + o0, v[xi], cnt);
+        }
+        tile(d, v);
+        for (int xi = 0; xi < 16; ++xi) store_n(dst + xi * xi_stride + j * ld + c0, v[xi], cnt);
       }
     }
   }
@@ -509,7 +489,7 @@ template <class V> struct Winograd {
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < blocks; ++b) {
         const int64_t t0 = b * NB, nb = std::min(NB, tiles - t0), rows = winograd_round(nb, kMR);
-        patches_nhwc(g, in, t0, nb, Vb, NB * C, C);
+        patches_nhwc<4>(g, in, t0, nb, Vb, NB * C, C, input_tile);
         for (int xi = 0; xi < 16; ++xi)  // the register tile's rows past the block's tiles
           for (int64_t i = nb * C; i < rows * C; ++i) Vb[xi * NB * C + i] = T(0);
         for (int xi = 0; xi < 16; ++xi)
@@ -562,7 +542,7 @@ template <class V> struct Winograd {
       gc.N = std::min(images, g.N - n0);
       const T* x = in + n0 * C * g.H * g.W;
       const T* dy = gy + n0 * OC * g.OH * g.OW;
-      // NCHW: grad_output's tiles are the same tiles of a stride-1 "image" OH x OW with no padding
+      // grad_output's tiles are the same tiles of a stride-1 "image" OH x OW with no padding
       WinogradGeom gg{gc.N, OC, g.OH, g.OW, C, g.OH, g.OW, 0, 0};
       if (!nhwc && !(pad_split(gc, x, xd) && pad_split(gg, dy, gyd))) return false;
       const int64_t tiles = gc.N * per_image;
@@ -572,8 +552,8 @@ template <class V> struct Winograd {
         for (int64_t p = 0; p < parts; ++p) {
           const int64_t j0 = p * V::W, cnt = std::min<int64_t>(V::W, nb - j0);
           if (nhwc) {
-            patches_nhwc(gc, x, t0 + j0, cnt, VT + j0 * cp, kc * cp, cp);
-            grad_patches_nhwc(gc, dy, t0 + j0, cnt, Y + j0 * ocp, kc * ocp, ocp);
+            patches_nhwc<4>(gc, x, t0 + j0, cnt, VT + j0 * cp, kc * cp, cp, input_tile);
+            patches_nhwc<2>(gg, dy, t0 + j0, cnt, Y + j0 * ocp, kc * ocp, ocp, grad_tile);
             continue;
           }
           patches_by_channel(gc, xd, t0 + j0, cnt, VT + j0 * cp, kc * cp, cp);

@@ -405,7 +405,7 @@ bool winograd_run(const cpu::WinogradGeom& wg, bool nhwc, const Tensor& in, cons
   if (!nhwc) {
     chunk.N = 0;
     const int64_t fixed = cpu::conv_winograd_work(chunk, threads);  // the filters and the per-thread blocks
-    const int64_t per_image = wg.C * (2 * wg.tiles_h() + 2) * (2 * wg.tiles_w() + 2);
+    const int64_t per_image = wg.C * wg.split_plane();
     B_max = std::max<int64_t>(1, std::min(wg.N, (workspace_limit() / elem - fixed) / per_image));
   }
   chunk.N = B_max;
