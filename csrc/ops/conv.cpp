@@ -36,6 +36,7 @@
 
 #include "common/conv.h"
 #include "cpu/conv.h"
+#include "cpu/conv_bf16.h"
 #include "ops/alloc.h"
 #include "ops/checks.h"
 #include "ops/device.h"
@@ -693,6 +694,48 @@ void set_workspace_limit(int64_t bytes) {
 
 namespace {
 
+// bfloat16 on the CPU by the pair-dot kernels (cpu/conv_bf16.h): one-group layers, where the CPU path has
+// a kernel (AVX512-BF16, or the scalar reference); float16 and the AVX2 path keep the GEMM path below.
+bool pair_fits(const ConvGeom& c, const Tensor& x) {
+  return cpu_kernels(x) && x.scalar_type() == at::kBFloat16 && c.G == 1 && cpu::pair_conv_available();
+}
+
+cpu::Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// out = conv(x, w) + b in the geometry g, rounded once; x, w and out of any memory format. flip: w is
+// read as the input gradient's filters (oc and c swapped, taps flipped).
+void pair_run(const cpu::PairConvGeom& g, const Tensor& x, const Tensor& w, bool flip, const Tensor& b,
+              const Tensor& out) {
+  if (g.N == 0) return;
+  Tensor xp = empty_output({g.input_words()}, x.options().dtype(at::kInt));
+  Tensor wp = at::empty({g.weight_words()}, x.options().dtype(at::kInt));
+  cpu::Strides4 ws = strides4(w);
+  if (flip) std::swap(ws.n, ws.c);
+  auto bits = [](const Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); };
+  auto words = [](const Tensor& t) { return reinterpret_cast<uint32_t*>(t.data_ptr()); };
+  cpu::pair_conv_pack_input(g, bits(x), strides4(x), words(xp));
+  cpu::pair_conv_pack_weight(g, bits(w), ws, flip, words(wp));
+  Tensor bf;
+  if (b.defined()) {
+    bf = at::zeros({g.OCp()}, x.options().dtype(at::kFloat));
+    bf.narrow(0, 0, g.OC).copy_(b);
+  }
+  cpu::pair_conv_forward(g, words(xp), words(wp), bf.defined() ? bf.data_ptr<float>() : nullptr,
+                         reinterpret_cast<uint16_t*>(out.data_ptr()), strides4(out));
+}
+
+cpu::PairConvGeom pair_geom(const ConvGeom& c) {
+  return {c.N, c.g.C, c.g.H, c.g.W, c.OC, c.g.KH, c.g.KW, c.g.SH, c.g.SW, c.g.PH, c.g.PW, c.g.DH, c.g.DW, c.g.OH, c.g.OW};
+}
+
+// The forward of a pair_fits layer, in the input's memory format.
+Tensor pair_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b) {
+  Tensor out = channels_last(x) ? empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, x.options())
+                                : empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
+  pair_run(pair_geom(c), x, w, false, b, out);
+  return out;
+}
+
 // float16/bfloat16 on the CPU, without a bias: im2col moves the 16-bit values and the GEMMs run in that
 // dtype (at::bmm: oneDNN, with AVX512-BF16's vdpbf16ps where the CPU has it; float32 accumulation, one
 // rounding per output, as torch's own low-precision convolution). Chunks of images fill the workspace
@@ -734,6 +777,7 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
                       "), got ", bias->sizes());
     b = bias->contiguous();
   }
+  if (pair_fits(c, input)) return pair_forward(c, input, weight, b);
   if (nhwc(c, input)) {
     Tensor out = empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
     if (c.N > 0 && !(winograd_fits(c, input) && winograd_forward(c, true, input, weight, b, out)))
@@ -838,6 +882,14 @@ Tensor lowp_input_grad(const ConvGeom& c, const Tensor& grad_output, const Tenso
                        IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const bool as_conv = c.G == 1 && c.g.SH == 1 && c.g.SW == 1 && c.g.DH == 1 && c.g.DW == 1 && c.g.PH <= c.g.KH - 1 &&
                        c.g.PW <= c.g.KW - 1 && padding.size() == 2;
+  if (as_conv && pair_fits(c, input)) {  // the flipped, transposed filters read in place
+    Tensor gi = channels_last(input) ? empty_output_nhwc(c.N, c.g.C, c.g.H, c.g.W, input.options())
+                                     : empty_output(input.sizes(), input.options());
+    const cpu::PairConvGeom g{c.N,  c.OC, c.g.OH, c.g.OW, c.g.C, c.g.KH, c.g.KW, 1, 1, c.g.KH - 1 - c.g.PH,
+                              c.g.KW - 1 - c.g.PW, 1, 1, c.g.H, c.g.W};
+    pair_run(g, grad_output, weight, true, Tensor(), gi);
+    return gi;
+  }
   if (as_conv) {
     const Tensor wt = weight.flip({2, 3}).transpose(0, 1).contiguous();
     const int64_t pad[2] = {c.g.KH - 1 - c.g.PH, c.g.KW - 1 - c.g.PW};

@@ -1,0 +1,116 @@
+// bfloat16 pair-dot convolution (conv_bf16.h): the packing of both operands, the scalar reference
+// kernel and the choice of kernel. The AVX512-BF16 kernel is in conv_bf16_avx512.cpp.
+#include "cpu/conv_bf16.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/isa.h"
+
+namespace dlk::cpu {
+
+bool avx512bf16_supported() {
+#if defined(__x86_64__)
+  return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+bool pair_conv_available() {
+  switch (current_isa()) {
+    case Isa::Avx512: return avx512bf16_supported();
+    case Isa::Scalar: return true;
+    case Isa::Avx2: return false;
+  }
+  return false;
+}
+
+void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp) {
+  const int64_t Hp = g.Hp(), Wp = g.Wp(), C2 = g.C2(), rows = g.N * Hp;
+#pragma omp parallel for schedule(static) if (g.input_words() > (int64_t(1) << 15))
+  for (int64_t nr = 0; nr < rows; ++nr) {
+    const int64_t n = nr / Hp, ih = nr % Hp - g.PH;
+    uint32_t* dst = xp + nr * Wp * C2;
+    if (ih < 0 || ih >= g.H) {
+      std::fill(dst, dst + Wp * C2, 0u);
+      continue;
+    }
+    const int64_t w_lo = std::min(Wp, g.PW), w_hi = std::min(Wp, g.PW + g.W);  // [w_lo, w_hi): inside the image
+    std::fill(dst, dst + w_lo * C2, 0u);
+    std::fill(dst + w_hi * C2, dst + Wp * C2, 0u);
+    for (int64_t c2 = 0; c2 < C2; ++c2) {
+      const uint16_t* a = x + n * xs.n + 2 * c2 * xs.c + ih * xs.h;
+      const uint16_t* b = 2 * c2 + 1 < g.C ? a + xs.c : nullptr;
+      for (int64_t s = w_lo; s < w_hi; ++s) {
+        const int64_t iw = (s - g.PW) * xs.w;
+        dst[s * C2 + c2] = uint32_t(a[iw]) | (b ? uint32_t(b[iw]) << 16 : 0u);
+      }
+    }
+  }
+}
+
+void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip, uint32_t* wp) {
+  const int64_t C2 = g.C2(), OCp = g.OCp(), taps = g.taps(), blocks = OCp / 16;
+  // by blocks of 16 filters: each block's 16 filters read as 16 forward streams, one 64-byte line written
+  // per (tap, pair)
+#pragma omp parallel for schedule(static) if (g.weight_words() > (int64_t(1) << 15))
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t oc0 = blk * 16, n = std::min<int64_t>(16, g.OC - oc0);
+    for (int64_t c2 = 0; c2 < C2; ++c2) {
+      const bool odd = 2 * c2 + 1 < g.C;
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t kh = flip ? g.KH - 1 - t / g.KW : t / g.KW, kw = flip ? g.KW - 1 - t % g.KW : t % g.KW;
+        const uint16_t* a = w + oc0 * ws.n + 2 * c2 * ws.c + kh * ws.h + kw * ws.w;
+        uint32_t* dst = wp + (t * C2 + c2) * OCp + oc0;
+        for (int64_t i = 0; i < n; ++i)
+          dst[i] = uint32_t(a[i * ws.n]) | (odd ? uint32_t(a[i * ws.n + ws.c]) << 16 : 0u);
+        for (int64_t i = n; i < 16; ++i) dst[i] = 0u;
+      }
+    }
+  }
+}
+
+// The reference: one output position at a time, its OCp sums in a float32 row; each word pair's two
+// products added to the sum as vdpbf16ps adds them.
+void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
+                              uint16_t* out, Strides4 os) {
+  const int64_t P = g.N * g.OH * g.OW, C2 = g.C2(), OCp = g.OCp(), taps = g.taps();
+  std::vector<int64_t> toff(static_cast<size_t>(taps));
+  for (int64_t t = 0; t < taps; ++t) toff[size_t(t)] = pair_conv_tap_offset(g, t);
+#pragma omp parallel if (P * taps * C2 * OCp > (int64_t(1) << 16))
+  {
+    std::vector<float> acc(static_cast<size_t>(OCp));
+#pragma omp for schedule(static)
+    for (int64_t q = 0; q < P; ++q) {
+      int64_t in, o;
+      pair_conv_position(g, os, q, &in, &o);
+      for (int64_t oc = 0; oc < OCp; ++oc) acc[size_t(oc)] = bias ? bias[oc] : 0.f;
+      for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t c2 = 0; c2 < C2; ++c2) {
+          const uint32_t xv = xp[in + toff[size_t(t)] + c2];
+          const float x0 = bf16_to_float(uint16_t(xv)), x1 = bf16_to_float(uint16_t(xv >> 16));
+          const uint32_t* wr = wp + (t * C2 + c2) * OCp;
+          for (int64_t oc = 0; oc < OCp; ++oc) {
+            const float w0 = bf16_to_float(uint16_t(wr[oc])), w1 = bf16_to_float(uint16_t(wr[oc] >> 16));
+            acc[size_t(oc)] += w0 * x0 + w1 * x1;
+          }
+        }
+      }
+      for (int64_t oc = 0; oc < g.OC; ++oc) out[o + oc * os.c] = float_to_bf16(acc[size_t(oc)]);
+    }
+  }
+}
+
+void pair_conv_forward(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
+                       Strides4 os) {
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported()) {
+    pair_conv_forward_avx512bf16(g, xp, wp, bias, out, os);
+  } else {
+    pair_conv_forward_scalar(g, xp, wp, bias, out, os);
+  }
+}
+
+}  // namespace dlk::cpu

@@ -1,0 +1,88 @@
+// bfloat16 direct convolution on pairs of channels: AVX512-BF16's vdpbf16ps multiplies two bfloat16
+// pairs per float32 lane and adds both products to the lane (float32 accumulation, products exact), so
+// the reduction runs over pairs of input channels:
+//
+//   out[n, oc, oh, ow] = bias[oc] + sum over taps (kh, kw) and channel pairs c2 of
+//                        w[oc, 2c2, kh, kw] * x[n, 2c2, ...] + w[oc, 2c2+1, kh, kw] * x[n, 2c2+1, ...]
+//
+// rounded once to bfloat16. Lanes run over output channels (16 per vector, any image size wastes
+// nothing), rows of the register tile over output positions, each with its own pointer into the input:
+// any stride, dilation and padding is the same loop. Two packed operands, 32-bit words of two bfloat16:
+//   input  xp[((n * Hp + r) * Wp + s) * C2 + c2] = (x[n, 2c2, r - PH, s - PW], x[n, 2c2+1, ...]),
+//          zero in the padding and for a missing odd channel: every tap reads inside the buffer;
+//   weight wp[(t * C2 + c2) * OCp + oc] = (w[oc, 2c2, t], w[oc, 2c2+1, t]), tap t = kh * KW + kw,
+//          zero for oc >= OC (OCp = OC rounded up to 16).
+// The low half of each word is the even channel: vdpbf16ps pairs the halves of the same word.
+// No torch here; bfloat16 values travel as their uint16_t bits.
+#pragma once
+#include <cstdint>
+
+namespace dlk::cpu {
+
+struct PairConvGeom {
+  int64_t N, C, H, W;                      // input images
+  int64_t OC, KH, KW, SH, SW, PH, PW, DH, DW;  // filters; PH/PW the top/left padding
+  int64_t OH, OW;                          // output (the bottom/right padding shows only here)
+  int64_t C2() const { return (C + 1) / 2; }
+  int64_t OCp() const { return (OC + 15) / 16 * 16; }
+  int64_t taps() const { return KH * KW; }
+  // rows and columns of the padded input the taps reach
+  int64_t Hp() const { return (OH - 1) * SH + (KH - 1) * DH + 1; }
+  int64_t Wp() const { return (OW - 1) * SW + (KW - 1) * DW + 1; }
+  int64_t input_words() const { return N * Hp() * Wp() * C2(); }
+  int64_t weight_words() const { return taps() * C2() * OCp(); }
+};
+
+// Element strides of a 4-D tensor: (n, c, h, w) of an input or output, (oc, c, kh, kw) of a weight.
+struct Strides4 {
+  int64_t n, c, h, w;
+};
+
+// Output position q (n, oh, ow in that order): the input word of its top-left tap, its output element.
+inline void pair_conv_position(const PairConvGeom& g, const Strides4& os, int64_t q, int64_t* in, int64_t* out) {
+  const int64_t per = g.OH * g.OW, n = q / per, rest = q - n * per, oh = rest / g.OW, ow = rest - oh * g.OW;
+  *in = ((n * g.Hp() + oh * g.SH) * g.Wp() + ow * g.SW) * g.C2();
+  *out = n * os.n + oh * os.h + ow * os.w;
+}
+// The word offset of tap t = kh * KW + kw from a position's top-left tap.
+inline int64_t pair_conv_tap_offset(const PairConvGeom& g, int64_t t) {
+  return ((t / g.KW) * g.DH * g.Wp() + (t % g.KW) * g.DW) * g.C2();
+}
+
+// Whether the current CPU path has a pair-dot kernel: AVX-512 with AVX512-BF16, or the scalar
+// reference (the same loops in plain C++, for tests and CPUs without vector paths). AVX2 has none.
+bool pair_conv_available();
+
+// Packs x (strides xs, any memory format) into xp (g.input_words() words).
+void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp);
+// Packs the filters (strides ws over (oc, c, kh, kw)) into wp (g.weight_words() words). flip reads tap
+// (kh, kw) from (KH-1-kh, KW-1-kw): with the oc and c strides swapped, the filters of the input
+// gradient of a stride-1 layer, without a flipped copy.
+void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip, uint32_t* wp);
+// out (strides os, any memory format) = the convolution of the packed operands plus bias (float32,
+// OCp values, zero past OC; nullptr for none), rounded once to bfloat16.
+void pair_conv_forward(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
+                       Strides4 os);
+
+// The per-ISA kernels behind pair_conv_forward.
+void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
+                              uint16_t* out, Strides4 os);
+void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
+                                  uint16_t* out, Strides4 os);
+bool avx512bf16_supported();
+
+// bfloat16 bits <-> float32: the upper half of the float's bits; rounding to nearest even, NaN kept NaN.
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = uint32_t(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);  // NaN: quiet, sign kept
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+}  // namespace dlk::cpu

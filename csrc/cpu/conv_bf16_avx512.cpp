@@ -1,0 +1,101 @@
+// bfloat16 pair-dot convolution, AVX512-BF16 path (conv_bf16.h): register tiles of 6 output positions x
+// up to 64 output channels (24 float32 accumulators), each step one weight-pair vector per 16 channels
+// and one broadcast input pair per position, vdpbf16ps between them. Standard headers before the pragma.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/conv_bf16.h"
+
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx512bf16")
+
+namespace dlk::cpu {
+namespace {
+
+constexpr int kMR = 6;   // output positions per tile
+constexpr int kNVmax = 4;  // vectors of 16 output channels per tile
+
+// One tile: positions q0 .. q0 + rows - 1 (rows <= kMR; missing rows repeat the last one and are not
+// stored), output channels oc0 .. oc0 + 16 * NV - 1.
+template <int NV>
+void run_tile(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
+              const Strides4& os, const int64_t* toff, int64_t q0, int64_t rows, int64_t oc0) {
+  const int64_t C2 = g.C2(), OCp = g.OCp(), taps = g.taps();
+  const uint32_t* xr[kMR];
+  int64_t oo[kMR];
+  for (int r = 0; r < kMR; ++r) {
+    int64_t in;
+    pair_conv_position(g, os, q0 + std::min<int64_t>(r, rows - 1), &in, &oo[r]);
+    xr[r] = xp + in;
+  }
+  __m512 acc[kMR][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const __m512 b0 = bias ? _mm512_loadu_ps(bias + oc0 + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+    for (int r = 0; r < kMR; ++r) acc[r][v] = b0;
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    const int64_t o = toff[t];
+    const uint32_t *p0 = xr[0] + o, *p1 = xr[1] + o, *p2 = xr[2] + o, *p3 = xr[3] + o, *p4 = xr[4] + o,
+                   *p5 = xr[5] + o;
+    const uint32_t* wt = wp + t * C2 * OCp + oc0;
+    for (int64_t c = 0; c < C2; ++c, wt += OCp) {
+      __m512bh wv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) wv[v] = (__m512bh)_mm512_loadu_si512(wt + 16 * v);
+#define DLK_PAIR_ROW(r)                                                          \
+  {                                                                              \
+    const __m512bh b = (__m512bh)_mm512_set1_epi32(int(p##r[c]));                \
+    _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wv[v], b); \
+  }
+      DLK_PAIR_ROW(0) DLK_PAIR_ROW(1) DLK_PAIR_ROW(2) DLK_PAIR_ROW(3) DLK_PAIR_ROW(4) DLK_PAIR_ROW(5)
+#undef DLK_PAIR_ROW
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const int64_t oc = oc0 + 16 * v, valid = std::min<int64_t>(16, g.OC - oc);
+      if (valid <= 0) break;
+      const __m256i h = (__m256i)_mm512_cvtneps_pbh(acc[r][v]);
+      if (os.c == 1) {
+        _mm256_mask_storeu_epi16(out + oo[r] + oc, __mmask16((1u << valid) - 1u), h);
+      } else {
+        alignas(32) uint16_t tmp[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), h);
+        uint16_t* dst = out + oo[r] + oc * os.c;
+        for (int64_t i = 0; i < valid; ++i) dst[i * os.c] = tmp[i];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
+                                  uint16_t* out, Strides4 os) {
+  const int64_t P = g.N * g.OH * g.OW, OCp = g.OCp(), taps = g.taps();
+  if (P == 0 || g.OC == 0) return;
+  std::vector<int64_t> toff(static_cast<size_t>(taps));
+  for (int64_t t = 0; t < taps; ++t) toff[size_t(t)] = pair_conv_tap_offset(g, t);
+  const int64_t tiles = (P + kMR - 1) / kMR, blocks = (OCp + 16 * kNVmax - 1) / (16 * kNVmax);
+  const int64_t work = tiles * blocks;
+  // block-major: each thread sweeps positions with one block of filters (the block stays in L2)
+#pragma omp parallel for schedule(static) if (P * g.OC * taps * g.C2() > (int64_t(1) << 16))
+  for (int64_t j = 0; j < work; ++j) {
+    const int64_t blk = j / tiles, tile = j % tiles, oc0 = blk * 16 * kNVmax, q0 = tile * kMR;
+    const int64_t rows = std::min<int64_t>(kMR, P - q0);
+    switch ((std::min<int64_t>(OCp - oc0, 16 * kNVmax)) / 16) {
+      case 4: run_tile<4>(g, xp, wp, bias, out, os, toff.data(), q0, rows, oc0); break;
+      case 3: run_tile<3>(g, xp, wp, bias, out, os, toff.data(), q0, rows, oc0); break;
+      case 2: run_tile<2>(g, xp, wp, bias, out, os, toff.data(), q0, rows, oc0); break;
+      default: run_tile<1>(g, xp, wp, bias, out, os, toff.data(), q0, rows, oc0); break;
+    }
+  }
+}
+
+}  // namespace dlk::cpu
