@@ -104,6 +104,82 @@ void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const u
   }
 }
 
+bool pair_conv_pack_wgrad_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw) {
+  const int64_t Hp = g.Hp(), SW = g.SW, Wj = g.Wj(), rows = g.N * g.C * Hp;
+  bool finite = true;
+#pragma omp parallel for schedule(static) reduction(&& : finite) if (rows * SW * Wj > (int64_t(1) << 15))
+  for (int64_t ncr = 0; ncr < rows; ++ncr) {
+    const int64_t n = ncr / (g.C * Hp), c = ncr / Hp % g.C, ih = ncr % Hp - g.PH;
+    uint16_t* dst = xw + ncr * SW * Wj;
+    const bool inside = ih >= 0 && ih < g.H;
+    const uint16_t* src = inside ? x + n * xs.n + c * xs.c + ih * xs.h : nullptr;
+    uint16_t seen = 0;
+    for (int64_t ph = 0; ph < SW; ++ph) {
+      for (int64_t j = 0; j < Wj; ++j) {
+        const int64_t iw = j * SW + ph - g.PW;
+        const uint16_t v = inside && iw >= 0 && iw < g.W ? src[iw * xs.w] : uint16_t(0);
+        seen |= uint16_t((v & 0x7f80u) == 0x7f80u);
+        dst[ph * Wj + j] = v;
+      }
+    }
+    finite = finite && !seen;
+  }
+  return finite || g.OW % 2 == 0;
+}
+
+void pair_conv_pack_wgrad_grad(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp) {
+  const int64_t OWh = g.OWh(), OCp = g.OCp(), rows = g.N * g.OH;
+#pragma omp parallel for schedule(static) if (g.wgrad_grad_words() > (int64_t(1) << 15))
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t n = row / g.OH, oh = row % g.OH;
+    uint32_t* dst = gp + row * OWh * OCp;
+    for (int64_t oc = 0; oc < OCp; ++oc) {
+      const uint16_t* src = oc < g.OC ? gy + n * gs.n + oc * gs.c + oh * gs.h : nullptr;
+      for (int64_t p = 0; p < OWh; ++p) {
+        uint32_t v = 0;
+        if (src) v = uint32_t(src[2 * p * gs.w]) | (2 * p + 1 < g.OW ? uint32_t(src[(2 * p + 1) * gs.w]) << 16 : 0u);
+        dst[p * OCp + oc] = v;
+      }
+    }
+  }
+}
+
+// The reference: each (filter tap row m, output channel) summed over every pair of positions.
+void pair_conv_weight_grad_scalar(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc,
+                                  uint16_t* gw, Strides4 ws) {
+  const int64_t M = g.C * g.taps(), OCp = g.OCp(), OWh = g.OWh(), R = g.N * g.OH;
+#pragma omp parallel for schedule(static) if (M * OCp * R * OWh > (int64_t(1) << 16))
+  for (int64_t m = 0; m < M; ++m) {
+    float* a = acc + m * OCp;
+    for (int64_t oc = 0; oc < OCp; ++oc) a[oc] = 0.f;
+    const uint16_t* base = xw + pair_wgrad_row_offset(g, m);
+    for (int64_t row = 0; row < R; ++row) {
+      const uint16_t* xr = base + pair_wgrad_image_row_offset(g, row);
+      const uint32_t* gr = gp + row * OWh * OCp;
+      for (int64_t p = 0; p < OWh; ++p) {
+        const uint32_t xv = load_pair(xr + 2 * p);
+        const float x0 = bf16_to_float(uint16_t(xv)), x1 = bf16_to_float(uint16_t(xv >> 16));
+        for (int64_t oc = 0; oc < OCp; ++oc) {
+          const uint32_t gv = gr[p * OCp + oc];
+          a[oc] += bf16_to_float(uint16_t(gv)) * x0 + bf16_to_float(uint16_t(gv >> 16)) * x1;
+        }
+      }
+    }
+    const int64_t c = m / g.taps(), t = m % g.taps();
+    uint16_t* dst = gw + c * ws.c + (t / g.KW) * ws.h + (t % g.KW) * ws.w;
+    for (int64_t oc = 0; oc < g.OC; ++oc) dst[oc * ws.n] = float_to_bf16(a[oc]);
+  }
+}
+
+void pair_conv_weight_grad(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc, uint16_t* gw,
+                           Strides4 ws) {
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported()) {
+    pair_conv_weight_grad_avx512bf16(g, xw, gp, acc, gw, ws);
+  } else {
+    pair_conv_weight_grad_scalar(g, xw, gp, acc, gw, ws);
+  }
+}
+
 void pair_conv_forward(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
                        Strides4 os) {
   if (current_isa() == Isa::Avx512 && avx512bf16_supported()) {

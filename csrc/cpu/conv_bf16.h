@@ -31,6 +31,11 @@ struct PairConvGeom {
   int64_t Wp() const { return (OW - 1) * SW + (KW - 1) * DW + 1; }
   int64_t input_words() const { return N * Hp() * Wp() * C2(); }
   int64_t weight_words() const { return taps() * C2() * OCp(); }
+  // the weight gradient's operands (pair_conv_weight_grad)
+  int64_t Wj() const { return (Wp() + SW - 1) / SW + 1; }  // columns of one phase of a padded row
+  int64_t OWh() const { return (OW + 1) / 2; }             // pairs of positions in an output row
+  int64_t wgrad_input_halves() const { return N * C * Hp() * SW * Wj(); }
+  int64_t wgrad_grad_words() const { return N * OH * OWh() * OCp(); }
 };
 
 // Element strides of a 4-D tensor: (n, c, h, w) of an input or output, (oc, c, kh, kw) of a weight.
@@ -63,6 +68,43 @@ void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws
 // OCp values, zero past OC; nullptr for none), rounded once to bfloat16.
 void pair_conv_forward(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
                        Strides4 os);
+
+// The weight gradient sums over positions, so vdpbf16ps pairs two adjacent output positions of a row,
+// (ow, ow + 1), and the register tile's rows are (c, tap) filters' taps. Operands:
+//   input xw (bfloat16) [n][c][r][phase][j] = x[n, c, r - PH, j * SW + phase - PW] (zero outside): each
+//         padded row split by column phase, so that the pair of positions reads two adjacent values at
+//         any stride and dilation; one more column per phase for the partner of the last position of a
+//         row of odd OW, whose grad_output is zero;
+//   grad  gp [(n * OH + oh) * OWh + p][OCp] = (gy[n, oc, oh, 2p], gy[n, oc, oh, 2p + 1] or 0).
+// pack_wgrad_input returns false when OW is odd and x holds a value not finite: the zero grad_output of
+// the partner position would multiply it (0 * inf is NaN) and the caller must take another path.
+bool pair_conv_pack_wgrad_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw);
+void pair_conv_pack_wgrad_grad(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp);
+// gw (strides ws over (oc, c, kh, kw)) = the weight gradient, rounded once; acc: g.C * g.taps() * g.OCp()
+// floats of scratch (the sums over chunks of positions, float32).
+void pair_conv_weight_grad(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc, uint16_t* gw,
+                           Strides4 ws);
+
+// The per-ISA kernels behind pair_conv_forward and pair_conv_weight_grad.
+void pair_conv_weight_grad_scalar(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc,
+                                  uint16_t* gw, Strides4 ws);
+void pair_conv_weight_grad_avx512bf16(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc,
+                                      uint16_t* gw, Strides4 ws);
+// The halfword offset in xw of row (c, tap t)'s first value for position (0, 0, 0).
+inline int64_t pair_wgrad_row_offset(const PairConvGeom& g, int64_t m) {
+  const int64_t c = m / g.taps(), t = m % g.taps(), kh = t / g.KW, kwd = (t % g.KW) * g.DW;
+  return ((c * g.Hp() + kh * g.DH) * g.SW + kwd % g.SW) * g.Wj() + kwd / g.SW;
+}
+// The halfword offset in xw of output row (n, oh) (row = n * OH + oh) from position (0, 0, 0).
+inline int64_t pair_wgrad_image_row_offset(const PairConvGeom& g, int64_t row) {
+  const int64_t n = row / g.OH, oh = row % g.OH;
+  return ((n * g.C * g.Hp()) + oh * g.SH) * g.SW * g.Wj();
+}
+inline uint32_t load_pair(const uint16_t* p) {
+  uint32_t v;
+  __builtin_memcpy(&v, p, 4);
+  return v;
+}
 
 // The per-ISA kernels behind pair_conv_forward.
 void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,

@@ -74,7 +74,82 @@ void run_tile(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, con
   }
 }
 
+// One weight-gradient tile: filter tap rows m0 .. m0 + mrows - 1 (missing rows repeat the last one and are
+// not stored) x output channels oc0 .. oc0 + 16 * NV - 1, summed over output rows [r0, r1) on top of the
+// float32 sums in acc (zero when first).
+template <int NV>
+void wgrad_tile(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc, int64_t m0, int64_t mrows,
+                int64_t oc0, int64_t r0, int64_t r1, bool first) {
+  const int64_t OCp = g.OCp(), OWh = g.OWh();
+  const uint16_t* base[kMR];
+  for (int r = 0; r < kMR; ++r) base[r] = xw + pair_wgrad_row_offset(g, m0 + std::min<int64_t>(r, mrows - 1));
+  __m512 a[kMR][NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < kMR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      a[r][v] = first || r >= mrows ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + (m0 + r) * OCp + oc0 + 16 * v);
+  }
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t o = pair_wgrad_image_row_offset(g, row);
+    const uint16_t *p0 = base[0] + o, *p1 = base[1] + o, *p2 = base[2] + o, *p3 = base[3] + o, *p4 = base[4] + o,
+                   *p5 = base[5] + o;
+    const uint32_t* gr = gp + row * OWh * OCp + oc0;
+    for (int64_t p = 0; p < OWh; ++p, gr += OCp) {
+      __m512bh gv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) gv[v] = (__m512bh)_mm512_loadu_si512(gr + 16 * v);
+#define DLK_PAIR_ROW(r)                                                          \
+  {                                                                              \
+    const __m512bh b = (__m512bh)_mm512_set1_epi32(int(load_pair(p##r + 2 * p))); \
+    _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) a[r][v] = _mm512_dpbf16_ps(a[r][v], gv[v], b); \
+  }
+      DLK_PAIR_ROW(0) DLK_PAIR_ROW(1) DLK_PAIR_ROW(2) DLK_PAIR_ROW(3) DLK_PAIR_ROW(4) DLK_PAIR_ROW(5)
+#undef DLK_PAIR_ROW
+    }
+  }
+  for (int r = 0; r < mrows; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(acc + (m0 + r) * OCp + oc0 + 16 * v, a[r][v]);
+  }
+}
+
 }  // namespace
+
+void pair_conv_weight_grad_avx512bf16(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc,
+                                      uint16_t* gw, Strides4 ws) {
+  const int64_t M = g.C * g.taps(), OCp = g.OCp(), R = g.N * g.OH;
+  const int64_t tiles = (M + kMR - 1) / kMR, blocks = (OCp + 16 * kNVmax - 1) / (16 * kNVmax), work = tiles * blocks;
+  // chunks of output rows whose grad_output words for one block of filters fill about 128 KiB (in L2
+  // while every tile of rows passes over them)
+  const int64_t row_bytes = g.OWh() * std::min<int64_t>(OCp, 16 * kNVmax) * 4;
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(128) << 10) / std::max<int64_t>(row_bytes, 1));
+  const bool par = M * OCp * R * g.OWh() > (int64_t(1) << 16);
+#pragma omp parallel if (par)
+  {
+    for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+      const int64_t r1 = std::min(R, r0 + chunk);
+#pragma omp for schedule(static)
+      for (int64_t j = 0; j < work; ++j) {
+        const int64_t blk = j / tiles, m0 = (j % tiles) * kMR, oc0 = blk * 16 * kNVmax;
+        const int64_t mrows = std::min<int64_t>(kMR, M - m0);
+        switch ((std::min<int64_t>(OCp - oc0, 16 * kNVmax)) / 16) {
+          case 4: wgrad_tile<4>(g, xw, gp, acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
+          case 3: wgrad_tile<3>(g, xw, gp, acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
+          case 2: wgrad_tile<2>(g, xw, gp, acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
+          default: wgrad_tile<1>(g, xw, gp, acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
+        }
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      const int64_t c = m / g.taps(), t = m % g.taps();
+      uint16_t* dst = gw + c * ws.c + (t / g.KW) * ws.h + (t % g.KW) * ws.w;
+      const float* a = acc + m * OCp;
+      for (int64_t oc = 0; oc < g.OC; ++oc) dst[oc * ws.n] = float_to_bf16(a[oc]);
+    }
+  }
+}
 
 void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
                                   uint16_t* out, Strides4 os) {

@@ -701,6 +701,8 @@ bool pair_fits(const ConvGeom& c, const Tensor& x) {
 }
 
 cpu::Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+uint16_t* bits(const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }
+uint32_t* words(const Tensor& t) { return reinterpret_cast<uint32_t*>(t.data_ptr()); }
 
 // out = conv(x, w) + b in the geometry g, rounded once; x, w and out of any memory format. flip: w is
 // read as the input gradient's filters (oc and c swapped, taps flipped).
@@ -711,8 +713,6 @@ void pair_run(const cpu::PairConvGeom& g, const Tensor& x, const Tensor& w, bool
   Tensor wp = at::empty({g.weight_words()}, x.options().dtype(at::kInt));
   cpu::Strides4 ws = strides4(w);
   if (flip) std::swap(ws.n, ws.c);
-  auto bits = [](const Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); };
-  auto words = [](const Tensor& t) { return reinterpret_cast<uint32_t*>(t.data_ptr()); };
   cpu::pair_conv_pack_input(g, bits(x), strides4(x), words(xp));
   cpu::pair_conv_pack_weight(g, bits(w), ws, flip, words(wp));
   Tensor bf;
@@ -721,11 +721,25 @@ void pair_run(const cpu::PairConvGeom& g, const Tensor& x, const Tensor& w, bool
     bf.narrow(0, 0, g.OC).copy_(b);
   }
   cpu::pair_conv_forward(g, words(xp), words(wp), bf.defined() ? bf.data_ptr<float>() : nullptr,
-                         reinterpret_cast<uint16_t*>(out.data_ptr()), strides4(out));
+                         bits(out), strides4(out));
 }
 
 cpu::PairConvGeom pair_geom(const ConvGeom& c) {
   return {c.N, c.g.C, c.g.H, c.g.W, c.OC, c.g.KH, c.g.KW, c.g.SH, c.g.SW, c.g.PH, c.g.PW, c.g.DH, c.g.DW, c.g.OH, c.g.OW};
+}
+
+// The weight gradient of a pair_fits layer (contiguous), or an undefined tensor where the kernel cannot
+// take it (x not finite next to a row of odd width: cpu::pair_conv_pack_wgrad_input).
+Tensor pair_weight_grad(const ConvGeom& c, const Tensor& x, const Tensor& gy, const Tensor& weight) {
+  const cpu::PairConvGeom g = pair_geom(c);
+  Tensor xw = empty_output({g.wgrad_input_halves()}, x.options());
+  if (!cpu::pair_conv_pack_wgrad_input(g, bits(x), strides4(x), bits(xw))) return Tensor();
+  Tensor gp = empty_output({g.wgrad_grad_words()}, x.options().dtype(at::kInt));
+  cpu::pair_conv_pack_wgrad_grad(g, bits(gy), strides4(gy), words(gp));
+  Tensor acc = empty_output({g.C * g.taps() * g.OCp()}, x.options().dtype(at::kFloat));
+  Tensor gw = at::empty(weight.sizes(), weight.options());
+  cpu::pair_conv_weight_grad(g, bits(xw), words(gp), acc.data_ptr<float>(), bits(gw), strides4(gw));
+  return gw;
 }
 
 // The forward of a pair_fits layer, in the input's memory format.
@@ -920,7 +934,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
     // sums them.
     const auto t = input.scalar_type();
     Tensor gw;
-    if (output_mask[1]) {
+    if (output_mask[1] && pair_fits(c, input) && c.N > 0) gw = pair_weight_grad(c, input, grad_output, weight);
+    if (output_mask[1] && !gw.defined()) {
       const Tensor x = input.contiguous(), go = grad_output.contiguous();
       const int64_t L = c.g.positions(), rows = c.g.rows(), image = c.g.C * c.g.H * c.g.W;
       const int64_t B_max = lowp_chunk_images(c, x);
