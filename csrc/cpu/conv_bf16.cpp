@@ -38,7 +38,8 @@ void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs,
       std::fill(dst, dst + Wp * C2, 0u);
       continue;
     }
-    const int64_t w_lo = std::min(Wp, g.PW), w_hi = std::min(Wp, g.PW + g.W);  // [w_lo, w_hi): inside the image
+    // [w_lo, w_hi): inside the image (a negative padding starts the buffer inside it)
+    const int64_t w_lo = std::clamp<int64_t>(g.PW, 0, Wp), w_hi = std::clamp<int64_t>(g.PW + g.W, w_lo, Wp);
     std::fill(dst, dst + w_lo * C2, 0u);
     std::fill(dst + w_hi * C2, dst + Wp * C2, 0u);
     for (int64_t c2 = 0; c2 < C2; ++c2) {

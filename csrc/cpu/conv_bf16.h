@@ -21,7 +21,7 @@ namespace dlk::cpu {
 
 struct PairConvGeom {
   int64_t N, C, H, W;                      // input images
-  int64_t OC, KH, KW, SH, SW, PH, PW, DH, DW;  // filters; PH/PW the top/left padding
+  int64_t OC, KH, KW, SH, SW, PH, PW, DH, DW;  // filters; PH/PW the top/left padding (negative: cropped)
   int64_t OH, OW;                          // output (the bottom/right padding shows only here)
   int64_t C2() const { return (C + 1) / 2; }
   int64_t OCp() const { return (OC + 15) / 16 * 16; }

@@ -704,24 +704,55 @@ cpu::Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.st
 uint16_t* bits(const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }
 uint32_t* words(const Tensor& t) { return reinterpret_cast<uint32_t*>(t.data_ptr()); }
 
-// out = conv(x, w) + b in the geometry g, rounded once; x, w and out of any memory format. flip: w is
-// read as the input gradient's filters (oc and c swapped, taps flipped).
-void pair_run(const cpu::PairConvGeom& g, const Tensor& x, const Tensor& w, bool flip, const Tensor& b,
-              const Tensor& out) {
+// out = conv(x, w) + b in the geometry g, rounded once: x read through its strides, the filters w from
+// their first element with strides ws over (oc, c, kh, kw) of g (flip: taps read flipped), out written
+// through os (any memory format, or a strided view).
+void pair_run(const cpu::PairConvGeom& g, const Tensor& x, const uint16_t* w, cpu::Strides4 ws, bool flip,
+              const Tensor& b, uint16_t* out, cpu::Strides4 os) {
   if (g.N == 0) return;
   Tensor xp = empty_output({g.input_words()}, x.options().dtype(at::kInt));
   Tensor wp = at::empty({g.weight_words()}, x.options().dtype(at::kInt));
-  cpu::Strides4 ws = strides4(w);
-  if (flip) std::swap(ws.n, ws.c);
   cpu::pair_conv_pack_input(g, bits(x), strides4(x), words(xp));
-  cpu::pair_conv_pack_weight(g, bits(w), ws, flip, words(wp));
+  cpu::pair_conv_pack_weight(g, w, ws, flip, words(wp));
   Tensor bf;
   if (b.defined()) {
     bf = at::zeros({g.OCp()}, x.options().dtype(at::kFloat));
     bf.narrow(0, 0, g.OC).copy_(b);
   }
-  cpu::pair_conv_forward(g, words(xp), words(wp), bf.defined() ? bf.data_ptr<float>() : nullptr,
-                         bits(out), strides4(out));
+  cpu::pair_conv_forward(g, words(xp), words(wp), bf.defined() ? bf.data_ptr<float>() : nullptr, out, os);
+}
+
+// The input gradient of a pair_fits layer of dilation 1, in the input's memory format. Input rows of
+// one phase, (ih + PH) % SH == a, receive grad_output through the taps kh = a, a + SH, ... only (and
+// columns likewise): per phase (a, b) a stride-1 convolution of grad_output with that subset of the
+// filters, flipped and transposed as packed, written through a strided view of the result. A stride-1
+// layer is the one phase; a phase no tap reaches (1x1 stride 2) is zero.
+Tensor pair_input_grad(const ConvGeom& c, const Tensor& gy, const Tensor& w, const Tensor& input) {
+  Tensor gi = channels_last(input) ? empty_output_nhwc(c.N, c.g.C, c.g.H, c.g.W, input.options())
+                                   : empty_output(input.sizes(), input.options());
+  const cpu::Strides4 ws = strides4(w), gs = strides4(gi);
+  const int64_t SH = c.g.SH, SW = c.g.SW, PH = c.g.PH, PW = c.g.PW;
+  auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); };
+  for (int64_t a = 0; a < SH; ++a) {
+    for (int64_t b = 0; b < SW; ++b) {
+      const int64_t KHa = a < c.g.KH ? (c.g.KH - a + SH - 1) / SH : 0, KWa = b < c.g.KW ? (c.g.KW - b + SW - 1) / SW : 0;
+      // the phase's input rows ih = i * SH + a - PH for i in [i0, i1), columns likewise
+      const int64_t i0 = std::max<int64_t>(0, ceil_div(PH - a, SH)), i1 = ceil_div(c.g.H + PH - a, SH);
+      const int64_t j0 = std::max<int64_t>(0, ceil_div(PW - b, SW)), j1 = ceil_div(c.g.W + PW - b, SW);
+      if (i1 <= i0 || j1 <= j0) continue;
+      const int64_t off = (i0 * SH + a - PH) * gs.h + (j0 * SW + b - PW) * gs.w;
+      const cpu::Strides4 os{gs.n, gs.c, SH * gs.h, SW * gs.w};
+      if (KHa == 0 || KWa == 0) {
+        gi.as_strided({c.N, c.g.C, i1 - i0, j1 - j0}, {os.n, os.c, os.h, os.w}, gi.storage_offset() + off).zero_();
+        continue;
+      }
+      const cpu::PairConvGeom g{c.N, c.OC, c.g.OH, c.g.OW, c.g.C, KHa, KWa, 1, 1, KHa - 1 - i0, KWa - 1 - j0, 1, 1,
+                                i1 - i0, j1 - j0};
+      pair_run(g, gy, bits(w) + a * ws.h + b * ws.w, {ws.c, ws.n, SH * ws.h, SW * ws.w}, true, Tensor(),
+               bits(gi) + off, os);
+    }
+  }
+  return gi;
 }
 
 cpu::PairConvGeom pair_geom(const ConvGeom& c) {
@@ -746,7 +777,7 @@ Tensor pair_weight_grad(const ConvGeom& c, const Tensor& x, const Tensor& gy, co
 Tensor pair_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor out = channels_last(x) ? empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, x.options())
                                 : empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
-  pair_run(pair_geom(c), x, w, false, b, out);
+  pair_run(pair_geom(c), x, bits(w), strides4(w), false, b, bits(out), strides4(out));
   return out;
 }
 
@@ -894,16 +925,9 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
 // sums them (the input itself is not read: its float32 stand-in is left unwritten).
 Tensor lowp_input_grad(const ConvGeom& c, const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                        IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
+  if (pair_fits(c, input) && c.g.DH == 1 && c.g.DW == 1) return pair_input_grad(c, grad_output, weight, input);
   const bool as_conv = c.G == 1 && c.g.SH == 1 && c.g.SW == 1 && c.g.DH == 1 && c.g.DW == 1 && c.g.PH <= c.g.KH - 1 &&
                        c.g.PW <= c.g.KW - 1 && padding.size() == 2;
-  if (as_conv && pair_fits(c, input)) {  // the flipped, transposed filters read in place
-    Tensor gi = channels_last(input) ? empty_output_nhwc(c.N, c.g.C, c.g.H, c.g.W, input.options())
-                                     : empty_output(input.sizes(), input.options());
-    const cpu::PairConvGeom g{c.N,  c.OC, c.g.OH, c.g.OW, c.g.C, c.g.KH, c.g.KW, 1, 1, c.g.KH - 1 - c.g.PH,
-                              c.g.KW - 1 - c.g.PW, 1, 1, c.g.H, c.g.W};
-    pair_run(g, grad_output, weight, true, Tensor(), gi);
-    return gi;
-  }
   if (as_conv) {
     const Tensor wt = weight.flip({2, 3}).transpose(0, 1).contiguous();
     const int64_t pad[2] = {c.g.KH - 1 - c.g.PH, c.g.KW - 1 - c.g.PW};
