@@ -359,10 +359,13 @@ def _batch_norm(fn, input, residual, running_mean, running_var, weight, bias, tr
         return out.relu() if relu else out
     compute, result = _compute_dtype(input)
     if compute != input.dtype:
-        # float16/bfloat16 on the CPU kernels: computed in float32; running statistics kept in their dtype
-        # (a model.to(torch.bfloat16) has bfloat16 buffers), updated through float32 copies.
-        up = [t.to(compute) if t is not None and t.dtype in _LOW_PRECISION else t
-              for t in (input, residual, weight, bias, running_mean, running_var)]
+        # float16/bfloat16 on the CPU kernels: float16 computed in float32; bfloat16 input and residual
+        # taken as they are by the ops (float32 inside, read and written in bfloat16), their per-channel
+        # tensors in float32. Running statistics kept in their dtype (a model.to(torch.bfloat16) has
+        # bfloat16 buffers), updated through float32 copies.
+        native = input.dtype == torch.bfloat16 and (residual is None or residual.dtype == input.dtype)
+        up = [t.to(compute) if t is not None and t.dtype in _LOW_PRECISION and not (native and i < 2) else t
+              for i, t in enumerate((input, residual, weight, bias, running_mean, running_var))]
         input, residual, weight, bias = up[:4]
         stats = [(running_mean, up[4]), (running_var, up[5])]
         out, _, _, _ = _autograd_apply(BatchNormFunction, input, weight, bias, stats[0][1], stats[1][1],

@@ -55,6 +55,18 @@ void batch_norm_train_backward(const BatchNormGeom& g, const T* dy, const T* x, 
                                const double* bias, double* sum_dz, double* sum_dz_xmu, T* grad_input,
                                T* grad_residual);
 
+// bfloat16 (as uint16_t bits) on the fused training path: groups of channels in parallel, each group's
+// planes widened into float32 buffers of the thread, the float32 kernels above run on that group, the
+// results rounded once back to bfloat16. bfloat16 is read and written once; no float32 copy of the
+// tensors. Use when batch_norm_fused_fits(g, 4) (the float32 buffers in L2). No gate bits.
+void batch_norm_train_forward_bf16(const BatchNormGeom& g, const uint16_t* x, const double* weight, const double* bias,
+                                   double eps, const uint16_t* residual, bool relu, uint16_t* y, double* mean,
+                                   double* var, double* invstd);
+void batch_norm_train_backward_bf16(const BatchNormGeom& g, const uint16_t* dy, const uint16_t* x, const uint16_t* y,
+                                    bool relu, const double* mean, const double* invstd, const double* weight,
+                                    const double* bias, double* sum_dz, double* sum_dz_xmu, uint16_t* grad_input,
+                                    uint16_t* grad_residual);
+
 #define DLK_BN_DECLARE(SUFFIX, T)                                                                               \
   void batch_norm_stats_##SUFFIX(const BatchNormGeom&, const T*, double*, double*, double*);                    \
   void batch_norm_train_forward_##SUFFIX(const BatchNormGeom&, const T*, const double*, const double*, double,    \

@@ -28,6 +28,16 @@ bool pair_conv_available() {
   return false;
 }
 
+void bf16_widen(const uint16_t* src, float* dst, int64_t n) {
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported()) return bf16_widen_avx512bf16(src, dst, n);
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
+}
+
+void bf16_narrow(const float* src, uint16_t* dst, int64_t n) {
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported()) return bf16_narrow_avx512bf16(src, dst, n);
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+}
+
 void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp) {
   const int64_t Hp = g.Hp(), Wp = g.Wp(), C2 = g.C2(), rows = g.N * Hp;
 #pragma omp parallel for schedule(static) if (g.input_words() > (int64_t(1) << 15))

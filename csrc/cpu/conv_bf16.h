@@ -113,6 +113,13 @@ void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, con
                                   uint16_t* out, Strides4 os);
 bool avx512bf16_supported();
 
+// n bfloat16 values widened to float32; n floats rounded to bfloat16 (nearest even, NaN kept NaN). Vector
+// code where the current path has a pair-dot kernel on AVX512-BF16, else the scalar functions below.
+void bf16_widen(const uint16_t* src, float* dst, int64_t n);
+void bf16_narrow(const float* src, uint16_t* dst, int64_t n);
+void bf16_widen_avx512bf16(const uint16_t* src, float* dst, int64_t n);
+void bf16_narrow_avx512bf16(const float* src, uint16_t* dst, int64_t n);
+
 // bfloat16 bits <-> float32: the upper half of the float's bits; rounding to nearest even, NaN kept NaN.
 inline float bf16_to_float(uint16_t h) {
   const uint32_t u = uint32_t(h) << 16;

@@ -37,12 +37,16 @@ using c10::optional;
 
 bool low_precision(const Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
 
-void check_input(const char* op, const Tensor& input) {
+// bf16_cpu: the op takes bfloat16 on the CPU too (batch_norm_forward and batch_norm_backward).
+void check_input(const char* op, const Tensor& input, bool bf16_cpu = false) {
   TORCH_CHECK(input.is_cpu() || input.is_cuda(), "dlkernels.", op, ": input must be a CPU or CUDA tensor, got ",
               input.device());
   const auto s = input.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (cuda_kernels(input) && low_precision(input)), "dlkernels.", op,
-                   ": input must be float32 or float64", cuda_kernels(input) ? ", float16 or bfloat16" : "", " on ",
+  const bool cpu_bf16_ok = bf16_cpu && cpu_kernels(input);
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || (cuda_kernels(input) && low_precision(input)) ||
+                       (cpu_bf16_ok && s == at::kBFloat16),
+                   "dlkernels.", op, ": input must be float32 or float64",
+                   cuda_kernels(input) ? ", float16 or bfloat16" : cpu_bf16_ok ? " or bfloat16" : "", " on ",
                    input.device().type(), ", got ", s);
   TORCH_CHECK_VALUE(input.dim() >= 2 && input.dim() <= 5, "dlkernels.", op,
                     ": input must have 2 to 5 dimensions (N, C, ...), got shape ", input.sizes());
@@ -69,6 +73,19 @@ void check_like(const char* op, const char* name, const Tensor& t, const Tensor&
                    input.scalar_type(), "), got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.sizes() == input.sizes(), "dlkernels.", op, ": ", name, " must have the shape of input ",
                     input.sizes(), ", got ", t.sizes());
+}
+
+// bfloat16 input on the CPU: the kernels read per-channel tensors in float32 (as torch's mixed batch norm
+// keeps them; the functional layer converts bfloat16 parameters and buffers).
+bool cpu_bf16(const Tensor& input) { return cpu_kernels(input) && input.scalar_type() == at::kBFloat16; }
+void check_channel_f32(const char* op, const char* name, const optional<Tensor>& t, const Tensor& input) {
+  if (!cpu_bf16(input) || !t.has_value() || !t->defined()) return;
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, "dlkernels.", op, ": ", name,
+                   " must be float32 for a bfloat16 input on the CPU, got ", t->scalar_type());
+}
+optional<Tensor> to_float(const optional<Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return t;
+  return t->to(at::kFloat);
 }
 
 void check_stats(const char* op, const char* name, const Tensor& t, const Tensor& input) {
@@ -324,7 +341,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& inpu
                                                       double momentum, double eps,
                                                       const optional<Tensor>& residual, bool relu) {
   const char* op = "batch_norm";
-  check_input(op, input);
+  check_input(op, input, true);
+  check_channel_f32(op, "weight", weight, input);
+  check_channel_f32(op, "bias", bias, input);
+  check_channel_f32(op, "running_mean", running_mean, input);
+  check_channel_f32(op, "running_var", running_var, input);
   const bool has_rm = running_mean.has_value() && running_mean->defined();
   const bool has_rv = running_var.has_value() && running_var->defined();
   if (weight.has_value() && weight->defined()) check_channel(op, "weight", *weight, input);
@@ -347,6 +368,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& inpu
   }
   Tensor mean, invstd;
   const Tensor no_mask = at::empty({0}, x.options().dtype(at::kInt));
+  if (cpu_bf16(x) && training && lay.g.count() > 0 && cpu::batch_norm_fused_fits(lay.g, 4)) {
+    mean = at::empty({lay.g.C}, x.options().dtype(at::kDouble));
+    invstd = at::empty_like(mean);
+    std::vector<double> var64(lay.g.C);
+    const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
+    Tensor y = empty_in_layout(x, lay);
+    auto bits16 = [](const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
+    cpu::batch_norm_train_forward_bf16(lay.g, bits16(x), w64.data(), b64.data(), eps, r.defined() ? bits16(r) : nullptr,
+                                       relu, bits16(y), mean.data_ptr<double>(), var64.data(), invstd.data_ptr<double>());
+    update_running_cpu(running_mean, running_var, f64(mean), var64.data(), momentum, lay.g.count());
+    return {y, mean, invstd, no_mask};
+  }
+  if (cpu_bf16(x)) {  // the other layouts and sizes: the float32 computation, rounded once
+    auto res = batch_norm_forward(x.to(at::kFloat), weight, bias, running_mean, running_var, training, momentum, eps,
+                                  r.defined() ? optional<Tensor>(r.to(at::kFloat)) : optional<Tensor>(), relu);
+    std::get<0>(res) = std::get<0>(res).to(at::kBFloat16);
+    return res;
+  }
   if (training) {
     if (lay.g.count() == 0) {  // empty batch: empty output, running statistics untouched (as torch)
       mean = at::zeros({lay.g.C}, x.options().dtype(at::kDouble));
@@ -431,7 +470,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
                                                                const optional<Tensor>& bias, bool relu_from_input,
                                                                const optional<Tensor>& relu_mask) {
   const char* op = "batch_norm_backward";
-  check_input(op, input);
+  check_input(op, input, true);
+  check_channel_f32(op, "weight", weight, input);
+  check_channel_f32(op, "bias", bias, input);
   check_grad(op, grad_output, input);
   check_stats(op, "save_mean", save_mean, input);
   check_stats(op, "save_invstd", save_invstd, input);
@@ -461,6 +502,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
     return {gi, gw, gb, gr};
   }
   const auto param_dtype = weight.has_value() && weight->defined() ? weight->scalar_type() : input.scalar_type();
+  if (cpu_bf16(x)) {
+    if (training && output_mask[0] && !bits.defined() && cpu::batch_norm_fused_fits(lay.g, 4)) {
+      std::vector<double> sum_dz(lay.g.C), sum_dz_xmu(lay.g.C);
+      Tensor gi = empty_in_layout(x, lay), gr = output_mask[3] ? empty_in_layout(x, lay) : empty();
+      const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
+      const Tensor invstd = save_invstd.contiguous();
+      const bool mask_from_output = relu && !relu_from_input;
+      auto bits16 = [](const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
+      cpu::batch_norm_train_backward_bf16(lay.g, bits16(dy), bits16(x), mask_from_output ? bits16(y) : nullptr, relu,
+                                          f64(mean), f64(invstd), w64.data(), b64.data(), sum_dz.data(),
+                                          sum_dz_xmu.data(), bits16(gi), output_mask[3] ? bits16(gr) : nullptr);
+      if (output_mask[1]) gw = channel_tensor(sum_dz_xmu, f64(invstd), input, at::kFloat);
+      if (output_mask[2]) gb = channel_tensor(sum_dz, nullptr, input, at::kFloat);
+      return {gi, gw, gb, gr};
+    }
+    // the float32 computation, rounded once
+    const optional<Tensor> out32 = output.has_value() && output->defined() ? to_float(output) : output;
+    auto res = batch_norm_backward(dy.to(at::kFloat), x.to(at::kFloat), out32, weight, save_mean, save_invstd, training,
+                                   relu, output_mask, bias, relu_from_input, relu_mask);
+    for (Tensor* t : {&std::get<0>(res), &std::get<3>(res)})
+      if (t->numel() > 0) *t = t->to(at::kBFloat16);
+    return res;
+  }
   if (fused) {
     // a channel at a time, the two sums and the gradient in one sweep (csrc/cpu/batch_norm.h). With
     // relu_from_input (the caller's word that the forward added no residual) the ReLU mask is recomputed
