@@ -238,3 +238,120 @@ def test_conv_input_gradient_paths(device, dtype, k, kw):
     x = torch.randn(3, 8, 9, 10, device=device).to(dtype)
     w = (torch.randn(5, 8, *k, device=device) / 6).to(dtype)
     check_fwd_bwd(lambda *a: DF.conv2d(*a, **kw), lambda *a: F.conv2d(*a, **kw), [x, w], grad_inputs=(0, 1))
+
+
+# bfloat16 layers of one group on the CPU run the pair-dot kernels (csrc/cpu/conv_bf16.h: AVX512-BF16, the
+# scalar reference on the scalar path; AVX2 keeps the GEMM path): odd channel counts and row widths,
+# output channels off a multiple of 16, strides past the kernel, padding past K - 1, dilation (its input
+# gradient on the float32 path when strided), 1x1 stride 2, a first layer of 3 channels, both memory
+# formats of input and weight.
+PAIR_CASES = [
+    dict(c=3, oc=20, k=7, stride=2, padding=3, hw=(19, 22)),
+    dict(c=8, oc=16, k=3, stride=1, padding=1, hw=(7, 7)),
+    dict(c=5, oc=33, k=3, stride=1, padding=1, hw=(9, 6)),
+    dict(c=6, oc=12, k=3, stride=2, padding=1, hw=(9, 11)),
+    dict(c=4, oc=8, k=1, stride=2, padding=0, hw=(7, 8)),
+    dict(c=7, oc=9, k=3, stride=3, padding=2, hw=(11, 10)),
+    dict(c=6, oc=10, k=3, stride=1, padding=3, hw=(6, 5)),
+    dict(c=4, oc=6, k=3, stride=1, padding=2, dilation=2, hw=(9, 8)),
+    dict(c=4, oc=6, k=3, stride=2, padding=2, dilation=2, hw=(11, 9)),
+    dict(c=66, oc=70, k=3, stride=1, padding=1, hw=(5, 4)),
+    dict(c=4, oc=5, k=(2, 3), stride=(2, 1), padding=(1, 0), hw=(7, 9)),
+]
+
+
+def _conv_and_grads(fn, x, w, b, **kw):
+    x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+    b = b.detach().requires_grad_() if b is not None else None
+    y = fn(x, w, b, **kw)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(y)
+    return [y] + list(torch.autograd.grad(y, [t for t in (x, w, b) if t is not None], g))
+
+
+@pytest.mark.parametrize("case", range(len(PAIR_CASES)))
+@pytest.mark.parametrize("fmt", ["nchw", "nhwc", "nhwc-weight"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_bf16_conv_paths_match_torch(device, case, fmt, bias):
+    p = dict(PAIR_CASES[case])
+    c, oc, k, hw = p.pop("c"), p.pop("oc"), p.pop("k"), p.pop("hw")
+    k = (k, k) if isinstance(k, int) else k
+    x = torch.randn(3, c, *hw, device=device).to(torch.bfloat16)
+    w = (torch.randn(oc, c, *k, device=device) / (c * k[0] * k[1]) ** 0.5).to(torch.bfloat16)
+    b = torch.randn(oc, device=device).to(torch.bfloat16) if bias else None
+    if fmt != "nchw":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if fmt == "nhwc-weight":
+        w = w.contiguous(memory_format=torch.channels_last)
+    ours = _conv_and_grads(DF.conv2d, x, w, b, **p)
+    theirs = _conv_and_grads(F.conv2d, x, w, b, **p)
+    truth = _conv_and_grads(F.conv2d, x.double(), w.double(), b.double() if bias else None, **p)
+    for i, (a, t, r) in enumerate(zip(ours, theirs, truth)):
+        assert a.dtype == torch.bfloat16 and a.shape == t.shape
+        assert_lowp_close(a, t, r, f"{PAIR_CASES[case]} {fmt} tensor {i}")
+    assert ours[0].is_contiguous(memory_format=torch.channels_last) == (fmt != "nchw")
+
+
+def test_bf16_conv_four_sided_padding(device):
+    """Padding (top, left, bottom, right) through the op, against torch's convolution of the padded input."""
+    x = torch.randn(2, 5, 8, 7, device=device).to(torch.bfloat16)
+    w = (torch.randn(9, 5, 3, 3, device=device) / 6).to(torch.bfloat16)
+    pad = [0, 2, 1, 0]
+    xp = F.pad(x, (pad[1], pad[3], pad[0], pad[2]))
+    y = torch.ops.dlkernels.conv2d_forward(x, w, None, [1, 1], pad, [1, 1], 1)
+    gy = torch.randn(y.shape, device=device).to(torch.bfloat16)
+    gi, gw, _ = torch.ops.dlkernels.conv2d_backward(gy, x, w, [1, 1], pad, [1, 1], 1, [True, True, False])
+    for dt in (torch.bfloat16, torch.float64):
+        xr = xp.to(dt).requires_grad_()
+        wr = w.to(dt).requires_grad_()
+        yr = F.conv2d(xr, wr)
+        gir, gwr = torch.autograd.grad(yr, (xr, wr), gy.to(dt))
+        gir = gir[:, :, pad[0]:pad[0] + 8, pad[1]:pad[1] + 7]
+        if dt == torch.bfloat16:
+            theirs = (yr, gir, gwr)
+    for a, t, r, name in zip((y, gi, gw), theirs, (yr, gir, gwr), ("output", "grad_input", "grad_weight")):
+        assert_lowp_close(a, t, r, name)
+
+
+def test_bf16_conv_weight_grad_not_finite(device):
+    """An infinite input value beside a row of odd width: the weight gradient's pair kernel would multiply
+    it by the zero grad_output of the missing partner position (NaN where torch has a finite value), so
+    that layer takes the GEMM path; the result's non-finite entries are torch's."""
+    x = torch.randn(2, 4, 7, 7, device=device).to(torch.bfloat16)
+    x[1, 2, 3, 6] = float("inf")
+    w = (torch.randn(6, 4, 3, 3, device=device) / 6).to(torch.bfloat16)
+    gy = torch.randn(2, 6, 7, 7, device=device).to(torch.bfloat16)
+    gw = torch.ops.dlkernels.conv2d_backward(gy, x, w, [1, 1], [1, 1], [1, 1], 1, [False, True, False])[1]
+    ref = torch.ops.aten.convolution_backward(gy.float(), x.float(), w.float(), None, [1, 1], [1, 1], [1, 1], False,
+                                              [0, 0], 1, [False, True, False])[1]
+    assert torch.equal(gw.isnan(), ref.isnan()) and torch.equal(gw.isinf(), ref.isinf())
+    assert bool(gw.isfinite().any())
+    fin = ref.isfinite()
+    assert_lowp_close(gw[fin], ref.to(torch.bfloat16)[fin], ref.double()[fin], "finite entries")
+
+
+@pytest.mark.parametrize("shape,fmt", [((4, 6, 5, 3), "nhwc"), ((3, 5, 150, 160), "nchw")],
+                         ids=["channels_last", "channels-past-L2"])
+def test_bf16_batch_norm_other_layouts(device, shape, fmt):
+    """bfloat16 batch norm off the fused path (channels_last input; a channel past the fused path's 256 KiB):
+    the float32 computation inside the op, rounded once; the output keeps the input's memory format."""
+    x64 = torch.randn(*shape, device=device, dtype=torch.float64) * 2 + 1
+    r64 = torch.randn_like(x64)
+    w = torch.rand(shape[1], device=device) + 0.5
+    b = torch.randn(shape[1], device=device)
+    mf = torch.channels_last if fmt == "nhwc" else torch.contiguous_format
+
+    def run(fn, dt):
+        x = x64.to(dt).contiguous(memory_format=mf).requires_grad_()
+        r = r64.to(dt).contiguous(memory_format=mf).requires_grad_()
+        out = fn(x, r, w.to(dt) if dt == torch.float64 else w, b.to(dt) if dt == torch.float64 else b)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device, dt)
+        return [out] + list(torch.autograd.grad(out, (x, r), g))
+
+    got = run(lambda x, r, w_, b_: DF.batch_norm_add_relu(x, r, None, None, w_, b_, True), torch.bfloat16)
+    theirs = run(lambda x, r, w_, b_: F.relu(F.batch_norm(x, None, None, w_, b_, True) + r), torch.bfloat16)
+    gate = (got[0] > 0).double()
+    truth = run(lambda x, r, w_, b_: (F.batch_norm(x, None, None, w_, b_, True) + r) * gate, torch.float64)
+    for i, (a, t, r) in enumerate(zip(got, theirs, truth)):
+        assert a.dtype == torch.bfloat16
+        assert_lowp_close(a, t, r, f"tensor {i}")
+    assert got[0].is_contiguous(memory_format=mf)
