@@ -39,6 +39,8 @@ void bf16_narrow(const float* src, uint16_t* dst, int64_t n) {
 }
 
 void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp) {
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported() && xs.w == 1 && xs.c != 1)
+    return pair_conv_pack_input_avx512bf16(g, x, xs, xp);
   const int64_t Hp = g.Hp(), Wp = g.Wp(), C2 = g.C2(), rows = g.N * Hp;
 #pragma omp parallel for schedule(static) if (g.input_words() > (int64_t(1) << 15))
   for (int64_t nr = 0; nr < rows; ++nr) {
@@ -139,6 +141,8 @@ bool pair_conv_pack_wgrad_input(const PairConvGeom& g, const uint16_t* x, Stride
 }
 
 void pair_conv_pack_wgrad_grad(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp) {
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported() && gs.w == 1 && gs.c != 1)
+    return pair_conv_pack_wgrad_grad_avx512bf16(g, gy, gs, gp);
   const int64_t OWh = g.OWh(), OCp = g.OCp(), rows = g.N * g.OH;
 #pragma omp parallel for schedule(static) if (g.wgrad_grad_words() > (int64_t(1) << 15))
   for (int64_t row = 0; row < rows; ++row) {

@@ -112,6 +112,8 @@ void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const u
 void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
                                   uint16_t* out, Strides4 os);
 bool avx512bf16_supported();
+void pair_conv_pack_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp);
+void pair_conv_pack_wgrad_grad_avx512bf16(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp);
 
 // n bfloat16 values widened to float32; n floats rounded to bfloat16 (nearest even, NaN kept NaN). Vector
 // code where the current path has a pair-dot kernel on AVX512-BF16, else the scalar functions below.

@@ -22,8 +22,8 @@ constexpr int kNVmax = 4;  // vectors of 16 output channels per tile
 // stored), output channels oc0 .. oc0 + 16 * NV - 1.
 template <int NV>
 void run_tile(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
-              const Strides4& os, const int64_t* toff, int64_t q0, int64_t rows, int64_t oc0) {
-  const int64_t C2 = g.C2(), OCp = g.OCp(), taps = g.taps();
+              const Strides4& os, const int64_t* koff, int64_t steps, int64_t q0, int64_t rows, int64_t oc0) {
+  const int64_t OCp = g.OCp();
   const uint32_t* xr[kMR];
   int64_t oo[kMR];
   for (int r = 0; r < kMR; ++r) {
@@ -38,23 +38,22 @@ void run_tile(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, con
 #pragma GCC unroll 6
     for (int r = 0; r < kMR; ++r) acc[r][v] = b0;
   }
-  for (int64_t t = 0; t < taps; ++t) {
-    const int64_t o = toff[t];
-    const uint32_t *p0 = xr[0] + o, *p1 = xr[1] + o, *p2 = xr[2] + o, *p3 = xr[3] + o, *p4 = xr[4] + o,
-                   *p5 = xr[5] + o;
-    const uint32_t* wt = wp + t * C2 * OCp + oc0;
-    for (int64_t c = 0; c < C2; ++c, wt += OCp) {
-      __m512bh wv[NV];
+  // one flat loop over (tap, pair) steps k: the weights of step k at wp + k * OCp, the inputs at koff[k]
+  // words from each position's first tap (a 3-channel layer has 2 pairs a tap: no inner loop that short)
+  const uint32_t *p0 = xr[0], *p1 = xr[1], *p2 = xr[2], *p3 = xr[3], *p4 = xr[4], *p5 = xr[5];
+  const uint32_t* wt = wp + oc0;
+  for (int64_t k = 0; k < steps; ++k, wt += OCp) {
+    const int64_t c = koff[k];
+    __m512bh wv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) wv[v] = (__m512bh)_mm512_loadu_si512(wt + 16 * v);
+    for (int v = 0; v < NV; ++v) wv[v] = (__m512bh)_mm512_loadu_si512(wt + 16 * v);
 #define DLK_PAIR_ROW(r)                                                          \
   {                                                                              \
     const __m512bh b = (__m512bh)_mm512_set1_epi32(int(p##r[c]));                \
     _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wv[v], b); \
   }
-      DLK_PAIR_ROW(0) DLK_PAIR_ROW(1) DLK_PAIR_ROW(2) DLK_PAIR_ROW(3) DLK_PAIR_ROW(4) DLK_PAIR_ROW(5)
+    DLK_PAIR_ROW(0) DLK_PAIR_ROW(1) DLK_PAIR_ROW(2) DLK_PAIR_ROW(3) DLK_PAIR_ROW(4) DLK_PAIR_ROW(5)
 #undef DLK_PAIR_ROW
-    }
   }
   for (int r = 0; r < rows; ++r) {
 #pragma GCC unroll 4
@@ -78,8 +77,8 @@ void run_tile(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, con
 // not stored) x output channels oc0 .. oc0 + 16 * NV - 1, summed over output rows [r0, r1) on top of the
 // float32 sums in acc (zero when first).
 template <int NV>
-void wgrad_tile(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc, int64_t m0, int64_t mrows,
-                int64_t oc0, int64_t r0, int64_t r1, bool first) {
+void wgrad_tile(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, const int64_t* roff, float* acc,
+                int64_t m0, int64_t mrows, int64_t oc0, int64_t r0, int64_t r1, bool first) {
   const int64_t OCp = g.OCp(), OWh = g.OWh();
   const uint16_t* base[kMR];
   for (int r = 0; r < kMR; ++r) base[r] = xw + pair_wgrad_row_offset(g, m0 + std::min<int64_t>(r, mrows - 1));
@@ -91,7 +90,7 @@ void wgrad_tile(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, f
       a[r][v] = first || r >= mrows ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + (m0 + r) * OCp + oc0 + 16 * v);
   }
   for (int64_t row = r0; row < r1; ++row) {
-    const int64_t o = pair_wgrad_image_row_offset(g, row);
+    const int64_t o = roff[row];
     const uint16_t *p0 = base[0] + o, *p1 = base[1] + o, *p2 = base[2] + o, *p3 = base[3] + o, *p4 = base[4] + o,
                    *p5 = base[5] + o;
     const uint32_t* gr = gp + row * OWh * OCp + oc0;
@@ -114,7 +113,100 @@ void wgrad_tile(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, f
   }
 }
 
+// 16 x 16 transpose of 32-bit words: lane j of r[i] goes to lane i of r[j]. Pairs, 4x4 blocks within each
+// 128-bit lane, then the lanes across registers.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[i + j], lane L: column 4L + j of rows i .. i + 3
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int j = 0; j < 4; ++j) {
+      t[h + j] = _mm512_shuffle_i32x4(r[h + j], r[h + 4 + j], 0x88);      // lanes 0, 2 of both
+      t[h + 4 + j] = _mm512_shuffle_i32x4(r[h + j], r[h + 4 + j], 0xdd);  // lanes 1, 3 of both
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
+    r[4 + j] = _mm512_shuffle_i32x4(t[4 + j], t[12 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
+    r[12 + j] = _mm512_shuffle_i32x4(t[4 + j], t[12 + j], 0xdd);
+  }
+}
+
+inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u); }
+
 }  // namespace
+
+// pair_conv_pack_input of NCHW rows (xs.w == 1): blocks of 16 channel pairs x 16 columns, each pair's two
+// rows interleaved into words, then transposed so that a column's pairs are one store.
+void pair_conv_pack_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp) {
+  const int64_t Hp = g.Hp(), Wp = g.Wp(), C2 = g.C2(), rows = g.N * Hp;
+#pragma omp parallel for schedule(static) if (g.input_words() > (int64_t(1) << 15))
+  for (int64_t nr = 0; nr < rows; ++nr) {
+    const int64_t n = nr / Hp, ih = nr % Hp - g.PH;
+    uint32_t* dst = xp + nr * Wp * C2;
+    if (ih < 0 || ih >= g.H) {
+      std::fill(dst, dst + Wp * C2, 0u);
+      continue;
+    }
+    const int64_t w_lo = std::clamp<int64_t>(g.PW, 0, Wp), w_hi = std::clamp<int64_t>(g.PW + g.W, w_lo, Wp);
+    std::fill(dst, dst + w_lo * C2, 0u);
+    std::fill(dst + w_hi * C2, dst + Wp * C2, 0u);
+    for (int64_t c0 = 0; c0 < C2; c0 += 16) {
+      const int64_t nc = std::min<int64_t>(16, C2 - c0);
+      for (int64_t s0 = w_lo; s0 < w_hi; s0 += 16) {
+        const int64_t ns = std::min<int64_t>(16, w_hi - s0);
+        const __mmask16 sm = mask16(ns);
+        __m512i r[16];
+        for (int64_t j = 0; j < 16; ++j) {
+          if (j >= nc) {
+            r[j] = _mm512_setzero_si512();
+            continue;
+          }
+          const uint16_t* a = x + n * xs.n + 2 * (c0 + j) * xs.c + ih * xs.h + (s0 - g.PW);
+          const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(sm, a));
+          const __m512i hi = 2 * (c0 + j) + 1 < g.C ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(sm, a + xs.c))
+                                                    : _mm512_setzero_si512();
+          r[j] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+        }
+        transpose16(r);
+        for (int64_t i = 0; i < ns; ++i) _mm512_mask_storeu_epi32(dst + (s0 + i) * C2 + c0, mask16(nc), r[i]);
+      }
+    }
+  }
+}
+
+// pair_conv_pack_wgrad_grad of NCHW rows (gs.w == 1): each output channel's row is already its pairs of
+// positions; blocks of 16 channels x 16 pairs transposed.
+void pair_conv_pack_wgrad_grad_avx512bf16(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp) {
+  const int64_t OWh = g.OWh(), OCp = g.OCp(), rows = g.N * g.OH;
+#pragma omp parallel for schedule(static) if (g.wgrad_grad_words() > (int64_t(1) << 15))
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t n = row / g.OH, oh = row % g.OH;
+    uint32_t* dst = gp + row * OWh * OCp;
+    for (int64_t oc0 = 0; oc0 < OCp; oc0 += 16) {
+      for (int64_t p0 = 0; p0 < OWh; p0 += 16) {
+        const int64_t np = std::min<int64_t>(16, OWh - p0);
+        const __mmask32 m = mask32(g.OW - 2 * p0);
+        __m512i r[16];
+        for (int64_t j = 0; j < 16; ++j)
+          r[j] = oc0 + j < g.OC ? _mm512_maskz_loadu_epi16(m, gy + n * gs.n + (oc0 + j) * gs.c + oh * gs.h + 2 * p0)
+                                : _mm512_setzero_si512();
+        transpose16(r);
+        for (int64_t i = 0; i < np; ++i) _mm512_storeu_si512(dst + (p0 + i) * OCp + oc0, r[i]);
+      }
+    }
+  }
+}
 
 void bf16_widen_avx512bf16(const uint16_t* src, float* dst, int64_t n) {
   int64_t i = 0;
@@ -148,6 +240,9 @@ void pair_conv_weight_grad_avx512bf16(const PairConvGeom& g, const uint16_t* xw,
   const int64_t row_bytes = g.OWh() * std::min<int64_t>(OCp, 16 * kNVmax) * 4;
   const int64_t chunk = std::max<int64_t>(1, (int64_t(128) << 10) / std::max<int64_t>(row_bytes, 1));
   const bool par = M * OCp * R * g.OWh() > (int64_t(1) << 16);
+  // each output row's offset in xw (two divisions a row cost as much as the row's work at 4x4)
+  std::vector<int64_t> roff(static_cast<size_t>(R));
+  for (int64_t row = 0; row < R; ++row) roff[size_t(row)] = pair_wgrad_image_row_offset(g, row);
 #pragma omp parallel if (par)
   {
     for (int64_t r0 = 0; r0 < R; r0 += chunk) {
@@ -157,19 +252,35 @@ void pair_conv_weight_grad_avx512bf16(const PairConvGeom& g, const uint16_t* xw,
         const int64_t blk = j / tiles, m0 = (j % tiles) * kMR, oc0 = blk * 16 * kNVmax;
         const int64_t mrows = std::min<int64_t>(kMR, M - m0);
         switch ((std::min<int64_t>(OCp - oc0, 16 * kNVmax)) / 16) {
-          case 4: wgrad_tile<4>(g, xw, gp, acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
-          case 3: wgrad_tile<3>(g, xw, gp, acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
-          case 2: wgrad_tile<2>(g, xw, gp, acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
-          default: wgrad_tile<1>(g, xw, gp, acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
+          case 4: wgrad_tile<4>(g, xw, gp, roff.data(), acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
+          case 3: wgrad_tile<3>(g, xw, gp, roff.data(), acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
+          case 2: wgrad_tile<2>(g, xw, gp, roff.data(), acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
+          default: wgrad_tile<1>(g, xw, gp, roff.data(), acc, m0, mrows, oc0, r0, r1, r0 == 0); break;
         }
       }
     }
+    if (ws.w == 1 && ws.h == g.KW && ws.c == g.taps() && ws.n == M) {
+      // a contiguous gradient: (M, OCp) sums to (OC, M) by 16 x 16 transposes, rows of 16 stores
+      const int64_t mb = (M + 15) / 16, ob = (g.OC + 15) / 16;
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < M; ++m) {
-      const int64_t c = m / g.taps(), t = m % g.taps();
-      uint16_t* dst = gw + c * ws.c + (t / g.KW) * ws.h + (t % g.KW) * ws.w;
-      const float* a = acc + m * OCp;
-      for (int64_t oc = 0; oc < g.OC; ++oc) dst[oc * ws.n] = float_to_bf16(a[oc]);
+      for (int64_t b = 0; b < mb * ob; ++b) {
+        const int64_t m0 = b / ob * 16, oc0 = b % ob * 16, nm = std::min<int64_t>(16, M - m0);
+        __m512i r[16];
+        for (int64_t j = 0; j < 16; ++j)
+          r[j] = j < nm ? _mm512_loadu_si512(acc + (m0 + j) * OCp + oc0) : _mm512_setzero_si512();
+        transpose16(r);
+        for (int64_t i = 0; i < std::min<int64_t>(16, g.OC - oc0); ++i)
+          _mm256_mask_storeu_epi16(gw + (oc0 + i) * M + m0, mask16(nm),
+                                   (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(r[i])));
+      }
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t c = m / g.taps(), t = m % g.taps();
+        uint16_t* dst = gw + c * ws.c + (t / g.KW) * ws.h + (t % g.KW) * ws.w;
+        const float* a = acc + m * OCp;
+        for (int64_t oc = 0; oc < g.OC; ++oc) dst[oc * ws.n] = float_to_bf16(a[oc]);
+      }
     }
   }
 }
@@ -178,8 +289,10 @@ void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, con
                                   uint16_t* out, Strides4 os) {
   const int64_t P = g.N * g.OH * g.OW, OCp = g.OCp(), taps = g.taps();
   if (P == 0 || g.OC == 0) return;
-  std::vector<int64_t> toff(static_cast<size_t>(taps));
-  for (int64_t t = 0; t < taps; ++t) toff[size_t(t)] = pair_conv_tap_offset(g, t);
+  const int64_t C2 = g.C2(), steps = taps * C2;
+  std::vector<int64_t> koff(static_cast<size_t>(steps));
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < C2; ++c) koff[size_t(t * C2 + c)] = pair_conv_tap_offset(g, t) + c;
   const int64_t tiles = (P + kMR - 1) / kMR, blocks = (OCp + 16 * kNVmax - 1) / (16 * kNVmax);
   const int64_t work = tiles * blocks;
   // block-major: each thread sweeps positions with one block of filters (the block stays in L2)
@@ -188,10 +301,10 @@ void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, con
     const int64_t blk = j / tiles, tile = j % tiles, oc0 = blk * 16 * kNVmax, q0 = tile * kMR;
     const int64_t rows = std::min<int64_t>(kMR, P - q0);
     switch ((std::min<int64_t>(OCp - oc0, 16 * kNVmax)) / 16) {
-      case 4: run_tile<4>(g, xp, wp, bias, out, os, toff.data(), q0, rows, oc0); break;
-      case 3: run_tile<3>(g, xp, wp, bias, out, os, toff.data(), q0, rows, oc0); break;
-      case 2: run_tile<2>(g, xp, wp, bias, out, os, toff.data(), q0, rows, oc0); break;
-      default: run_tile<1>(g, xp, wp, bias, out, os, toff.data(), q0, rows, oc0); break;
+      case 4: run_tile<4>(g, xp, wp, bias, out, os, koff.data(), steps, q0, rows, oc0); break;
+      case 3: run_tile<3>(g, xp, wp, bias, out, os, koff.data(), steps, q0, rows, oc0); break;
+      case 2: run_tile<2>(g, xp, wp, bias, out, os, koff.data(), steps, q0, rows, oc0); break;
+      default: run_tile<1>(g, xp, wp, bias, out, os, koff.data(), steps, q0, rows, oc0); break;
     }
   }
 }
