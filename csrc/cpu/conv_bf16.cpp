@@ -86,33 +86,98 @@ void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws
   }
 }
 
+namespace {
+
+// Valid tap range [lo, hi] along one axis for output index o: o * S - P + k * D inside [0, size).
+void tap_range(int64_t o, int64_t S, int64_t P, int64_t D, int64_t K, int64_t size, int64_t* lo, int64_t* hi) {
+  const int64_t first = o * S - P;  // input index of tap 0
+  int64_t a = 0, b = K - 1;
+  while (a < K && first + a * D < 0) ++a;
+  while (b >= 0 && first + b * D >= size) --b;
+  *lo = a;
+  *hi = b;
+}
+
+// Axis classes: the distinct tap ranges of the output indices along one axis, and each index's class.
+void axis_classes(int64_t O, int64_t S, int64_t P, int64_t D, int64_t K, int64_t size, std::vector<int64_t>* cls,
+                  std::vector<std::pair<int64_t, int64_t>>* ranges) {
+  cls->resize(size_t(O));
+  for (int64_t o = 0; o < O; ++o) {
+    std::pair<int64_t, int64_t> r;
+    tap_range(o, S, P, D, K, size, &r.first, &r.second);
+    auto it = std::find(ranges->begin(), ranges->end(), r);
+    (*cls)[size_t(o)] = it - ranges->begin();
+    if (it == ranges->end()) ranges->push_back(r);
+  }
+}
+
+}  // namespace
+
+PairConvPlan pair_conv_plan(const PairConvGeom& g, const Strides4& os) {
+  PairConvPlan plan;
+  std::vector<int64_t> rc, cc;
+  std::vector<std::pair<int64_t, int64_t>> rr, cr;
+  axis_classes(g.OH, g.SH, g.PH, g.DH, g.KH, g.H, &rc, &rr);
+  axis_classes(g.OW, g.SW, g.PW, g.DW, g.KW, g.W, &cc, &cr);
+  const int64_t ncls = int64_t(rr.size() * cr.size()), P = g.N * g.OH * g.OW, C2 = g.C2(), OCp = g.OCp();
+  plan.pin.resize(size_t(P));
+  plan.pout.resize(size_t(P));
+  std::vector<int64_t> cls(static_cast<size_t>(P)), count(static_cast<size_t>(ncls) + 1, 0);
+  for (int64_t q = 0; q < P; ++q) {
+    pair_conv_position(g, os, q, &plan.pin[size_t(q)], &plan.pout[size_t(q)]);
+    const int64_t rest = q % (g.OH * g.OW);
+    cls[size_t(q)] = rc[size_t(rest / g.OW)] * int64_t(cr.size()) + cc[size_t(rest % g.OW)];
+    ++count[size_t(cls[size_t(q)]) + 1];
+  }
+  plan.class_start.assign(count.begin(), count.end());
+  for (int64_t i = 0; i < ncls; ++i) plan.class_start[size_t(i) + 1] += plan.class_start[size_t(i)];
+  plan.order.resize(size_t(P));
+  std::vector<int64_t> fill(plan.class_start.begin(), plan.class_start.end() - 1);
+  for (int64_t q = 0; q < P; ++q) plan.order[size_t(fill[size_t(cls[size_t(q)])]++)] = q;
+  plan.step_start.push_back(0);
+  for (int64_t i = 0; i < ncls; ++i) {
+    const auto& r = rr[size_t(i / int64_t(cr.size()))];
+    const auto& c = cr[size_t(i % int64_t(cr.size()))];
+    for (int64_t kh = r.first; kh <= r.second; ++kh) {
+      for (int64_t kw = c.first; kw <= c.second; ++kw) {
+        const int64_t t = kh * g.KW + kw, base = pair_conv_tap_offset(g, t);
+        for (int64_t c2 = 0; c2 < C2; ++c2) {
+          plan.ko.push_back(base + c2);
+          plan.wo.push_back((t * C2 + c2) * OCp);
+        }
+      }
+    }
+    plan.step_start.push_back(int64_t(plan.ko.size()));
+  }
+  return plan;
+}
+
 // The reference: one output position at a time, its OCp sums in a float32 row; each word pair's two
-// products added to the sum as vdpbf16ps adds them.
+// products added to the sum as vdpbf16ps adds them; the same steps as the vector kernel.
 void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
                               uint16_t* out, Strides4 os) {
-  const int64_t P = g.N * g.OH * g.OW, C2 = g.C2(), OCp = g.OCp(), taps = g.taps();
-  std::vector<int64_t> toff(static_cast<size_t>(taps));
-  for (int64_t t = 0; t < taps; ++t) toff[size_t(t)] = pair_conv_tap_offset(g, t);
-#pragma omp parallel if (P * taps * C2 * OCp > (int64_t(1) << 16))
+  const int64_t P = g.N * g.OH * g.OW, OCp = g.OCp();
+  const PairConvPlan plan = pair_conv_plan(g, os);
+  const int64_t ncls = plan.classes();
+#pragma omp parallel if (P * g.taps() * g.C2() * OCp > (int64_t(1) << 16))
   {
     std::vector<float> acc(static_cast<size_t>(OCp));
+    for (int64_t i = 0; i < ncls; ++i) {
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < P; ++q) {
-      int64_t in, o;
-      pair_conv_position(g, os, q, &in, &o);
-      for (int64_t oc = 0; oc < OCp; ++oc) acc[size_t(oc)] = bias ? bias[oc] : 0.f;
-      for (int64_t t = 0; t < taps; ++t) {
-        for (int64_t c2 = 0; c2 < C2; ++c2) {
-          const uint32_t xv = xp[in + toff[size_t(t)] + c2];
+      for (int64_t j = plan.class_start[size_t(i)]; j < plan.class_start[size_t(i) + 1]; ++j) {
+        const int64_t q = plan.order[size_t(j)], in = plan.pin[size_t(q)], o = plan.pout[size_t(q)];
+        for (int64_t oc = 0; oc < OCp; ++oc) acc[size_t(oc)] = bias ? bias[oc] : 0.f;
+        for (int64_t s = plan.step_start[size_t(i)]; s < plan.step_start[size_t(i) + 1]; ++s) {
+          const uint32_t xv = xp[in + plan.ko[size_t(s)]];
           const float x0 = bf16_to_float(uint16_t(xv)), x1 = bf16_to_float(uint16_t(xv >> 16));
-          const uint32_t* wr = wp + (t * C2 + c2) * OCp;
+          const uint32_t* wr = wp + plan.wo[size_t(s)];
           for (int64_t oc = 0; oc < OCp; ++oc) {
             const float w0 = bf16_to_float(uint16_t(wr[oc])), w1 = bf16_to_float(uint16_t(wr[oc] >> 16));
             acc[size_t(oc)] += w0 * x0 + w1 * x1;
           }
         }
+        for (int64_t oc = 0; oc < g.OC; ++oc) out[o + oc * os.c] = float_to_bf16(acc[size_t(oc)]);
       }
-      for (int64_t oc = 0; oc < g.OC; ++oc) out[o + oc * os.c] = float_to_bf16(acc[size_t(oc)]);
     }
   }
 }

@@ -18,18 +18,18 @@ namespace {
 constexpr int kMR = 6;   // output positions per tile
 constexpr int kNVmax = 4;  // vectors of 16 output channels per tile
 
-// One tile: positions q0 .. q0 + rows - 1 (rows <= kMR; missing rows repeat the last one and are not
-// stored), output channels oc0 .. oc0 + 16 * NV - 1.
+// One tile: the output positions qs[0 .. rows - 1] of one class (rows <= kMR; missing rows repeat the
+// last one and are not stored), output channels oc0 .. oc0 + 16 * NV - 1, over the class's steps.
 template <int NV>
-void run_tile(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
-              const Strides4& os, const int64_t* koff, int64_t steps, int64_t q0, int64_t rows, int64_t oc0) {
-  const int64_t OCp = g.OCp();
+void run_tile(const PairConvGeom& g, const PairConvPlan& plan, const uint32_t* xp, const uint32_t* wp,
+              const float* bias, uint16_t* out, const Strides4& os, int64_t cls, const int64_t* qs, int64_t rows,
+              int64_t oc0) {
   const uint32_t* xr[kMR];
   int64_t oo[kMR];
   for (int r = 0; r < kMR; ++r) {
-    int64_t in;
-    pair_conv_position(g, os, q0 + std::min<int64_t>(r, rows - 1), &in, &oo[r]);
-    xr[r] = xp + in;
+    const int64_t q = qs[std::min<int64_t>(r, rows - 1)];
+    xr[r] = xp + plan.pin[size_t(q)];
+    oo[r] = plan.pout[size_t(q)];
   }
   __m512 acc[kMR][NV];
 #pragma GCC unroll 4
@@ -38,12 +38,15 @@ void run_tile(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, con
 #pragma GCC unroll 6
     for (int r = 0; r < kMR; ++r) acc[r][v] = b0;
   }
-  // one flat loop over (tap, pair) steps k: the weights of step k at wp + k * OCp, the inputs at koff[k]
-  // words from each position's first tap (a 3-channel layer has 2 pairs a tap: no inner loop that short)
+  const int64_t s0 = plan.step_start[size_t(cls)], s1 = plan.step_start[size_t(cls) + 1];
+  const int64_t *ko = plan.ko.data(), *wo = plan.wo.data();
+  // one flat loop over the class's (tap, pair) steps: the weights at wo[k], the inputs at ko[k] words from
+  // each position's first tap (a 3-channel layer has 2 pairs a tap: no inner loop that short)
   const uint32_t *p0 = xr[0], *p1 = xr[1], *p2 = xr[2], *p3 = xr[3], *p4 = xr[4], *p5 = xr[5];
-  const uint32_t* wt = wp + oc0;
-  for (int64_t k = 0; k < steps; ++k, wt += OCp) {
-    const int64_t c = koff[k];
+  const uint32_t* w0 = wp + oc0;
+  for (int64_t k = s0; k < s1; ++k) {
+    const int64_t c = ko[k];
+    const uint32_t* wt = w0 + wo[k];
     __m512bh wv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) wv[v] = (__m512bh)_mm512_loadu_si512(wt + 16 * v);
@@ -289,22 +292,29 @@ void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, con
                                   uint16_t* out, Strides4 os) {
   const int64_t P = g.N * g.OH * g.OW, OCp = g.OCp(), taps = g.taps();
   if (P == 0 || g.OC == 0) return;
-  const int64_t C2 = g.C2(), steps = taps * C2;
-  std::vector<int64_t> koff(static_cast<size_t>(steps));
-  for (int64_t t = 0; t < taps; ++t)
-    for (int64_t c = 0; c < C2; ++c) koff[size_t(t * C2 + c)] = pair_conv_tap_offset(g, t) + c;
-  const int64_t tiles = (P + kMR - 1) / kMR, blocks = (OCp + 16 * kNVmax - 1) / (16 * kNVmax);
+  const PairConvPlan plan = pair_conv_plan(g, os);
+  // tiles of up to kMR positions within each class: (class, first index into plan.order, rows)
+  std::vector<int64_t> tile_cls, tile_at, tile_rows;
+  for (int64_t i = 0; i < plan.classes(); ++i) {
+    for (int64_t j = plan.class_start[size_t(i)]; j < plan.class_start[size_t(i) + 1]; j += kMR) {
+      tile_cls.push_back(i);
+      tile_at.push_back(j);
+      tile_rows.push_back(std::min<int64_t>(kMR, plan.class_start[size_t(i) + 1] - j));
+    }
+  }
+  const int64_t tiles = int64_t(tile_cls.size()), blocks = (OCp + 16 * kNVmax - 1) / (16 * kNVmax);
   const int64_t work = tiles * blocks;
   // block-major: each thread sweeps positions with one block of filters (the block stays in L2)
 #pragma omp parallel for schedule(static) if (P * g.OC * taps * g.C2() > (int64_t(1) << 16))
   for (int64_t j = 0; j < work; ++j) {
-    const int64_t blk = j / tiles, tile = j % tiles, oc0 = blk * 16 * kNVmax, q0 = tile * kMR;
-    const int64_t rows = std::min<int64_t>(kMR, P - q0);
+    const int64_t blk = j / tiles, tile = j % tiles, oc0 = blk * 16 * kNVmax;
+    const int64_t cls = tile_cls[size_t(tile)], rows = tile_rows[size_t(tile)];
+    const int64_t* qs = plan.order.data() + tile_at[size_t(tile)];
     switch ((std::min<int64_t>(OCp - oc0, 16 * kNVmax)) / 16) {
-      case 4: run_tile<4>(g, xp, wp, bias, out, os, koff.data(), steps, q0, rows, oc0); break;
-      case 3: run_tile<3>(g, xp, wp, bias, out, os, koff.data(), steps, q0, rows, oc0); break;
-      case 2: run_tile<2>(g, xp, wp, bias, out, os, koff.data(), steps, q0, rows, oc0); break;
-      default: run_tile<1>(g, xp, wp, bias, out, os, koff.data(), steps, q0, rows, oc0); break;
+      case 4: run_tile<4>(g, plan, xp, wp, bias, out, os, cls, qs, rows, oc0); break;
+      case 3: run_tile<3>(g, plan, xp, wp, bias, out, os, cls, qs, rows, oc0); break;
+      case 2: run_tile<2>(g, plan, xp, wp, bias, out, os, cls, qs, rows, oc0); break;
+      default: run_tile<1>(g, plan, xp, wp, bias, out, os, cls, qs, rows, oc0); break;
     }
   }
 }
