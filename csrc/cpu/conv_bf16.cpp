@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "cpu/isa.h"
@@ -183,26 +184,48 @@ void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const u
 }
 
 bool pair_conv_pack_wgrad_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw) {
-  const int64_t Hp = g.Hp(), SW = g.SW, Wj = g.Wj(), rows = g.N * g.C * Hp;
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported() && xs.w == 1 && (g.SW == 1 || g.SW == 2))
+    return pair_conv_pack_wgrad_input_avx512bf16(g, x, xs, xw);
+  const int64_t Hp = g.Hp(), SW = g.SW, Wj = g.Wj(), planes = g.N * g.C, row = SW * Wj;
+  const bool check = g.OW % 2 == 1;  // the partner of a row's last position reads a real value
+  // each phase's columns j inside the image: 0 <= j * SW + ph - PW < W
+  std::vector<int64_t> j_lo(static_cast<size_t>(SW)), j_hi(static_cast<size_t>(SW));
+  for (int64_t ph = 0; ph < SW; ++ph) {
+    j_lo[size_t(ph)] = std::clamp<int64_t>((g.PW - ph + SW - 1) / SW, 0, Wj);
+    j_hi[size_t(ph)] = std::clamp<int64_t>((g.W + g.PW - ph + SW - 1) / SW, j_lo[size_t(ph)], Wj);
+  }
+  const int64_t r_lo = std::clamp<int64_t>(g.PH, 0, Hp), r_hi = std::clamp<int64_t>(g.PH + g.H, r_lo, Hp);
   bool finite = true;
-#pragma omp parallel for schedule(static) reduction(&& : finite) if (rows * SW * Wj > (int64_t(1) << 15))
-  for (int64_t ncr = 0; ncr < rows; ++ncr) {
-    const int64_t n = ncr / (g.C * Hp), c = ncr / Hp % g.C, ih = ncr % Hp - g.PH;
-    uint16_t* dst = xw + ncr * SW * Wj;
-    const bool inside = ih >= 0 && ih < g.H;
-    const uint16_t* src = inside ? x + n * xs.n + c * xs.c + ih * xs.h : nullptr;
-    uint16_t seen = 0;
-    for (int64_t ph = 0; ph < SW; ++ph) {
-      for (int64_t j = 0; j < Wj; ++j) {
-        const int64_t iw = j * SW + ph - g.PW;
-        const uint16_t v = inside && iw >= 0 && iw < g.W ? src[iw * xs.w] : uint16_t(0);
-        seen |= uint16_t((v & 0x7f80u) == 0x7f80u);
-        dst[ph * Wj + j] = v;
+  // a plane at a time (small rows: a division or a call per row cost more than the row)
+#pragma omp parallel for schedule(static) reduction(&& : finite) if (planes * Hp * row > (int64_t(1) << 15))
+  for (int64_t p = 0; p < planes; ++p) {
+    const int64_t n = p / g.C, c = p % g.C;
+    uint16_t* plane = xw + p * Hp * row;
+    std::fill(plane, plane + r_lo * row, uint16_t(0));
+    std::fill(plane + r_hi * row, plane + Hp * row, uint16_t(0));
+    unsigned seen = 0;
+    for (int64_t r = r_lo; r < r_hi; ++r) {
+      const uint16_t* src = x + n * xs.n + c * xs.c + (r - g.PH) * xs.h;
+      uint16_t* dst = plane + r * row;
+      for (int64_t ph = 0; ph < SW; ++ph) {
+        const int64_t a = j_lo[size_t(ph)], b = j_hi[size_t(ph)];
+        uint16_t* d = dst + ph * Wj;
+        for (int64_t j = 0; j < a; ++j) d[j] = 0;
+        for (int64_t j = b; j < Wj; ++j) d[j] = 0;
+        const uint16_t* s0 = src + (a * SW + ph - g.PW) * xs.w;
+        const int64_t step = SW * xs.w;
+        if (step == 1) {
+          for (int64_t j = a; j < b; ++j) d[j] = s0[j - a];
+        } else {
+          for (int64_t j = a; j < b; ++j) d[j] = s0[(j - a) * step];
+        }
       }
+      if (check)
+        for (int64_t iw = 0; iw < g.W; ++iw) seen |= unsigned((src[iw * xs.w] & 0x7f80u) == 0x7f80u);
     }
     finite = finite && !seen;
   }
-  return finite || g.OW % 2 == 0;
+  return finite;
 }
 
 void pair_conv_pack_wgrad_grad(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp) {

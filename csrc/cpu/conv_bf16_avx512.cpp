@@ -149,6 +149,53 @@ inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : _
 
 }  // namespace
 
+// 32 values src[s0 .. s0 + 32), zero where the index is outside [0, W) (masked: nothing outside is read).
+inline __m512i row_window(const uint16_t* src, int64_t s0, int64_t W) {
+  const int64_t lo = std::clamp<int64_t>(-s0, 0, 32), hi = std::clamp<int64_t>(W - s0, lo, 32);
+  const __mmask32 m = mask32(hi) & ~mask32(lo);
+  return _mm512_maskz_loadu_epi16(m, src + s0);
+}
+
+// pair_conv_pack_wgrad_input for rows of stride 1 (xs.w == 1) and column strides 1 or 2: 32 columns of
+// a phase per step, the stride-2 phases picked out of 64 values by one permute.
+bool pair_conv_pack_wgrad_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw) {
+  const int64_t Hp = g.Hp(), SW = g.SW, Wj = g.Wj(), planes = g.N * g.C, row = SW * Wj;
+  const bool check = g.OW % 2 == 1;
+  const int64_t r_lo = std::clamp<int64_t>(g.PH, 0, Hp), r_hi = std::clamp<int64_t>(g.PH + g.H, r_lo, Hp);
+  alignas(64) uint16_t even_idx[32];
+  for (int i = 0; i < 32; ++i) even_idx[i] = uint16_t(2 * i);
+  const __m512i pick = _mm512_load_si512(even_idx), expo = _mm512_set1_epi16(0x7f80);
+  bool finite = true;
+#pragma omp parallel for schedule(static) reduction(&& : finite) if (planes * Hp * row > (int64_t(1) << 15))
+  for (int64_t p = 0; p < planes; ++p) {
+    const int64_t n = p / g.C, c = p % g.C;
+    uint16_t* plane = xw + p * Hp * row;
+    std::fill(plane, plane + r_lo * row, uint16_t(0));
+    std::fill(plane + r_hi * row, plane + Hp * row, uint16_t(0));
+    __mmask32 seen = 0;
+    for (int64_t r = r_lo; r < r_hi; ++r) {
+      const uint16_t* src = x + n * xs.n + c * xs.c + (r - g.PH) * xs.h;
+      uint16_t* dst = plane + r * row;
+      for (int64_t ph = 0; ph < SW; ++ph) {
+        for (int64_t j0 = 0; j0 < Wj; j0 += 32) {
+          const int64_t s0 = j0 * SW + ph - g.PW;
+          __m512i v = row_window(src, s0, g.W);
+          if (SW == 2) v = _mm512_permutex2var_epi16(v, pick, row_window(src, s0 + 32, g.W));
+          _mm512_mask_storeu_epi16(dst + ph * Wj + j0, mask32(Wj - j0), v);
+        }
+      }
+      if (check) {
+        for (int64_t s0 = 0; s0 < g.W; s0 += 32) {
+          const __m512i v = row_window(src, s0, g.W);
+          seen |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, expo), expo);
+        }
+      }
+    }
+    finite = finite && !seen;
+  }
+  return finite;
+}
+
 // pair_conv_pack_input of NCHW rows (xs.w == 1): blocks of 16 channel pairs x 16 columns, each pair's two
 // rows interleaved into words, then transposed so that a column's pairs are one store.
 void pair_conv_pack_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp) {
