@@ -67,6 +67,8 @@ void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs,
 }
 
 void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip, uint32_t* wp) {
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported() && pair_conv_pack_weight_avx512bf16(g, w, ws, flip, wp))
+    return;
   const int64_t C2 = g.C2(), OCp = g.OCp(), taps = g.taps(), blocks = OCp / 16;
   // by blocks of 16 filters: each block's 16 filters read as 16 forward streams, one 64-byte line written
   // per (tap, pair)

@@ -126,6 +126,9 @@ void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const u
 void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
                                   uint16_t* out, Strides4 os);
 bool avx512bf16_supported();
+// pair_conv_pack_weight for filters whose taps are contiguous (KH * KW <= 16); false where it does not apply.
+bool pair_conv_pack_weight_avx512bf16(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip,
+                                      uint32_t* wp);
 bool pair_conv_pack_wgrad_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw);
 void pair_conv_pack_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp);
 void pair_conv_pack_wgrad_grad_avx512bf16(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp);

@@ -149,6 +149,46 @@ inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : _
 
 }  // namespace
 
+// Transposes rows of T values: K rows (16 or 32) of T bfloat16 values each, contiguous from seg (only the
+// first `valid` values are read, the rest taken as zero), into T vectors: out[t] lane k = seg[k * T + t]
+// (lanes past K zero). Each output gathers its lanes from pairs of loaded registers by permutes: one
+// permute and one blend per pair. T <= 16.
+struct RowTranspose {
+  int K, T, regs, pairs;
+  std::vector<uint16_t> idx;    // [t][pair][32 lanes] (plain values: a vector of __m512i needs 64-byte
+  std::vector<__mmask32> mask;  // [t][pair]            alignment the allocator does not promise here)
+  RowTranspose(int K_, int T_) : K(K_), T(T_), regs((K_ * T_ + 31) / 32), pairs((regs + 1) / 2) {
+    idx.assign(size_t(T * pairs * 32), 0);
+    mask.assign(size_t(T * pairs), 0);
+    for (int t = 0; t < T; ++t) {
+      for (int p = 0; p < pairs; ++p) {
+        for (int k = 0; k < K; ++k) {
+          const int gidx = k * T + t;
+          if (gidx / 64 == p) {
+            idx[size_t((t * pairs + p) * 32 + k)] = uint16_t(gidx % 64);
+            mask[size_t(t * pairs + p)] |= __mmask32(1u << k);
+          }
+        }
+      }
+    }
+  }
+  void run(const uint16_t* seg, int64_t valid, __m512i* out) const {
+    __m512i r[34];
+    for (int j = 0; j < 2 * pairs; ++j) {
+      const int64_t n = std::clamp<int64_t>(valid - 32 * j, 0, 32);
+      r[j] = j < regs ? _mm512_maskz_loadu_epi16(mask32(n), seg + 32 * j) : _mm512_setzero_si512();
+    }
+    for (int t = 0; t < T; ++t) {
+      __m512i o = _mm512_setzero_si512();
+      for (int p = 0; p < pairs; ++p)
+        o = _mm512_mask_blend_epi16(
+            mask[size_t(t * pairs + p)], o,
+            _mm512_permutex2var_epi16(r[2 * p], _mm512_loadu_si512(idx.data() + (t * pairs + p) * 32), r[2 * p + 1]));
+      out[t] = o;
+    }
+  }
+};
+
 // 32 values src[s0 .. s0 + 32), zero where the index is outside [0, W) (masked: nothing outside is read).
 inline __m512i row_window(const uint16_t* src, int64_t s0, int64_t W) {
   const int64_t lo = std::clamp<int64_t>(-s0, 0, 32), hi = std::clamp<int64_t>(W - s0, lo, 32);
@@ -194,6 +234,63 @@ bool pair_conv_pack_wgrad_input_avx512bf16(const PairConvGeom& g, const uint16_t
     finite = finite && !seen;
   }
   return finite;
+}
+
+bool pair_conv_pack_weight_avx512bf16(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip,
+                                      uint32_t* wp) {
+  const int64_t T = g.taps(), C2 = g.C2(), OCp = g.OCp();
+  if (T > 16 || ws.h != g.KW || ws.w != 1) return false;
+  if (!flip && ws.c == T) {
+    // the layer's own filters, each (C, T) contiguous: per filter, 32 channels' taps transposed to T
+    // vectors of 16 pairs; per tap, 16 filters x 16 pairs transposed to 16 vectors of the filters' words
+    const RowTranspose tr(32, int(T));
+    const int64_t ob = OCp / 16, cb = (C2 + 15) / 16;
+#pragma omp parallel for schedule(static) if (g.weight_words() > (int64_t(1) << 15))
+    for (int64_t b = 0; b < ob * cb; ++b) {
+      const int64_t oc0 = b / cb * 16, c0 = b % cb * 16, nc = std::min<int64_t>(16, C2 - c0);
+      __m512i rows[16][16];
+      for (int64_t i = 0; i < 16; ++i) {
+        if (oc0 + i < g.OC) {
+          tr.run(w + (oc0 + i) * ws.n + 2 * c0 * T, std::min<int64_t>(32, g.C - 2 * c0) * T, rows[i]);
+        } else {
+          for (int64_t t = 0; t < T; ++t) rows[i][t] = _mm512_setzero_si512();
+        }
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        __m512i r[16];
+        for (int i = 0; i < 16; ++i) r[i] = rows[i][t];
+        transpose16(r);
+        for (int64_t j = 0; j < nc; ++j) _mm512_storeu_si512(wp + (t * C2 + c0 + j) * OCp + oc0, r[j]);
+      }
+    }
+    return true;
+  }
+  if (flip && ws.n == T) {
+    // the input gradient's filters of a stride-1 layer: lanes (the layer's input channels) run along each
+    // of the layer's filters, pairs across two filters: per filter, 16 channels' taps transposed to T
+    // vectors, then two filters' vectors interleaved into words
+    const RowTranspose tr(16, int(T));
+    const int64_t ob = OCp / 16;
+#pragma omp parallel for schedule(static) if (g.weight_words() > (int64_t(1) << 15))
+    for (int64_t b = 0; b < ob * C2; ++b) {
+      const int64_t c0 = b / C2 * 16, o2 = b % C2;
+      const int64_t valid = std::clamp<int64_t>(g.OC - c0, 0, 16) * T;
+      __m512i lo[16], hi[16];
+      tr.run(w + 2 * o2 * ws.c + c0 * T, valid, lo);
+      if (2 * o2 + 1 < g.C) {
+        tr.run(w + (2 * o2 + 1) * ws.c + c0 * T, valid, hi);
+      } else {
+        for (int64_t t = 0; t < T; ++t) hi[t] = _mm512_setzero_si512();
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        const __m512i a = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(lo[t]));
+        const __m512i h = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(hi[t]));
+        _mm512_storeu_si512(wp + ((T - 1 - t) * C2 + o2) * OCp + c0, _mm512_or_si512(a, _mm512_slli_epi32(h, 16)));
+      }
+    }
+    return true;
+  }
+  return false;
 }
 
 // pair_conv_pack_input of NCHW rows (xs.w == 1): blocks of 16 channel pairs x 16 columns, each pair's two
