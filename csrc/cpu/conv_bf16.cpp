@@ -66,21 +66,23 @@ void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs,
   }
 }
 
-void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip, uint32_t* wp) {
-  if (current_isa() == Isa::Avx512 && avx512bf16_supported() && pair_conv_pack_weight_avx512bf16(g, w, ws, flip, wp))
+void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip, uint32_t* wp,
+                           int64_t oc_begin, int64_t oc_end, int64_t stride) {
+  if (current_isa() == Isa::Avx512 && avx512bf16_supported() &&
+      pair_conv_pack_weight_avx512bf16(g, w, ws, flip, wp, oc_begin, oc_end, stride))
     return;
-  const int64_t C2 = g.C2(), OCp = g.OCp(), taps = g.taps(), blocks = OCp / 16;
+  const int64_t C2 = g.C2(), taps = g.taps(), blocks = (oc_end - oc_begin) / 16;
   // by blocks of 16 filters: each block's 16 filters read as 16 forward streams, one 64-byte line written
   // per (tap, pair)
-#pragma omp parallel for schedule(static) if (g.weight_words() > (int64_t(1) << 15))
+#pragma omp parallel for schedule(static) if (blocks * 16 * taps * C2 > (int64_t(1) << 15))
   for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t oc0 = blk * 16, n = std::min<int64_t>(16, g.OC - oc0);
+    const int64_t oc0 = oc_begin + blk * 16, n = std::clamp<int64_t>(g.OC - oc0, 0, 16);
     for (int64_t c2 = 0; c2 < C2; ++c2) {
       const bool odd = 2 * c2 + 1 < g.C;
       for (int64_t t = 0; t < taps; ++t) {
         const int64_t kh = flip ? g.KH - 1 - t / g.KW : t / g.KW, kw = flip ? g.KW - 1 - t % g.KW : t % g.KW;
         const uint16_t* a = w + oc0 * ws.n + 2 * c2 * ws.c + kh * ws.h + kw * ws.w;
-        uint32_t* dst = wp + (t * C2 + c2) * OCp + oc0;
+        uint32_t* dst = wp + (t * C2 + c2) * stride + (oc0 - oc_begin);
         for (int64_t i = 0; i < n; ++i)
           dst[i] = uint32_t(a[i * ws.n]) | (odd ? uint32_t(a[i * ws.n + ws.c]) << 16 : 0u);
         for (int64_t i = n; i < 16; ++i) dst[i] = 0u;
@@ -116,13 +118,13 @@ void axis_classes(int64_t O, int64_t S, int64_t P, int64_t D, int64_t K, int64_t
 
 }  // namespace
 
-PairConvPlan pair_conv_plan(const PairConvGeom& g, const Strides4& os) {
+PairConvPlan pair_conv_plan(const PairConvGeom& g, const Strides4& os, int64_t wstride) {
   PairConvPlan plan;
   std::vector<int64_t> rc, cc;
   std::vector<std::pair<int64_t, int64_t>> rr, cr;
   axis_classes(g.OH, g.SH, g.PH, g.DH, g.KH, g.H, &rc, &rr);
   axis_classes(g.OW, g.SW, g.PW, g.DW, g.KW, g.W, &cc, &cr);
-  const int64_t ncls = int64_t(rr.size() * cr.size()), P = g.N * g.OH * g.OW, C2 = g.C2(), OCp = g.OCp();
+  const int64_t ncls = int64_t(rr.size() * cr.size()), P = g.N * g.OH * g.OW, C2 = g.C2();
   plan.pin.resize(size_t(P));
   plan.pout.resize(size_t(P));
   std::vector<int64_t> cls(static_cast<size_t>(P)), count(static_cast<size_t>(ncls) + 1, 0);
@@ -146,7 +148,7 @@ PairConvPlan pair_conv_plan(const PairConvGeom& g, const Strides4& os) {
         const int64_t t = kh * g.KW + kw, base = pair_conv_tap_offset(g, t);
         for (int64_t c2 = 0; c2 < C2; ++c2) {
           plan.ko.push_back(base + c2);
-          plan.wo.push_back((t * C2 + c2) * OCp);
+          plan.wo.push_back((t * C2 + c2) * wstride);
         }
       }
     }
@@ -157,10 +159,13 @@ PairConvPlan pair_conv_plan(const PairConvGeom& g, const Strides4& os) {
 
 // The reference: one output position at a time, its OCp sums in a float32 row; each word pair's two
 // products added to the sum as vdpbf16ps adds them; the same steps as the vector kernel.
-void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
-                              uint16_t* out, Strides4 os) {
+void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint16_t* w, Strides4 ws, bool flip,
+                              const float* bias, uint16_t* out, Strides4 os) {
   const int64_t P = g.N * g.OH * g.OW, OCp = g.OCp();
-  const PairConvPlan plan = pair_conv_plan(g, os);
+  std::vector<uint32_t> packed(static_cast<size_t>(g.weight_words()));
+  uint32_t* wp = packed.data();
+  pair_conv_pack_weight(g, w, ws, flip, wp, 0, OCp, OCp);
+  const PairConvPlan plan = pair_conv_plan(g, os, OCp);
   const int64_t ncls = plan.classes();
 #pragma omp parallel if (P * g.taps() * g.C2() * OCp > (int64_t(1) << 16))
   {
@@ -285,12 +290,12 @@ void pair_conv_weight_grad(const PairConvGeom& g, const uint16_t* xw, const uint
   }
 }
 
-void pair_conv_forward(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
-                       Strides4 os) {
+void pair_conv_forward(const PairConvGeom& g, const uint32_t* xp, const uint16_t* w, Strides4 ws, bool flip,
+                       const float* bias, uint16_t* out, Strides4 os) {
   if (current_isa() == Isa::Avx512 && avx512bf16_supported()) {
-    pair_conv_forward_avx512bf16(g, xp, wp, bias, out, os);
+    pair_conv_forward_avx512bf16(g, xp, w, ws, flip, bias, out, os);
   } else {
-    pair_conv_forward_scalar(g, xp, wp, bias, out, os);
+    pair_conv_forward_scalar(g, xp, w, ws, flip, bias, out, os);
   }
 }
 

@@ -61,7 +61,8 @@ struct PairConvPlan {
   std::vector<int64_t> pin, pout;    // per position: first input word, output element
   int64_t classes() const { return int64_t(class_start.size()) - 1; }
 };
-PairConvPlan pair_conv_plan(const PairConvGeom& g, const Strides4& os);
+// wstride: the packed filters' words per (tap, pair) step.
+PairConvPlan pair_conv_plan(const PairConvGeom& g, const Strides4& os, int64_t wstride);
 
 // The word offset of tap t = kh * KW + kw from a position's top-left tap.
 inline int64_t pair_conv_tap_offset(const PairConvGeom& g, int64_t t) {
@@ -74,14 +75,18 @@ bool pair_conv_available();
 
 // Packs x (strides xs, any memory format) into xp (g.input_words() words).
 void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp);
-// Packs the filters (strides ws over (oc, c, kh, kw)) into wp (g.weight_words() words). flip reads tap
-// (kh, kw) from (KH-1-kh, KW-1-kw): with the oc and c strides swapped, the filters of the input
+// Packs the filters (strides ws over (oc, c, kh, kw)) of output channels [oc_begin, oc_end) (multiples of
+// 16; past OC zero) into wp, word (t, c2, oc) at wp[(t * C2 + c2) * stride + oc - oc_begin]. flip reads
+// tap (kh, kw) from (KH-1-kh, KW-1-kw): with the oc and c strides swapped, the filters of the input
 // gradient of a stride-1 layer, without a flipped copy.
-void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip, uint32_t* wp);
-// out (strides os, any memory format) = the convolution of the packed operands plus bias (float32,
-// OCp values, zero past OC; nullptr for none), rounded once to bfloat16.
-void pair_conv_forward(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias, uint16_t* out,
-                       Strides4 os);
+void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip, uint32_t* wp,
+                           int64_t oc_begin, int64_t oc_end, int64_t stride);
+// out (strides os, any memory format) = the convolution of the packed input and the filters w (strides
+// ws, flip as above; packed here, a block of output channels at a time on AVX-512, where the block stays
+// in L2 between its packing and its use) plus bias (float32, OCp values, zero past OC; nullptr for none),
+// rounded once to bfloat16.
+void pair_conv_forward(const PairConvGeom& g, const uint32_t* xp, const uint16_t* w, Strides4 ws, bool flip,
+                       const float* bias, uint16_t* out, Strides4 os);
 
 // The weight gradient sums over positions, so vdpbf16ps pairs two adjacent output positions of a row,
 // (ow, ow + 1), and the register tile's rows are (c, tap) filters' taps. Operands:
@@ -121,14 +126,14 @@ inline uint32_t load_pair(const uint16_t* p) {
 }
 
 // The per-ISA kernels behind pair_conv_forward.
-void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
-                              uint16_t* out, Strides4 os);
-void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, const uint32_t* wp, const float* bias,
-                                  uint16_t* out, Strides4 os);
+void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint16_t* w, Strides4 ws, bool flip,
+                              const float* bias, uint16_t* out, Strides4 os);
+void pair_conv_forward_avx512bf16(const PairConvGeom& g, const uint32_t* xp, const uint16_t* w, Strides4 ws,
+                                  bool flip, const float* bias, uint16_t* out, Strides4 os);
 bool avx512bf16_supported();
 // pair_conv_pack_weight for filters whose taps are contiguous (KH * KW <= 16); false where it does not apply.
 bool pair_conv_pack_weight_avx512bf16(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip,
-                                      uint32_t* wp);
+                                      uint32_t* wp, int64_t oc_begin, int64_t oc_end, int64_t stride);
 bool pair_conv_pack_wgrad_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw);
 void pair_conv_pack_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp);
 void pair_conv_pack_wgrad_grad_avx512bf16(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp);

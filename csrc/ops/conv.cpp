@@ -711,15 +711,13 @@ void pair_run(const cpu::PairConvGeom& g, const Tensor& x, const uint16_t* w, cp
               const Tensor& b, uint16_t* out, cpu::Strides4 os) {
   if (g.N == 0) return;
   Tensor xp = empty_output({g.input_words()}, x.options().dtype(at::kInt));
-  Tensor wp = at::empty({g.weight_words()}, x.options().dtype(at::kInt));
   cpu::pair_conv_pack_input(g, bits(x), strides4(x), words(xp));
-  cpu::pair_conv_pack_weight(g, w, ws, flip, words(wp));
   Tensor bf;
   if (b.defined()) {
     bf = at::zeros({g.OCp()}, x.options().dtype(at::kFloat));
     bf.narrow(0, 0, g.OC).copy_(b);
   }
-  cpu::pair_conv_forward(g, words(xp), words(wp), bf.defined() ? bf.data_ptr<float>() : nullptr, out, os);
+  cpu::pair_conv_forward(g, words(xp), w, ws, flip, bf.defined() ? bf.data_ptr<float>() : nullptr, out, os);
 }
 
 // The input gradient of a pair_fits layer of dilation 1, in the input's memory format. Input rows of
