@@ -4,6 +4,8 @@ On the CPU the kernels take float32 and float64: low-precision inputs run in flo
 rounded once (torch's CPU kernels also accumulate those dtypes in float32); optimizers update float16 and
 bfloat16 parameters with float32 math. Each result is judged by DESIGN.md's rule: its error against
 float64 at most twice torch's own at the same precision (conftest.assert_lowp_close)."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -355,3 +357,31 @@ def test_bf16_batch_norm_other_layouts(device, shape, fmt):
         assert a.dtype == torch.bfloat16
         assert_lowp_close(a, t, r, f"tensor {i}")
     assert got[0].is_contiguous(memory_format=mf)
+
+
+def test_resnet18_autocast_trains_like_torch():
+    """A converted ResNet-18 under torch.autocast("cpu", torch.bfloat16) trains as torch's does: over 20
+    SGD-momentum steps from the same weights on the same batches, the losses stay within twice the
+    largest deviation of torch's own autocast losses from its float32 training (plus 1% of the loss):
+    the runs drift apart step by step as training amplifies rounding, so the bound is over the run."""
+    from dlkernels import models as M
+    base = M.MODELS["resnet18"][0]()
+    batches = [(torch.randn(4, 3, 64, 64), torch.randint(0, 1000, (4,))) for _ in range(20)]
+
+    def train(model, opt_cls, ce, autocast):
+        opt = opt_cls(model.parameters(), lr=0.01, momentum=0.9)
+        losses = []
+        for x, y in batches:
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                loss = ce(model(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return torch.tensor(losses, dtype=torch.float64)
+
+    f32 = train(copy.deepcopy(base), torch.optim.SGD, F.cross_entropy, False)
+    theirs = train(copy.deepcopy(base), torch.optim.SGD, F.cross_entropy, True)
+    ours = train(dlkernels.convert(copy.deepcopy(base), fuse_bn_relu=True), dopt.SGD, DF.cross_entropy, True)
+    deviation, bound = (ours - theirs).abs().max(), 2 * (theirs - f32).abs().max() + 0.01 * theirs.abs().max()
+    assert deviation <= bound, (ours, theirs, f32)
