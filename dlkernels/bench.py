@@ -562,7 +562,7 @@ def main(argv=None):
         gemm = machine_limits(args.device)["gemm_gflops"]
         formats = ("contiguous", "channels_last") + (("bf16-autocast",) if args.autocast else ())
         model_rows = model_bench.run(names, formats=formats, gemm_gflops=gemm, log=sys.stderr)
-        layer_rows = model_bench.run_layers(names, log=sys.stderr)
+        layer_rows = model_bench.run_layers(names, formats=formats, log=sys.stderr)
         model_table = model_bench.format_table(model_rows, gemm)
         if not run_ops:
             table = f"Device: {device_name(args.device)}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}\n"

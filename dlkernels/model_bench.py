@@ -161,21 +161,22 @@ def conv_layers(model, x):
 def bench_conv_layers(name, memory_format, rounds=3, block=3, seed=0):
     """Each distinct convolution of the model alone: forward, then the backward a training step runs
     (weight and bias gradients; the input gradient unless the input is the image), torch's op against
-    ours in alternating blocks."""
+    ours in alternating blocks; "bf16-autocast": contiguous, in bfloat16 (autocast's convolution dtype)."""
     build, batch, size, _ = M.MODELS[name]
     torch.manual_seed(seed)
     model = build()
     x = torch.randn(batch, 3, size, size)
     cl = memory_format == "channels_last"
+    dtype = torch.bfloat16 if memory_format == "bf16-autocast" else torch.float32  # autocast's conv dtype
     if cl:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     rows = []
     for (xs, ws, stride, padding, dilation, groups, bias, input_grad), count in conv_layers(model, x).items():
         fmt = torch.channels_last if cl else torch.contiguous_format
-        xi = torch.randn(xs).contiguous(memory_format=fmt)
-        w = (torch.randn(ws) / (ws[1] * ws[2] * ws[3]) ** 0.5).contiguous(memory_format=fmt)
-        b = torch.randn(ws[0]) if bias else None
+        xi = torch.randn(xs).to(dtype).contiguous(memory_format=fmt)
+        w = (torch.randn(ws) / (ws[1] * ws[2] * ws[3]) ** 0.5).to(dtype).contiguous(memory_format=fmt)
+        b = torch.randn(ws[0]).to(dtype) if bias else None
         gy = torch.randn_like(F.conv2d(xi, w, b, stride, padding, dilation, groups))
         mask = [input_grad, True, bias]
         args = (list(stride), list(padding), list(dilation))

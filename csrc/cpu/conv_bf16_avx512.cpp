@@ -11,9 +11,43 @@
 #include "cpu/conv_bf16.h"
 
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx512bf16")
+// GCC 12's avx512fintrin.h builds its "undefined" vectors as self-initialized variables (`__Y = __Y`),
+// which -Wmaybe-uninitialized reports once the intrinsics are inlined (GCC bug 105593, fixed in 13).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace dlk::cpu {
 namespace {
+
+// 16 x 16 transpose of 32-bit words: lane j of r[i] goes to lane i of r[j]. Pairs, 4x4 blocks within each
+// 128-bit lane, then the lanes across registers.
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // r[i + j], lane L: column 4L + j of rows i .. i + 3
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8) {
+    for (int j = 0; j < 4; ++j) {
+      t[h + j] = _mm512_shuffle_i32x4(r[h + j], r[h + 4 + j], 0x88);      // lanes 0, 2 of both
+      t[h + 4 + j] = _mm512_shuffle_i32x4(r[h + j], r[h + 4 + j], 0xdd);  // lanes 1, 3 of both
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
+    r[4 + j] = _mm512_shuffle_i32x4(t[4 + j], t[12 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
+    r[12 + j] = _mm512_shuffle_i32x4(t[4 + j], t[12 + j], 0xdd);
+  }
+}
+
+inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
+inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u); }
 
 constexpr int kMR = 6;   // output positions per tile
 constexpr int kNVmax = 4;  // vectors of 16 output channels per tile
@@ -57,6 +91,23 @@ void run_tile(const PairConvGeom& g, const PairConvPlan& plan, const uint32_t* x
   }
     DLK_PAIR_ROW(0) DLK_PAIR_ROW(1) DLK_PAIR_ROW(2) DLK_PAIR_ROW(3) DLK_PAIR_ROW(4) DLK_PAIR_ROW(5)
 #undef DLK_PAIR_ROW
+  }
+  bool run = os.c != 1;  // NCHW-like output, the tile's positions adjacent in memory
+  for (int r = 1; r < rows; ++r) run = run && oo[r] == oo[0] + r;
+  if (run) {
+    // each 16 channels' sums transposed: a channel's values at the tile's positions are one masked store
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const int64_t oc = oc0 + 16 * v, valid = std::min<int64_t>(16, g.OC - oc);
+      if (valid <= 0) break;
+      __m512i t[16];
+      for (int r = 0; r < 16; ++r) t[r] = r < kMR ? _mm512_castps_si512(acc[r][v]) : _mm512_setzero_si512();
+      transpose16(t);
+      for (int64_t i = 0; i < valid; ++i)
+        _mm256_mask_storeu_epi16(out + oo[0] + (oc + i) * os.c, mask16(rows),
+                                 (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(t[i])));
+    }
+    return;
   }
   for (int r = 0; r < rows; ++r) {
 #pragma GCC unroll 4
@@ -116,36 +167,6 @@ void wgrad_tile(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, c
   }
 }
 
-// 16 x 16 transpose of 32-bit words: lane j of r[i] goes to lane i of r[j]. Pairs, 4x4 blocks within each
-// 128-bit lane, then the lanes across registers.
-inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {  // r[i + j], lane L: column 4L + j of rows i .. i + 3
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  for (int h = 0; h < 16; h += 8) {
-    for (int j = 0; j < 4; ++j) {
-      t[h + j] = _mm512_shuffle_i32x4(r[h + j], r[h + 4 + j], 0x88);      // lanes 0, 2 of both
-      t[h + 4 + j] = _mm512_shuffle_i32x4(r[h + j], r[h + 4 + j], 0xdd);  // lanes 1, 3 of both
-    }
-  }
-  for (int j = 0; j < 4; ++j) {
-    r[j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0x88);
-    r[4 + j] = _mm512_shuffle_i32x4(t[4 + j], t[12 + j], 0x88);
-    r[8 + j] = _mm512_shuffle_i32x4(t[j], t[8 + j], 0xdd);
-    r[12 + j] = _mm512_shuffle_i32x4(t[4 + j], t[12 + j], 0xdd);
-  }
-}
-
-inline __mmask16 mask16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u); }
-inline __mmask32 mask32(int64_t n) { return n >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << n) - 1u); }
 
 }  // namespace
 
