@@ -385,3 +385,16 @@ def test_resnet18_autocast_trains_like_torch():
     ours = train(dlkernels.convert(copy.deepcopy(base), fuse_bn_relu=True), dopt.SGD, DF.cross_entropy, True)
     deviation, bound = (ours - theirs).abs().max(), 2 * (theirs - f32).abs().max() + 0.01 * theirs.abs().max()
     assert deviation <= bound, (ours, theirs, f32)
+
+
+def test_bf16_batch_norm_keeps_subnormals(device):
+    """Outputs below float's smallest normal (a weight of 1e-38) are rounded to bfloat16's subnormals, as
+    torch's conversion rounds them, not flushed to zero (this CPU's vcvtneps2bf16 flushes them)."""
+    x64 = torch.randn(4, 8, 6, 6, device=device, dtype=torch.float64) * 3
+    w = torch.rand(8, device=device) * 1e-38
+    b = torch.zeros(8, device=device)
+    got = DF.batch_norm(x64.to(torch.bfloat16), None, None, w, b, True)
+    truth = F.batch_norm(x64, None, None, w.double(), b.double(), True)
+    sub = (truth.abs() < 1.1754944e-38) & (truth.abs() > 1e-40)  # bfloat16 subnormals, not rounding to 0
+    assert bool(sub.any()) and bool((got[sub] != 0).all())
+    assert_lowp_close(got, F.batch_norm(x64.to(torch.bfloat16), None, None, w, b, True), truth, "subnormal outputs")

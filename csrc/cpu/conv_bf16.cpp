@@ -74,7 +74,7 @@ void pair_conv_pack_weight(const PairConvGeom& g, const uint16_t* w, Strides4 ws
   const int64_t C2 = g.C2(), taps = g.taps(), blocks = (oc_end - oc_begin) / 16;
   // by blocks of 16 filters: each block's 16 filters read as 16 forward streams, one 64-byte line written
   // per (tap, pair)
-#pragma omp parallel for schedule(static) if (blocks * 16 * taps * C2 > (int64_t(1) << 15))
+#pragma omp parallel for schedule(static) if (blocks * 16 * taps * C2 > (int64_t(1) << 15) && !omp_in_parallel())
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t oc0 = oc_begin + blk * 16, n = std::clamp<int64_t>(g.OC - oc0, 0, 16);
     for (int64_t c2 = 0; c2 < C2; ++c2) {
@@ -158,7 +158,8 @@ PairConvPlan pair_conv_plan(const PairConvGeom& g, const Strides4& os, int64_t w
 }
 
 // The reference: one output position at a time, its OCp sums in a float32 row; each word pair's two
-// products added to the sum as vdpbf16ps adds them; the same steps as the vector kernel.
+// products summed, then added (vdpbf16ps adds them one at a time, and flushes subnormal inputs and
+// results to zero: the two paths agree to rounding, not bit for bit); the same steps as the vector kernel.
 void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const uint16_t* w, Strides4 ws, bool flip,
                               const float* bias, uint16_t* out, Strides4 os) {
   const int64_t P = g.N * g.OH * g.OW, OCp = g.OCp();
@@ -254,7 +255,8 @@ void pair_conv_pack_wgrad_grad(const PairConvGeom& g, const uint16_t* gy, Stride
   }
 }
 
-// The reference: each (filter tap row m, output channel) summed over every pair of positions.
+// The reference: each (filter tap row m, output channel) summed over every pair of positions (rounding as
+// in the forward's reference).
 void pair_conv_weight_grad_scalar(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc,
                                   uint16_t* gw, Strides4 ws) {
   const int64_t M = g.C * g.taps(), OCp = g.OCp(), OWh = g.OWh(), R = g.N * g.OH;
@@ -283,6 +285,12 @@ void pair_conv_weight_grad_scalar(const PairConvGeom& g, const uint16_t* xw, con
 
 void pair_conv_weight_grad(const PairConvGeom& g, const uint16_t* xw, const uint32_t* gp, float* acc, uint16_t* gw,
                            Strides4 ws) {
+  if (g.N * g.OH == 0) {  // no positions: a zero gradient (the kernels would convert unwritten sums)
+    for (int64_t m = 0; m < g.C * g.taps(); ++m)
+      for (int64_t oc = 0; oc < g.OC; ++oc)
+        gw[oc * ws.n + (m / g.taps()) * ws.c + (m % g.taps() / g.KW) * ws.h + (m % g.KW) * ws.w] = 0;
+    return;
+  }
   if (current_isa() == Isa::Avx512 && avx512bf16_supported()) {
     pair_conv_weight_grad_avx512bf16(g, xw, gp, acc, gw, ws);
   } else {

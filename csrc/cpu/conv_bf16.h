@@ -138,8 +138,11 @@ bool pair_conv_pack_wgrad_input_avx512bf16(const PairConvGeom& g, const uint16_t
 void pair_conv_pack_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp);
 void pair_conv_pack_wgrad_grad_avx512bf16(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp);
 
-// n bfloat16 values widened to float32; n floats rounded to bfloat16 (nearest even, NaN kept NaN). Vector
-// code where the current path has a pair-dot kernel on AVX512-BF16, else the scalar functions below.
+// n bfloat16 values widened to float32; n floats rounded to bfloat16 (nearest even, subnormals kept, NaN
+// kept NaN: the same bits as float_to_bf16). Vector code where the current path has a pair-dot kernel on
+// AVX512-BF16, else the scalar functions below. (The convolution kernels' own sums go through
+// vdpbf16ps and vcvtneps2bf16, which flush subnormal inputs and results to zero on this Zen 4: their
+// results differ from the scalar reference's there, by less than float's smallest normal.)
 void bf16_widen(const uint16_t* src, float* dst, int64_t n);
 void bf16_narrow(const float* src, uint16_t* dst, int64_t n);
 void bf16_widen_avx512bf16(const uint16_t* src, float* dst, int64_t n);

@@ -757,8 +757,9 @@ cpu::PairConvGeom pair_geom(const ConvGeom& c) {
   return {c.N, c.g.C, c.g.H, c.g.W, c.OC, c.g.KH, c.g.KW, c.g.SH, c.g.SW, c.g.PH, c.g.PW, c.g.DH, c.g.DW, c.g.OH, c.g.OW};
 }
 
-// The weight gradient of a pair_fits layer (contiguous), or an undefined tensor where the kernel cannot
-// take it (x not finite next to a row of odd width: cpu::pair_conv_pack_wgrad_input).
+// The weight gradient of a pair_fits layer (a contiguous tensor; x and gy read through their strides), or
+// an undefined tensor where the kernel cannot take it (x not finite next to a row of odd width:
+// cpu::pair_conv_pack_wgrad_input).
 Tensor pair_weight_grad(const ConvGeom& c, const Tensor& x, const Tensor& gy, const Tensor& weight) {
   const cpu::PairConvGeom g = pair_geom(c);
   Tensor xw = empty_output({g.wgrad_input_halves()}, x.options());
@@ -915,12 +916,14 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
   return out;
 }
 
-// The input gradient of a float16/bfloat16 layer, rounded once. A stride-1 layer's is itself a stride-1
-// convolution: of grad_output padded by K - 1 - P with the filters flipped and transposed, (C, OC, KH,
-// KW); in the 16-bit dtype that is the forward's 16-bit GEMM, float32 accumulation, rounded once (as
-// torch's oneDNN backward-data and cuDNN): no column matrix for col2im to sum. Other layers take the
-// float32 computation, rounded once: their column matrices must not be rounded to 16 bits before col2im
-// sums them (the input itself is not read: its float32 stand-in is left unwritten).
+// The input gradient of a float16/bfloat16 layer, rounded once. bfloat16 layers of one group and
+// dilation 1 on a CPU path with pair-dot kernels: pair_input_grad (any stride, by phases). Otherwise a
+// stride-1 layer's is itself a stride-1 convolution: of grad_output padded by K - 1 - P with the filters
+// flipped and transposed, (C, OC, KH, KW); in the 16-bit dtype that is the forward's 16-bit path, float32
+// accumulation, rounded once (as torch's oneDNN backward-data and cuDNN): no column matrix for col2im to
+// sum. Other layers take the float32 computation, rounded once: their column matrices must not be
+// rounded to 16 bits before col2im sums them (the input itself is not read: its float32 stand-in is left
+// unwritten).
 Tensor lowp_input_grad(const ConvGeom& c, const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                        IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   if (pair_fits(c, input) && c.g.DH == 1 && c.g.DW == 1) return pair_input_grad(c, grad_output, weight, input);
@@ -949,11 +952,11 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
                     "dlkernels.conv2d_backward: grad_output must have shape (", c.N, ", ", c.OC, ", ", c.g.OH, ", ",
                     c.g.OW, "), got ", grad_output.sizes());
   if (cpu_kernels(input) && low_precision(input)) {
-    // float16/bfloat16 on the CPU. The weight gradient is GEMMs in that dtype, (G, OCg, B*L) @ (G, B*L, Rg)
-    // on the 16-bit column matrix, one per chunk of images (one for a typical batch: rounded once, as
-    // torch's), summed in float32. The input and bias gradients are those of the float32 computation,
-    // rounded once: the input gradient's column matrices must not be rounded to 16 bits before col2im
-    // sums them.
+    // float16/bfloat16 on the CPU. The weight gradient: the pair-dot kernel where pair_fits (float32
+    // sums, rounded once), else GEMMs in that dtype, (G, OCg, B*L) @ (G, B*L, Rg) on the 16-bit column
+    // matrix, one per chunk of images (one for a typical batch: rounded once, as torch's), summed in
+    // float32. The input gradient: lowp_input_grad. The bias gradient: the float32 computation, rounded
+    // once.
     const auto t = input.scalar_type();
     Tensor gw;
     if (output_mask[1] && pair_fits(c, input) && c.N > 0) gw = pair_weight_grad(c, input, grad_output, weight);
