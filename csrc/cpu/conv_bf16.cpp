@@ -40,8 +40,7 @@ void bf16_narrow(const float* src, uint16_t* dst, int64_t n) {
 }
 
 void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp) {
-  if (current_isa() == Isa::Avx512 && avx512bf16_supported() && xs.w == 1 && xs.c != 1)
-    return pair_conv_pack_input_avx512bf16(g, x, xs, xp);
+  const bool vector = current_isa() == Isa::Avx512 && avx512bf16_supported() && xs.w == 1 && xs.c != 1;
   const int64_t Hp = g.Hp(), Wp = g.Wp(), C2 = g.C2(), rows = g.N * Hp;
 #pragma omp parallel for schedule(static) if (g.input_words() > (int64_t(1) << 15))
   for (int64_t nr = 0; nr < rows; ++nr) {
@@ -55,8 +54,13 @@ void pair_conv_pack_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs,
     const int64_t w_lo = std::clamp<int64_t>(g.PW, 0, Wp), w_hi = std::clamp<int64_t>(g.PW + g.W, w_lo, Wp);
     std::fill(dst, dst + w_lo * C2, 0u);
     std::fill(dst + w_hi * C2, dst + Wp * C2, 0u);
+    const uint16_t* row = x + n * xs.n + ih * xs.h;
+    if (vector) {
+      pair_conv_pack_input_row_avx512bf16(g, row, xs, w_lo, w_hi, dst);
+      continue;
+    }
     for (int64_t c2 = 0; c2 < C2; ++c2) {
-      const uint16_t* a = x + n * xs.n + 2 * c2 * xs.c + ih * xs.h;
+      const uint16_t* a = row + 2 * c2 * xs.c;
       const uint16_t* b = 2 * c2 + 1 < g.C ? a + xs.c : nullptr;
       for (int64_t s = w_lo; s < w_hi; ++s) {
         const int64_t iw = (s - g.PW) * xs.w;
@@ -192,8 +196,7 @@ void pair_conv_forward_scalar(const PairConvGeom& g, const uint32_t* xp, const u
 }
 
 bool pair_conv_pack_wgrad_input(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw) {
-  if (current_isa() == Isa::Avx512 && avx512bf16_supported() && xs.w == 1 && (g.SW == 1 || g.SW == 2))
-    return pair_conv_pack_wgrad_input_avx512bf16(g, x, xs, xw);
+  const bool vector = current_isa() == Isa::Avx512 && avx512bf16_supported() && xs.w == 1 && (g.SW == 1 || g.SW == 2);
   const int64_t Hp = g.Hp(), SW = g.SW, Wj = g.Wj(), planes = g.N * g.C, row = SW * Wj;
   const bool check = g.OW % 2 == 1;  // the partner of a row's last position reads a real value
   // each phase's columns j inside the image: 0 <= j * SW + ph - PW < W
@@ -207,13 +210,17 @@ bool pair_conv_pack_wgrad_input(const PairConvGeom& g, const uint16_t* x, Stride
   // a plane at a time (small rows: a division or a call per row cost more than the row)
 #pragma omp parallel for schedule(static) reduction(&& : finite) if (planes * Hp * row > (int64_t(1) << 15))
   for (int64_t p = 0; p < planes; ++p) {
-    const int64_t n = p / g.C, c = p % g.C;
     uint16_t* plane = xw + p * Hp * row;
     std::fill(plane, plane + r_lo * row, uint16_t(0));
     std::fill(plane + r_hi * row, plane + Hp * row, uint16_t(0));
+    const uint16_t* src_plane = x + (p / g.C) * xs.n + (p % g.C) * xs.c;
+    if (vector) {
+      finite = finite && pair_conv_pack_wgrad_plane_avx512bf16(g, src_plane, xs, r_lo, r_hi, check, plane);
+      continue;
+    }
     unsigned seen = 0;
     for (int64_t r = r_lo; r < r_hi; ++r) {
-      const uint16_t* src = x + n * xs.n + c * xs.c + (r - g.PH) * xs.h;
+      const uint16_t* src = src_plane + (r - g.PH) * xs.h;
       uint16_t* dst = plane + r * row;
       for (int64_t ph = 0; ph < SW; ++ph) {
         const int64_t a = j_lo[size_t(ph)], b = j_hi[size_t(ph)];

@@ -134,8 +134,10 @@ bool avx512bf16_supported();
 // pair_conv_pack_weight for filters whose taps are contiguous (KH * KW <= 16); false where it does not apply.
 bool pair_conv_pack_weight_avx512bf16(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip,
                                       uint32_t* wp, int64_t oc_begin, int64_t oc_end, int64_t stride);
-bool pair_conv_pack_wgrad_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw);
-void pair_conv_pack_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp);
+bool pair_conv_pack_wgrad_plane_avx512bf16(const PairConvGeom& g, const uint16_t* src_plane, Strides4 xs,
+                                           int64_t r_lo, int64_t r_hi, bool check, uint16_t* plane);
+void pair_conv_pack_input_row_avx512bf16(const PairConvGeom& g, const uint16_t* row, Strides4 xs, int64_t w_lo,
+                                         int64_t w_hi, uint32_t* dst);
 void pair_conv_pack_wgrad_grad_avx512bf16(const PairConvGeom& g, const uint16_t* gy, Strides4 gs, uint32_t* gp);
 
 // n bfloat16 values widened to float32; n floats rounded to bfloat16 (nearest even, subnormals kept, NaN

@@ -217,44 +217,36 @@ inline __m512i row_window(const uint16_t* src, int64_t s0, int64_t W) {
   return _mm512_maskz_loadu_epi16(m, src + s0);
 }
 
-// pair_conv_pack_wgrad_input for rows of stride 1 (xs.w == 1) and column strides 1 or 2: 32 columns of
-// a phase per step, the stride-2 phases picked out of 64 values by one permute.
-bool pair_conv_pack_wgrad_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint16_t* xw) {
-  const int64_t Hp = g.Hp(), SW = g.SW, Wj = g.Wj(), planes = g.N * g.C, row = SW * Wj;
-  const bool check = g.OW % 2 == 1;
-  const int64_t r_lo = std::clamp<int64_t>(g.PH, 0, Hp), r_hi = std::clamp<int64_t>(g.PH + g.H, r_lo, Hp);
-  alignas(64) uint16_t even_idx[32];
-  for (int i = 0; i < 32; ++i) even_idx[i] = uint16_t(2 * i);
+// The image rows [r_lo, r_hi) of one plane of pair_conv_pack_wgrad_input, for rows of stride 1
+// (xs.w == 1) and column strides 1 or 2: 32 columns of a phase per step, the stride-2 phases picked out
+// of 64 values by one permute. With check, false when a value is not finite.
+bool pair_conv_pack_wgrad_plane_avx512bf16(const PairConvGeom& g, const uint16_t* src_plane, Strides4 xs,
+                                           int64_t r_lo, int64_t r_hi, bool check, uint16_t* plane) {
+  const int64_t SW = g.SW, Wj = g.Wj(), row = SW * Wj;
+  alignas(64) static constexpr uint16_t even_idx[32] = {0,  2,  4,  6,  8,  10, 12, 14, 16, 18, 20,
+                                                         22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42,
+                                                         44, 46, 48, 50, 52, 54, 56, 58, 60, 62};
   const __m512i pick = _mm512_load_si512(even_idx), expo = _mm512_set1_epi16(0x7f80);
-  bool finite = true;
-#pragma omp parallel for schedule(static) reduction(&& : finite) if (planes * Hp * row > (int64_t(1) << 15))
-  for (int64_t p = 0; p < planes; ++p) {
-    const int64_t n = p / g.C, c = p % g.C;
-    uint16_t* plane = xw + p * Hp * row;
-    std::fill(plane, plane + r_lo * row, uint16_t(0));
-    std::fill(plane + r_hi * row, plane + Hp * row, uint16_t(0));
-    __mmask32 seen = 0;
-    for (int64_t r = r_lo; r < r_hi; ++r) {
-      const uint16_t* src = x + n * xs.n + c * xs.c + (r - g.PH) * xs.h;
-      uint16_t* dst = plane + r * row;
-      for (int64_t ph = 0; ph < SW; ++ph) {
-        for (int64_t j0 = 0; j0 < Wj; j0 += 32) {
-          const int64_t s0 = j0 * SW + ph - g.PW;
-          __m512i v = row_window(src, s0, g.W);
-          if (SW == 2) v = _mm512_permutex2var_epi16(v, pick, row_window(src, s0 + 32, g.W));
-          _mm512_mask_storeu_epi16(dst + ph * Wj + j0, mask32(Wj - j0), v);
-        }
-      }
-      if (check) {
-        for (int64_t s0 = 0; s0 < g.W; s0 += 32) {
-          const __m512i v = row_window(src, s0, g.W);
-          seen |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, expo), expo);
-        }
+  __mmask32 seen = 0;
+  for (int64_t r = r_lo; r < r_hi; ++r) {
+    const uint16_t* src = src_plane + (r - g.PH) * xs.h;
+    uint16_t* dst = plane + r * row;
+    for (int64_t ph = 0; ph < SW; ++ph) {
+      for (int64_t j0 = 0; j0 < Wj; j0 += 32) {
+        const int64_t s0 = j0 * SW + ph - g.PW;
+        __m512i v = row_window(src, s0, g.W);
+        if (SW == 2) v = _mm512_permutex2var_epi16(v, pick, row_window(src, s0 + 32, g.W));
+        _mm512_mask_storeu_epi16(dst + ph * Wj + j0, mask32(Wj - j0), v);
       }
     }
-    finite = finite && !seen;
+    if (check) {
+      for (int64_t s0 = 0; s0 < g.W; s0 += 32) {
+        const __m512i v = row_window(src, s0, g.W);
+        seen |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(v, expo), expo);
+      }
+    }
   }
-  return finite;
+  return !seen;
 }
 
 bool pair_conv_pack_weight_avx512bf16(const PairConvGeom& g, const uint16_t* w, Strides4 ws, bool flip,
@@ -316,41 +308,31 @@ bool pair_conv_pack_weight_avx512bf16(const PairConvGeom& g, const uint16_t* w, 
   return false;
 }
 
-// pair_conv_pack_input of NCHW rows (xs.w == 1): blocks of 16 channel pairs x 16 columns, each pair's two
-// rows interleaved into words, then transposed so that a column's pairs are one store.
-void pair_conv_pack_input_avx512bf16(const PairConvGeom& g, const uint16_t* x, Strides4 xs, uint32_t* xp) {
-  const int64_t Hp = g.Hp(), Wp = g.Wp(), C2 = g.C2(), rows = g.N * Hp;
-#pragma omp parallel for schedule(static) if (g.input_words() > (int64_t(1) << 15))
-  for (int64_t nr = 0; nr < rows; ++nr) {
-    const int64_t n = nr / Hp, ih = nr % Hp - g.PH;
-    uint32_t* dst = xp + nr * Wp * C2;
-    if (ih < 0 || ih >= g.H) {
-      std::fill(dst, dst + Wp * C2, 0u);
-      continue;
-    }
-    const int64_t w_lo = std::clamp<int64_t>(g.PW, 0, Wp), w_hi = std::clamp<int64_t>(g.PW + g.W, w_lo, Wp);
-    std::fill(dst, dst + w_lo * C2, 0u);
-    std::fill(dst + w_hi * C2, dst + Wp * C2, 0u);
-    for (int64_t c0 = 0; c0 < C2; c0 += 16) {
-      const int64_t nc = std::min<int64_t>(16, C2 - c0);
-      for (int64_t s0 = w_lo; s0 < w_hi; s0 += 16) {
-        const int64_t ns = std::min<int64_t>(16, w_hi - s0);
-        const __mmask16 sm = mask16(ns);
-        __m512i r[16];
-        for (int64_t j = 0; j < 16; ++j) {
-          if (j >= nc) {
-            r[j] = _mm512_setzero_si512();
-            continue;
-          }
-          const uint16_t* a = x + n * xs.n + 2 * (c0 + j) * xs.c + ih * xs.h + (s0 - g.PW);
-          const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(sm, a));
-          const __m512i hi = 2 * (c0 + j) + 1 < g.C ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(sm, a + xs.c))
-                                                    : _mm512_setzero_si512();
-          r[j] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+// One padded row of pair_conv_pack_input from NCHW rows (xs.w == 1; row: image n's row ih of channel 0),
+// columns [w_lo, w_hi): blocks of 16 channel pairs x 16 columns, each pair's two rows interleaved into
+// words, then transposed so that a column's pairs are one store.
+void pair_conv_pack_input_row_avx512bf16(const PairConvGeom& g, const uint16_t* row, Strides4 xs, int64_t w_lo,
+                                         int64_t w_hi, uint32_t* dst) {
+  const int64_t C2 = g.C2();
+  for (int64_t c0 = 0; c0 < C2; c0 += 16) {
+    const int64_t nc = std::min<int64_t>(16, C2 - c0);
+    for (int64_t s0 = w_lo; s0 < w_hi; s0 += 16) {
+      const int64_t ns = std::min<int64_t>(16, w_hi - s0);
+      const __mmask16 sm = mask16(ns);
+      __m512i r[16];
+      for (int64_t j = 0; j < 16; ++j) {
+        if (j >= nc) {
+          r[j] = _mm512_setzero_si512();
+          continue;
         }
-        transpose16(r);
-        for (int64_t i = 0; i < ns; ++i) _mm512_mask_storeu_epi32(dst + (s0 + i) * C2 + c0, mask16(nc), r[i]);
+        const uint16_t* a = row + 2 * (c0 + j) * xs.c + (s0 - g.PW);
+        const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(sm, a));
+        const __m512i hi = 2 * (c0 + j) + 1 < g.C ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(sm, a + xs.c))
+                                                  : _mm512_setzero_si512();
+        r[j] = _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
       }
+      transpose16(r);
+      for (int64_t i = 0; i < ns; ++i) _mm512_mask_storeu_epi32(dst + (s0 + i) * C2 + c0, mask16(nc), r[i]);
     }
   }
 }

@@ -83,6 +83,7 @@ void check_channel_f32(const char* op, const char* name, const optional<Tensor>&
   TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, "dlkernels.", op, ": ", name,
                    " must be float32 for a bfloat16 input on the CPU, got ", t->scalar_type());
 }
+uint16_t* bits16(const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }  // bfloat16 bits
 optional<Tensor> to_float(const optional<Tensor>& t) {
   if (!t.has_value() || !t->defined()) return t;
   return t->to(at::kFloat);
@@ -374,7 +375,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_forward(const Tensor& inpu
     std::vector<double> var64(lay.g.C);
     const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
     Tensor y = empty_in_layout(x, lay);
-    auto bits16 = [](const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
     cpu::batch_norm_train_forward_bf16(lay.g, bits16(x), w64.data(), b64.data(), eps, r.defined() ? bits16(r) : nullptr,
                                        relu, bits16(y), mean.data_ptr<double>(), var64.data(), invstd.data_ptr<double>());
     update_running_cpu(running_mean, running_var, f64(mean), var64.data(), momentum, lay.g.count());
@@ -509,8 +509,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& gra
       const std::vector<double> w64 = channel_values(weight, lay.g.C, 1.0), b64 = channel_values(bias, lay.g.C, 0.0);
       const Tensor invstd = save_invstd.contiguous();
       const bool mask_from_output = relu && !relu_from_input;
-      auto bits16 = [](const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
-      cpu::batch_norm_train_backward_bf16(lay.g, bits16(dy), bits16(x), mask_from_output ? bits16(y) : nullptr, relu,
+        cpu::batch_norm_train_backward_bf16(lay.g, bits16(dy), bits16(x), mask_from_output ? bits16(y) : nullptr, relu,
                                           f64(mean), f64(invstd), w64.data(), b64.data(), sum_dz.data(),
                                           sum_dz_xmu.data(), bits16(gi), output_mask[3] ? bits16(gr) : nullptr);
       if (output_mask[1]) gw = channel_tensor(sum_dz_xmu, f64(invstd), input, at::kFloat);
