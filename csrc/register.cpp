@@ -174,6 +174,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_workspace_limit", &dlk::ops::set_workspace_limit);
   m.def("winograd_mode", &dlk::ops::winograd_mode);
   m.def("set_winograd_mode", &dlk::ops::set_winograd_mode);
+  m.def("direct_mode", &dlk::ops::direct_mode);
+  m.def("set_direct_mode", &dlk::ops::set_direct_mode);
   m.def("cuda_sync_checks", &dlk::ops::cuda_sync_checks);
   m.def("set_cuda_sync_checks", &dlk::ops::set_cuda_sync_checks);
   m.def("isa_env_error", [] { return dlk::cpu::isa_env_error(); });

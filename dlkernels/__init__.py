@@ -127,6 +127,28 @@ def set_winograd(mode):
     return before
 
 
+_DIRECT_MODES = ("never", "auto", "always")
+
+
+def direct_conv():
+    """Which CPU float32 convolutions run by the direct kernels (lanes over output channels, no column
+    matrix; AVX-512 and the scalar path): "auto" (default: the passes of the layer shapes where they
+    measured faster than the other paths, see docs/performance.md), "always" (every pass of every
+    one-group float32 layer; the input gradient needs dilation 1) or "never"."""
+    return _DIRECT_MODES[_C.direct_mode()]
+
+
+def set_direct_conv(mode):
+    """Choose which CPU float32 convolutions run by the direct kernels (see direct_conv()); results differ
+    from the other paths by rounding only. Takes precedence over Winograd where both apply. Returns the
+    previous mode."""
+    if mode not in _DIRECT_MODES:
+        raise ValueError(f"dlkernels.set_direct_conv: mode must be one of {_DIRECT_MODES}, got {mode!r}")
+    before = direct_conv()
+    _C.set_direct_mode(_DIRECT_MODES.index(mode))
+    return before
+
+
 def cuda_sync_checks():
     """Whether CUDA ops may synchronise with the GPU to raise a clear error on bad device values."""
     return _C.cuda_sync_checks()

@@ -24,7 +24,8 @@ struct PairConvGeom {
   int64_t N, C, H, W;                      // input images
   int64_t OC, KH, KW, SH, SW, PH, PW, DH, DW;  // filters; PH/PW the top/left padding (negative: cropped)
   int64_t OH, OW;                          // output (the bottom/right padding shows only here)
-  int64_t C2() const { return (C + 1) / 2; }
+  int64_t pack = 2;                        // channels per packed word: 2 (bfloat16 pairs), 1 (float32, conv_direct.h)
+  int64_t C2() const { return (C + pack - 1) / pack; }
   int64_t OCp() const { return (OC + 15) / 16 * 16; }
   int64_t taps() const { return KH * KW; }
   // rows and columns of the padded input the taps reach

@@ -891,8 +891,17 @@ template <class T> struct DepthwiseKernels {
 }  // namespace dlk::cpu
 
 #include "cpu/winograd_impl.h"
+#include "cpu/conv_direct_impl.h"
 
 #define DLK_CONV_DEFINE(SUFFIX, NS, T)                                                                      \
+  void direct_conv_forward_##SUFFIX(const PairConvGeom& g, const T* xp, const T* w, Strides4 ws, bool flip,    \
+                                    const T* bias, T* out, Strides4 os) {                                  \
+    DirectConv<NS::Vec<T>>::forward(g, xp, w, ws, flip, bias, out, os);                                   \
+  }                                                                                                       \
+  void direct_conv_weight_grad_##SUFFIX(const PairConvGeom& g, const T* xp, const T* gp, T* acc) {        \
+    DirectConv<NS::Vec<T>>::weight_grad(g, xp, gp, acc);                                                  \
+  }                                                                                                       \
+  int64_t direct_conv_block_##SUFFIX(const T*) { return DirectConv<NS::Vec<T>>::kBlock; }                \
   bool conv_winograd_##SUFFIX(const WinogradGeom& g, const T* in, const T* w, const WinogradFilters& f, const T* bias, \
                               T* out, T* work, int64_t threads) {                                         \
     return Winograd<NS::Vec<T>>::run(g, in, w, f, bias, out, work, threads);                              \

@@ -37,6 +37,7 @@
 #include "common/conv.h"
 #include "cpu/conv.h"
 #include "cpu/conv_bf16.h"
+#include "cpu/conv_direct.h"
 #include "ops/alloc.h"
 #include "ops/checks.h"
 #include "ops/device.h"
@@ -53,6 +54,9 @@ std::atomic<int64_t> g_workspace_limit{int64_t(256) << 20};
 // Which layers take Winograd F(2x2, 3x3) (winograd_fits): 0 none, 1 those of the measured rule, 2 every
 // layer whose geometry it takes.
 std::atomic<int> g_winograd{1};
+// Which float32/float64 layers take the direct kernels (direct_fits): 0 none, 1 those of the measured rule, 2
+// every one-group layer on a CPU path that has them.
+std::atomic<int> g_direct{1};
 
 // The chunk's column matrix is also kept near the last-level cache: im2col writes it and the GEMM reads
 // it back while it is still there (64x576x3136 runs at 132 GFLOP/s from cache, a 16-image
@@ -682,6 +686,11 @@ void nhwc_backward(const ConvGeom& c, const Tensor& grad_output, const Tensor& x
 }  // namespace
 
 int64_t workspace_limit() { return g_workspace_limit.load(); }
+int64_t direct_mode() { return g_direct.load(); }
+void set_direct_mode(int64_t mode) {
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "dlkernels.set_direct_conv: mode must be 0, 1 or 2, got ", mode);
+  g_direct.store(int(mode));
+}
 int64_t winograd_mode() { return g_winograd.load(); }
 void set_winograd_mode(int64_t mode) {
   TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "dlkernels.set_winograd: mode must be 0, 1 or 2, got ", mode);
@@ -720,12 +729,59 @@ void pair_run(const cpu::PairConvGeom& g, const Tensor& x, const uint16_t* w, cp
   cpu::pair_conv_forward(g, words(xp), w, ws, flip, bf.defined() ? bf.data_ptr<float>() : nullptr, out, os);
 }
 
-// The input gradient of a pair_fits layer of dilation 1, in the input's memory format. Input rows of
+// float32/float64 by the direct kernels (cpu/conv_direct.h): one-group layers on the CPU (every ISA
+// path), where the measured rule (direct_pays) says they beat the other paths, or always or never by
+// dlkernels.set_direct_conv. pass: 0 forward, 1 input gradient, 2 weight gradient.
+//
+// The rule, from each pass of the four bench models' layers timed against the other paths (AVX2, EPYC
+// Zen 3 host, 2026-12-07; docs/performance.md), for layers of more than one tap and dilation 1:
+// - forward: strided layers (the 3x3/s2 and 7x7/s2 ones: 1.0-1.45x the im2col path); stride-1 layers
+//   on outputs of at most 16 positions (512 at 4x4: 1.35-1.4x Winograd, whose 2x2 tiles waste and
+//   whose filter transform is paid for few tiles); channels_last layers of at most 16 channels (the
+//   row-per-position GEMM has K = 9 * C: 3 -> 16 at 32x32 2.5x, 16 -> 16 1.15x);
+// - input gradient: the same stride-1 layers (the strided ones, by S x S phases, tied or lost);
+// - weight gradient: layers of at most 32 channels (3 to 32 channels: 1.1-2.5x; from 64 the GEMM and
+//   Winograd paths win).
+bool direct_pays(const ConvGeom& c, const Tensor& x, int pass) {
+  const Im2colGeom& g = c.g;
+  if (g.KH * g.KW == 1 || g.DH != 1 || g.DW != 1) return false;
+  const bool strided = g.SH > 1 || g.SW > 1, small_out = g.OH * g.OW <= 16, few = channels_last(x) && g.C <= 16;
+  switch (pass) {
+    case 0: return strided || small_out || few;
+    case 1: return !strided && (small_out || few);
+    default: return g.C <= 32;
+  }
+}
+bool direct_fits(const ConvGeom& c, const Tensor& x, int pass) {
+  const int mode = g_direct.load();
+  if (mode == 0 || !cpu_float_kernels(x) || c.G != 1 || !cpu::direct_conv_available()) return false;
+  if (pass == 1 && (c.g.DH != 1 || c.g.DW != 1)) return false;  // the input gradient's phases: dilation 1
+  return mode == 2 || direct_pays(c, x, pass);
+}
+
+// out = conv(x, w) + b in the geometry g (pack 1): as pair_run, in x's dtype (float32 or float64).
+template <class T>
+void direct_run(const cpu::PairConvGeom& g, const Tensor& x, const T* w, cpu::Strides4 ws, bool flip, const Tensor& b,
+                T* out, cpu::Strides4 os) {
+  if (g.N == 0) return;
+  Tensor xp = empty_output({g.input_words()}, x.options());
+  cpu::direct_conv_pack_input(g, x.data_ptr<T>(), strides4(x), xp.data_ptr<T>());
+  Tensor bp;
+  if (b.defined()) {
+    bp = at::zeros({g.OCp()}, x.options());
+    bp.narrow(0, 0, g.OC).copy_(b);
+  }
+  cpu::direct_conv_forward(g, xp.data_ptr<T>(), w, ws, flip, bp.defined() ? bp.data_ptr<T>() : nullptr, out, os);
+}
+
+// The input gradient of a pair_fits (bfloat16) or direct_fits (float32) layer of dilation 1, in the
+// input's memory format. Input rows of
 // one phase, (ih + PH) % SH == a, receive grad_output through the taps kh = a, a + SH, ... only (and
 // columns likewise): per phase (a, b) a stride-1 convolution of grad_output with that subset of the
 // filters, flipped and transposed as packed, written through a strided view of the result. A stride-1
 // layer is the one phase; a phase no tap reaches (1x1 stride 2) is zero.
-Tensor pair_input_grad(const ConvGeom& c, const Tensor& gy, const Tensor& w, const Tensor& input) {
+Tensor phase_input_grad(const ConvGeom& c, const Tensor& gy, const Tensor& w, const Tensor& input) {
+  const bool direct = !low_precision(input);
   Tensor gi = channels_last(input) ? empty_output_nhwc(c.N, c.g.C, c.g.H, c.g.W, input.options())
                                    : empty_output(input.sizes(), input.options());
   const cpu::Strides4 ws = strides4(w), gs = strides4(gi);
@@ -744,10 +800,18 @@ Tensor pair_input_grad(const ConvGeom& c, const Tensor& gy, const Tensor& w, con
         gi.as_strided({c.N, c.g.C, i1 - i0, j1 - j0}, {os.n, os.c, os.h, os.w}, gi.storage_offset() + off).zero_();
         continue;
       }
-      const cpu::PairConvGeom g{c.N, c.OC, c.g.OH, c.g.OW, c.g.C, KHa, KWa, 1, 1, KHa - 1 - i0, KWa - 1 - j0, 1, 1,
-                                i1 - i0, j1 - j0};
-      pair_run(g, gy, bits(w) + a * ws.h + b * ws.w, {ws.c, ws.n, SH * ws.h, SW * ws.w}, true, Tensor(),
-               bits(gi) + off, os);
+      cpu::PairConvGeom g{c.N, c.OC, c.g.OH, c.g.OW, c.g.C, KHa, KWa, 1, 1, KHa - 1 - i0, KWa - 1 - j0, 1, 1,
+                          i1 - i0, j1 - j0};
+      const cpu::Strides4 wt{ws.c, ws.n, SH * ws.h, SW * ws.w};
+      if (direct) {
+        g.pack = 1;
+        AT_DISPATCH_FLOATING_TYPES(gy.scalar_type(), "conv2d_backward", [&] {
+          direct_run(g, gy, w.data_ptr<scalar_t>() + a * ws.h + b * ws.w, wt, true, Tensor(),
+                     gi.data_ptr<scalar_t>() + off, os);
+        });
+      } else {
+        pair_run(g, gy, bits(w) + a * ws.h + b * ws.w, wt, true, Tensor(), bits(gi) + off, os);
+      }
     }
   }
   return gi;
@@ -778,6 +842,43 @@ Tensor pair_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const T
                                 : empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
   pair_run(pair_geom(c), x, bits(w), strides4(w), false, b, bits(out), strides4(out));
   return out;
+}
+
+cpu::PairConvGeom direct_geom(const ConvGeom& c) {
+  cpu::PairConvGeom g = pair_geom(c);
+  g.pack = 1;
+  return g;
+}
+
+// The forward of a direct_fits layer, in the input's memory format.
+Tensor direct_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b) {
+  Tensor out = channels_last(x) ? empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, x.options())
+                                : empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
+    direct_run(direct_geom(c), x, w.data_ptr<scalar_t>(), strides4(w), false, b, out.data_ptr<scalar_t>(), strides4(out));
+  });
+  return out;
+}
+
+// The weight gradient of a direct_fits layer, in the weight's memory format.
+Tensor direct_weight_grad(const ConvGeom& c, const Tensor& x, const Tensor& gy, const Tensor& weight) {
+  const cpu::PairConvGeom g = direct_geom(c);
+  Tensor gw = channels_last(weight) ? empty_output_nhwc(c.OC, c.g.C, c.g.KH, c.g.KW, weight.options())
+                                    : at::empty(weight.sizes(), weight.options());
+  Tensor xp = empty_output({g.input_words()}, x.options());
+  Tensor gp = empty_output({x.scalar_type() == at::kFloat ? cpu::direct_conv_grad_values<float>(g)
+                                                          : cpu::direct_conv_grad_values<double>(g)},
+                           x.options());
+  Tensor acc = empty_output({g.taps() * g.C * g.OCp()}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
+    if (g.N > 0) {
+      cpu::direct_conv_pack_input(g, x.data_ptr<scalar_t>(), strides4(x), xp.data_ptr<scalar_t>());
+      cpu::direct_conv_pack_grad(g, gy.data_ptr<scalar_t>(), strides4(gy), gp.data_ptr<scalar_t>());
+    }
+    cpu::direct_conv_weight_grad(g, xp.data_ptr<scalar_t>(), gp.data_ptr<scalar_t>(), acc.data_ptr<scalar_t>(),
+                                 gw.data_ptr<scalar_t>(), strides4(gw));
+  });
+  return gw;
 }
 
 // float16/bfloat16 on the CPU, without a bias: im2col moves the 16-bit values and the GEMMs run in that
@@ -822,6 +923,7 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
     b = bias->contiguous();
   }
   if (pair_fits(c, input)) return pair_forward(c, input, weight, b);
+  if (direct_fits(c, input, 0)) return direct_forward(c, input, weight, b);
   if (nhwc(c, input)) {
     Tensor out = empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, input.options());
     if (c.N > 0 && !(winograd_fits(c, input) && winograd_forward(c, true, input, weight, b, out)))
@@ -926,7 +1028,7 @@ Tensor conv2d_forward_impl(const Tensor& input, const Tensor& weight, const c10:
 // unwritten).
 Tensor lowp_input_grad(const ConvGeom& c, const Tensor& grad_output, const Tensor& input, const Tensor& weight,
                        IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  if (pair_fits(c, input) && c.g.DH == 1 && c.g.DW == 1) return pair_input_grad(c, grad_output, weight, input);
+  if (pair_fits(c, input) && c.g.DH == 1 && c.g.DW == 1) return phase_input_grad(c, grad_output, weight, input);
   const bool as_conv = c.G == 1 && c.g.SH == 1 && c.g.SW == 1 && c.g.DH == 1 && c.g.DW == 1 && c.g.PH <= c.g.KH - 1 &&
                        c.g.PW <= c.g.KW - 1 && padding.size() == 2;
   if (as_conv) {
@@ -1000,6 +1102,19 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward_impl(const Tensor& grad_outpu
                                   {false, output_mask[1], output_mask[2]});
     std::get<0>(r) = gi;
     return r;
+  }
+  {
+    // float32 gradients by the direct kernels where direct_fits; the rest by the paths below
+    Tensor dgi, dgw;
+    if (output_mask[0] && direct_fits(c, input, 1)) dgi = phase_input_grad(c, grad_output, weight, input);
+    if (output_mask[1] && direct_fits(c, input, 2)) dgw = direct_weight_grad(c, input, grad_output, weight);
+    if (dgi.defined() || dgw.defined()) {
+      auto r = conv2d_backward_impl(grad_output, input, weight, stride, padding, dilation, groups,
+                                    {output_mask[0] && !dgi.defined(), output_mask[1] && !dgw.defined(), output_mask[2]});
+      if (dgi.defined()) std::get<0>(r) = dgi;
+      if (dgw.defined()) std::get<1>(r) = dgw;
+      return r;
+    }
   }
   if (nhwc(c, input)) {
     Tensor gi = at::empty({0}, input.options()), gw = at::empty({0}, input.options()), gb = at::empty({0}, input.options());

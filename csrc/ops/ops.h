@@ -87,6 +87,8 @@ int64_t workspace_limit();
 void set_workspace_limit(int64_t bytes);
 // Which CPU layers take Winograd F(2x2, 3x3): 0 none, 1 those the measured rule picks, 2 all it can take.
 int64_t winograd_mode();
+int64_t direct_mode();
+void set_direct_mode(int64_t mode);
 void set_winograd_mode(int64_t mode);
 
 // Whether CUDA ops may read device values on the host to raise a clear error (today: cross-entropy
