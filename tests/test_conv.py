@@ -565,9 +565,11 @@ WINOGRAD_CONFIGS = [((2, 3, 7, 9), 5, 1), ((3, 17, 8, 8), 9, 0), ((1, 4, 1, 1), 
 
 @pytest.fixture
 def winograd_always():
-    before = dlkernels.set_winograd("always")
+    # the direct kernels (test_conv_direct.py) take precedence where their rule applies: off here
+    before, direct = dlkernels.set_winograd("always"), dlkernels.set_direct_conv("never")
     yield
     dlkernels.set_winograd(before)
+    dlkernels.set_direct_conv(direct)
 
 
 @pytest.mark.parametrize("x_shape,oc,p", WINOGRAD_CONFIGS, ids=[str(i) for i in range(len(WINOGRAD_CONFIGS))])
@@ -617,7 +619,7 @@ def _winograd_run(mode, x, w, go, layout="nchw"):
     (layout "nhwc": input and grad_output channels_last)."""
     if layout == "nhwc":
         x, go = x.contiguous(memory_format=torch.channels_last), go.contiguous(memory_format=torch.channels_last)
-    before = dlkernels.set_winograd(mode)
+    before, direct = dlkernels.set_winograd(mode), dlkernels.set_direct_conv("never")  # the other paths: im2col's
     try:
         xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
         y = DF.conv2d(xx, ww, None, 1, 1)
@@ -625,6 +627,7 @@ def _winograd_run(mode, x, w, go, layout="nchw"):
         return y.detach(), xx.grad, ww.grad
     finally:
         assert dlkernels.set_winograd(before) == mode
+        dlkernels.set_direct_conv(direct)
 
 
 @cpu_kernels_only

@@ -151,3 +151,29 @@ def test_direct_thread_counts(direct_always, dtype, layout):
         torch.set_num_threads(threads)
     for a, b in zip(two, one):
         assert torch.equal(a, b)
+
+
+@cpu_kernels_only
+@pytest.mark.parametrize("where", ["input", "weight"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_direct_non_finite_values(where, value, layout):
+    """An infinite or NaN input or weight: infinities and NaN land where torch's do, in the output and
+    both gradients (the forward skips padded taps, as torch's does: an infinite tap over the padding
+    makes no 0 * inf = NaN; the im2col path, multiplying the column matrix's zeros, does); the finite
+    values agree to rounding."""
+    x = torch.randn(2, 9, 8, 7)
+    w = torch.randn(10, 9, 3, 3).abs()
+    (x if where == "input" else w).view(-1)[5] = value
+    go = torch.randn(2, 10, 4, 4)
+    if layout == "nhwc":
+        x, go = x.contiguous(memory_format=torch.channels_last), go.contiguous(memory_format=torch.channels_last)
+    got = _run("always", x, w, go, 2, 1)
+    xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    y = F.conv2d(xx, ww, None, 2, 1)
+    y.backward(go)
+    want = (y.detach(), xx.grad, ww.grad)
+    assert got[0].isinf().any() or got[0].isnan().any()
+    for a, e in zip(got, want):
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.isinf(), e.isinf())
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4, equal_nan=True)
