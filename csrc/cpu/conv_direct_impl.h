@@ -129,10 +129,11 @@ template <class V> struct DirectConv {
           const int64_t first = plan.class_start[size_t(cls)], size = plan.class_start[size_t(cls) + 1] - first;
           const int64_t rows = std::min<int64_t>(kMR, g.N * size - at);
           int64_t in[kMR], oo[kMR];
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t n = (at + r) / size, q = plan.order[size_t(first + (at + r) % size)];
+          for (int64_t r = 0, n = at / size, i = at % size; r < rows; ++r) {  // (image, index in the class)
+            const int64_t q = plan.order[size_t(first + i)];
             in[r] = n * image_in + plan.pin[size_t(q)];
             oo[r] = n * os.n + plan.pout[size_t(q)];
+            if (++i == size) i = 0, ++n;
           }
           switch ((width + V::W - 1) / V::W) {
             case 4: run_tile<std::min(4, kNV)>(g, plan, xp, wb, bias, out, os, cls, in, oo, rows, oc0); break;
