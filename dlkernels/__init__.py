@@ -131,15 +131,17 @@ _DIRECT_MODES = ("never", "auto", "always")
 
 
 def direct_conv():
-    """Which CPU float32 convolutions run by the direct kernels (lanes over output channels, no column
-    matrix; AVX-512 and the scalar path): "auto" (default: the passes of the layer shapes where they
-    measured faster than the other paths, see docs/performance.md), "always" (every pass of every
-    one-group float32 layer; the input gradient needs dilation 1) or "never"."""
+    """Which CPU float32/float64 convolutions run by the direct kernels (lanes over output channels, no
+    column matrix; every CPU path: AVX-512, AVX2, scalar): "auto" (default: the forward of strided layers,
+    of stride-1 layers on outputs of at most 16 positions and of channels_last layers of at most 16
+    channels, the input gradient of those stride-1 layers, the weight gradient of layers of at most 32
+    channels; measured on an AVX2 host, see docs/performance.md), "always" (every pass of every one-group
+    layer; the input gradient needs dilation 1) or "never"."""
     return _DIRECT_MODES[_C.direct_mode()]
 
 
 def set_direct_conv(mode):
-    """Choose which CPU float32 convolutions run by the direct kernels (see direct_conv()); results differ
+    """Choose which CPU float32/float64 convolutions run by the direct kernels (see direct_conv()); results differ
     from the other paths by rounding only. Takes precedence over Winograd where both apply. Returns the
     previous mode."""
     if mode not in _DIRECT_MODES:

@@ -44,8 +44,8 @@ template <class T> void direct_conv_pack_input(const PairConvGeom& g, const T* x
   }
 }
 
-template <class T> int64_t direct_conv_block() {
-  switch (current_isa()) {
+template <class T> int64_t direct_conv_block(Isa isa) {
+  switch (isa) {
     case Isa::Avx512: return direct_conv_block_avx512(static_cast<const T*>(nullptr));
     case Isa::Avx2: return direct_conv_block_avx2(static_cast<const T*>(nullptr));
     case Isa::Scalar: break;
@@ -53,8 +53,8 @@ template <class T> int64_t direct_conv_block() {
   return direct_conv_block_scalar(static_cast<const T*>(nullptr));
 }
 
-template <class T> void direct_conv_pack_grad(const PairConvGeom& g, const T* gy, Strides4 gs, T* gp) {
-  const int64_t B = direct_conv_block<T>(), blocks = (g.OCp() + B - 1) / B, rows = g.N * g.OH, P = rows * g.OW;
+template <class T> void direct_conv_pack_grad(const PairConvGeom& g, const T* gy, Strides4 gs, T* gp, Isa isa) {
+  const int64_t B = direct_conv_block<T>(isa), blocks = (g.OCp() + B - 1) / B, rows = g.N * g.OH, P = rows * g.OW;
 #pragma omp parallel for schedule(static) if (blocks * P * B > (int64_t(1) << 15))
   for (int64_t row = 0; row < rows; ++row) {
     const int64_t n = row / g.OH, oh = row % g.OH;
@@ -107,12 +107,12 @@ void direct_conv_forward(const PairConvGeom& g, const T* xp, const T* w, Strides
 }
 
 template <class T>
-void direct_conv_weight_grad(const PairConvGeom& g, const T* xp, const T* gp, T* acc, T* gw, Strides4 ws) {
+void direct_conv_weight_grad(const PairConvGeom& g, const T* xp, const T* gp, T* acc, T* gw, Strides4 ws, Isa isa) {
   const int64_t M = g.C * g.taps(), OCp = g.OCp(), taps = g.taps();
   if (g.N * g.OH * g.OW == 0) {
     std::fill(acc, acc + M * OCp, T(0));
   } else {
-    switch (current_isa()) {
+    switch (isa) {
       case Isa::Avx512: direct_conv_weight_grad_avx512(g, xp, gp, acc); break;
       case Isa::Avx2: direct_conv_weight_grad_avx2(g, xp, gp, acc); break;
       case Isa::Scalar: direct_conv_weight_grad_scalar(g, xp, gp, acc); break;
@@ -136,13 +136,13 @@ void direct_conv_weight_grad(const PairConvGeom& g, const T* xp, const T* gp, T*
 
 #define DLK_DIRECT_INSTANTIATE(T)                                                                               \
   template void direct_conv_pack_input<T>(const PairConvGeom&, const T*, Strides4, T*);                        \
-  template void direct_conv_pack_grad<T>(const PairConvGeom&, const T*, Strides4, T*);                         \
-  template int64_t direct_conv_block<T>();                                                                     \
+  template void direct_conv_pack_grad<T>(const PairConvGeom&, const T*, Strides4, T*, Isa);                    \
+  template int64_t direct_conv_block<T>(Isa);                                                                  \
   template void direct_conv_pack_weight<T>(const PairConvGeom&, const T*, Strides4, bool, T*, int64_t, int64_t, \
                                            int64_t);                                                           \
   template void direct_conv_forward<T>(const PairConvGeom&, const T*, const T*, Strides4, bool, const T*, T*,   \
                                        Strides4);                                                              \
-  template void direct_conv_weight_grad<T>(const PairConvGeom&, const T*, const T*, T*, T*, Strides4);
+  template void direct_conv_weight_grad<T>(const PairConvGeom&, const T*, const T*, T*, T*, Strides4, Isa);
 DLK_DIRECT_INSTANTIATE(float)
 DLK_DIRECT_INSTANTIATE(double)
 #undef DLK_DIRECT_INSTANTIATE

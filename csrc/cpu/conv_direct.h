@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "cpu/conv_bf16.h"
+#include "cpu/isa.h"
 
 namespace dlk::cpu {
 
@@ -27,14 +28,16 @@ bool direct_conv_available();
 
 // Packs x (strides xs, any memory format) into xp (g.input_words() values); g.pack must be 1.
 template <class T> void direct_conv_pack_input(const PairConvGeom& g, const T* x, Strides4 xs, T* xp);
-// Output channels per block of the current path's kernels; packed grad_output's size in values.
-template <class T> int64_t direct_conv_block();
-template <class T> int64_t direct_conv_grad_values(const PairConvGeom& g) {
-  const int64_t B = direct_conv_block<T>();
+// Output channels per block of the kernels of path `isa`; packed grad_output's size in values. The
+// weight gradient's caller reads the path once and passes it to the three (a path switched by another
+// thread between them would size, pack and read the buffer for different blocks).
+template <class T> int64_t direct_conv_block(Isa isa);
+template <class T> int64_t direct_conv_grad_values(const PairConvGeom& g, Isa isa) {
+  const int64_t B = direct_conv_block<T>(isa);
   return (g.OCp() + B - 1) / B * B * g.N * g.OH * g.OW;
 }
-// Packs grad_output (strides gs) into gp (direct_conv_grad_values values).
-template <class T> void direct_conv_pack_grad(const PairConvGeom& g, const T* gy, Strides4 gs, T* gp);
+// Packs grad_output (strides gs) into gp (direct_conv_grad_values values) for path isa's blocks.
+template <class T> void direct_conv_pack_grad(const PairConvGeom& g, const T* gy, Strides4 gs, T* gp, Isa isa);
 // Packs the filters of output channels [oc_begin, oc_end) (whole vectors; past OC zero) into wp, row
 // (t, c) at wp[(t * C + c) * stride], lanes oc - oc_begin.
 template <class T>
@@ -49,7 +52,7 @@ void direct_conv_forward(const PairConvGeom& g, const T* xp, const T* w, Strides
 // gw (strides ws over (oc, c, kh, kw)) = the weight gradient from the packed input and grad_output; acc:
 // taps * C * OCp values of scratch.
 template <class T>
-void direct_conv_weight_grad(const PairConvGeom& g, const T* xp, const T* gp, T* acc, T* gw, Strides4 ws);
+void direct_conv_weight_grad(const PairConvGeom& g, const T* xp, const T* gp, T* acc, T* gw, Strides4 ws, Isa isa);
 
 // The per-ISA kernels (conv_direct_impl.h, compiled once per path by conv_impl.h's includers).
 #define DLK_DIRECT_DECLARE(SUFFIX, T)                                                                         \

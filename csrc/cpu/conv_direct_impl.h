@@ -1,7 +1,8 @@
 // The direct convolution kernels of conv_direct.h, written once over a Vec<T> wrapper; included by
 // conv_impl.h, so each ISA path (scalar reference, AVX2, AVX-512) has its copy. Register tiles of kMR
 // output positions (forward) or filter rows (weight gradient) x kNV vectors of output channels: 6 x 4
-// with AVX-512's 32 registers (24 accumulators, 64 float32 channels), 4 x 3 with AVX2's 16.
+// with AVX-512's 32 registers (24 accumulators, 64 float32 channels), 6 x 2 with AVX2's 16 (12; a 4 x 3
+// tile's 24-channel filter blocks outgrew L2 at 512 channels: docs/performance.md).
 #pragma once
 
 #include "cpu/conv_direct.h"
