@@ -12,8 +12,6 @@
 
 namespace dlk::cpu {
 
-bool direct_conv_available() { return true; }
-
 template <class T> void direct_conv_pack_input(const PairConvGeom& g, const T* x, Strides4 xs, T* xp) {
   const int64_t Hp = g.Hp(), Wp = g.Wp(), C = g.C, rows = g.N * Hp;
 #pragma omp parallel for schedule(static) if (g.input_words() > (int64_t(1) << 15))
@@ -108,7 +106,7 @@ void direct_conv_forward(const PairConvGeom& g, const T* xp, const T* w, Strides
 
 template <class T>
 void direct_conv_weight_grad(const PairConvGeom& g, const T* xp, const T* gp, T* acc, T* gw, Strides4 ws, Isa isa) {
-  const int64_t M = g.C * g.taps(), OCp = g.OCp(), taps = g.taps();
+  const int64_t M = g.C * g.taps(), OCp = g.OCp();
   if (g.N * g.OH * g.OW == 0) {
     std::fill(acc, acc + M * OCp, T(0));
   } else {

@@ -22,10 +22,6 @@
 
 namespace dlk::cpu {
 
-// Whether the current CPU path has these kernels: AVX-512, AVX2 or the scalar reference (one-lane
-// vectors, the same loops); every path does.
-bool direct_conv_available();
-
 // Packs x (strides xs, any memory format) into xp (g.input_words() values); g.pack must be 1.
 template <class T> void direct_conv_pack_input(const PairConvGeom& g, const T* x, Strides4 xs, T* xp);
 // Output channels per block of the kernels of path `isa`; packed grad_output's size in values. The

@@ -765,7 +765,7 @@ bool direct_pays(const ConvGeom& c, const Tensor& x, int pass) {
 }
 bool direct_fits(const ConvGeom& c, const Tensor& x, int pass) {
   const int mode = g_direct.load();
-  if (mode == 0 || !cpu_float_kernels(x) || c.G != 1 || !cpu::direct_conv_available()) return false;
+  if (mode == 0 || !cpu_float_kernels(x) || c.G != 1) return false;  // (every CPU path has the kernels)
   if (pass == 1 && (c.g.DH != 1 || c.g.DW != 1)) return false;  // the input gradient's phases: dilation 1
   return mode == 2 || direct_pays(c, x, pass);
 }
@@ -848,9 +848,14 @@ Tensor pair_weight_grad(const ConvGeom& c, const Tensor& x, const Tensor& gy, co
 }
 
 // The forward of a pair_fits layer, in the input's memory format.
+// The output of a layer, in the input's memory format.
+Tensor output_like_input(const ConvGeom& c, const Tensor& x) {
+  return channels_last(x) ? empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, x.options())
+                          : empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
+}
+
 Tensor pair_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b) {
-  Tensor out = channels_last(x) ? empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, x.options())
-                                : empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
+  Tensor out = output_like_input(c, x);
   pair_run(pair_geom(c), x, bits(w), strides4(w), false, b, bits(out), strides4(out));
   return out;
 }
@@ -863,8 +868,7 @@ cpu::PairConvGeom direct_geom(const ConvGeom& c) {
 
 // The forward of a direct_fits layer, in the input's memory format.
 Tensor direct_forward(const ConvGeom& c, const Tensor& x, const Tensor& w, const Tensor& b) {
-  Tensor out = channels_last(x) ? empty_output_nhwc(c.N, c.OC, c.g.OH, c.g.OW, x.options())
-                                : empty_output({c.N, c.OC, c.g.OH, c.g.OW}, x.options());
+  Tensor out = output_like_input(c, x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
     direct_run(direct_geom(c), x, w.data_ptr<scalar_t>(), strides4(w), false, b, out.data_ptr<scalar_t>(), strides4(out));
   });
